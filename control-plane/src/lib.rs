@@ -1,0 +1,6 @@
+//! corten's control plane as a library: store, API server, admission, scheduler,
+//! controllers and PKI (DESIGN.md §4–§6). The binary `corten-server` wires them together.
+//!
+//! Owns the cluster state. It must never link the agent: the two meet only at the
+//! Kubernetes API. Nothing is built here yet (README status table); the datastore comes
+//! first.

@@ -1,0 +1,164 @@
+//! Where a lab's pieces live on the host, derived from the lab's name alone, so that
+//! teardown and `gc` find everything even when the lab's own state file is gone.
+use std::{net::Ipv4Addr, path::PathBuf};
+
+/// Everything created for labs carries this prefix or lives under these directories.
+pub const PREFIX: &str = "corten-lab";
+/// Runtime state (sockets, pid files, logs, bpffs mounts), one directory per lab.
+pub const RUN_ROOT: &str = "/run/corten-lab";
+/// Persistent data (containerd roots, CNI dirs), one directory per lab.
+pub const DATA_ROOT: &str = "/var/lib/corten-lab";
+/// cgroup v2 mount on this hybrid host.
+pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+/// cgroup v1 mounts whose hierarchies a lab's containers may use.
+pub const CGROUP1_ROOT: &str = "/sys/fs/cgroup";
+/// Where `ip netns` keeps named namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// The /24 that node addresses come from, inside every lab (never routed outside it).
+pub const FABRIC_NET: [u8; 3] = [172, 30, 0];
+/// Host number of node 0; node `i` is `FABRIC_NET.(NODE_HOST_BASE + i)`.
+pub const NODE_HOST_BASE: u8 = 10;
+/// Most nodes a lab may have (addresses `.10`–`.209`).
+pub const MAX_NODES: usize = 200;
+
+/// The paths of one lab.
+#[derive(Debug, Clone)]
+pub struct LabPaths {
+    name: String,
+}
+
+impl LabPaths {
+    /// Paths for the lab called `name` (not validated here).
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+        }
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runtime directory of the lab.
+    pub fn run_dir(&self) -> PathBuf {
+        PathBuf::from(RUN_ROOT).join(&self.name)
+    }
+
+    /// Data directory of the lab.
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(DATA_ROOT).join(&self.name)
+    }
+
+    /// The lab's state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.run_dir().join("lab.json")
+    }
+
+    /// Name of the fabric's network namespace.
+    pub fn fabric_netns(&self) -> String {
+        format!("{PREFIX}-{}-fabric", self.name)
+    }
+
+    /// Name of node `i`'s network namespace.
+    pub fn node_netns(&self, i: usize) -> String {
+        format!("{PREFIX}-{}-n{i}", self.name)
+    }
+
+    /// Prefix shared by all of this lab's namespace names.
+    pub fn netns_prefix(&self) -> String {
+        format!("{PREFIX}-{}-", self.name)
+    }
+
+    /// Runtime directory of node `i`.
+    pub fn node_run_dir(&self, i: usize) -> PathBuf {
+        self.run_dir().join(format!("n{i}"))
+    }
+
+    /// Data directory of node `i`.
+    pub fn node_data_dir(&self, i: usize) -> PathBuf {
+        self.data_dir().join(format!("n{i}"))
+    }
+
+    /// The lab's cgroup, relative to a hierarchy's root (v2 and every v1 controller).
+    pub fn cgroup_rel(&self) -> PathBuf {
+        PathBuf::from(PREFIX).join(&self.name)
+    }
+
+    /// Node `i`'s cgroup, relative to a hierarchy's root.
+    pub fn node_cgroup_rel(&self, i: usize) -> PathBuf {
+        self.cgroup_rel().join(format!("n{i}"))
+    }
+
+    /// Node `i`'s cgroup v2 directory: programs attach here, node processes run here.
+    pub fn node_cgroup2(&self, i: usize) -> PathBuf {
+        PathBuf::from(CGROUP2_ROOT).join(self.node_cgroup_rel(i))
+    }
+
+    /// Node `i`'s own bpffs mount.
+    pub fn node_bpffs(&self, i: usize) -> PathBuf {
+        self.node_run_dir(i).join("bpf")
+    }
+
+    /// Node `i`'s containerd socket.
+    pub fn containerd_socket(&self, i: usize) -> PathBuf {
+        self.node_run_dir(i).join("containerd.sock")
+    }
+}
+
+/// Node `i`'s address on the fabric.
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    let host = u8::try_from(i)
+        .ok()
+        .and_then(|i| i.checked_add(NODE_HOST_BASE))
+        .unwrap_or(u8::MAX);
+    Ipv4Addr::new(FABRIC_NET[0], FABRIC_NET[1], FABRIC_NET[2], host)
+}
+
+/// A lab name is short (it ends up in namespace names) and plain.
+pub fn validate_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    anyhow::ensure!(
+        ok,
+        "lab name {name:?} must be 1-24 characters of a-z, 0-9 and '-', not starting with '-'"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_addresses_start_at_base() {
+        assert_eq!(node_ip(0), Ipv4Addr::new(172, 30, 0, 10));
+        assert_eq!(node_ip(2), Ipv4Addr::new(172, 30, 0, 12));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("dev-1").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("Bad").is_err());
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name(&"x".repeat(25)).is_err());
+    }
+
+    #[test]
+    fn every_path_is_under_the_lab() {
+        let p = LabPaths::new("t");
+        assert!(p.node_run_dir(1).starts_with("/run/corten-lab/t"));
+        assert!(p.node_data_dir(1).starts_with("/var/lib/corten-lab/t"));
+        assert!(p
+            .node_cgroup2(1)
+            .starts_with("/sys/fs/cgroup/unified/corten-lab/t"));
+        assert!(p.node_netns(3).starts_with(&p.netns_prefix()));
+        assert!(p.fabric_netns().starts_with(&p.netns_prefix()));
+    }
+}

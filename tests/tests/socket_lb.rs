@@ -1,0 +1,134 @@
+//! The first eBPF program, `cgroup/connect4`, attached to a lab node's cgroup: a TCP connect
+//! to a virtual IP:port reaches a real listener inside the node, only for processes in that
+//! cgroup; a service without backends refuses; removing the service undoes the translation.
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    process::{Child, Output},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use corten_agent::proxy::{socket_lb::MapSizes, Protocol, SocketLb};
+use corten_tests::lab::{self, Lab, LabSpec};
+
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 43, 0, 1), 80);
+const TOKEN: &str = "corten-backend-ok";
+
+/// Kills the listener even when an assertion fails.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wget(lab: &Lab, inside_cgroup: bool, url: &str) -> anyhow::Result<Output> {
+    let mut command = if inside_cgroup {
+        lab.command(0, "busybox")?
+    } else {
+        lab.command_outside_cgroup(0, "busybox")?
+    };
+    Ok(command.args(["wget", "-q", "-O", "-", url]).output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
+}
+
+#[test]
+fn connect4_redirects_a_virtual_ip_only_inside_the_node_cgroup() -> anyhow::Result<()> {
+    let mut spec = LabSpec::for_test(&format!("slb-{}", std::process::id()), 1);
+    spec.images.clear();
+    let lab = Lab::up(spec)?;
+    let node_ip = lab.node_ip(0);
+
+    // A real listener inside the node.
+    let www = lab.paths().node_run_dir(0).join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("index.html"), TOKEN)?;
+    let _listener = Reaped(
+        lab.command(0, "busybox")?
+            .args(["httpd", "-f", "-p", &format!("{node_ip}:8080"), "-h"])
+            .arg(&www)
+            .spawn()
+            .context("starting busybox httpd in the node")?,
+    );
+    let direct = format!("http://{node_ip}:8080/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = wget(&lab, true, &direct)?;
+        if out.status.success() && text(&out.stdout) == TOKEN {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the listener never answered: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let vip_url = format!("http://{VIP}/");
+    // Before the program exists the VIP leads nowhere: the node has no route for it.
+    let before = wget(&lab, true, &vip_url)?;
+    assert!(
+        !before.status.success(),
+        "VIP answered without the program: {before:?}"
+    );
+
+    let mut lb = SocketLb::load(MapSizes::default(), Some(&lab.node_bpffs(0)))?;
+    lb.attach(&lab.node_cgroup(0))?;
+    lb.upsert_service(VIP, Protocol::Tcp, &[SocketAddrV4::new(node_ip, 8080)])?;
+
+    let inside = wget(&lab, true, &vip_url)?;
+    assert!(
+        inside.status.success(),
+        "connect to the VIP in the node cgroup failed: {inside:?}"
+    );
+    assert_eq!(text(&inside.stdout), TOKEN);
+
+    // Same network namespace, outside the node's cgroup: untouched, so unreachable.
+    let outside = wget(&lab, false, &vip_url)?;
+    assert!(
+        !outside.status.success(),
+        "a process outside the cgroup was redirected: {outside:?}"
+    );
+    assert!(text(&outside.stderr).contains("unreachable"), "{outside:?}");
+
+    // No backends: the connect is refused at once instead of hanging.
+    lb.upsert_service(VIP, Protocol::Tcp, &[])?;
+    let started = Instant::now();
+    let refused = wget(&lab, true, &vip_url)?;
+    assert!(
+        !refused.status.success(),
+        "a service without backends answered: {refused:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refusal took {:?}",
+        started.elapsed()
+    );
+
+    // Backends again, then the service removed: the translation is gone.
+    lb.upsert_service(VIP, Protocol::Tcp, &[SocketAddrV4::new(node_ip, 8080)])?;
+    assert_eq!(text(&wget(&lab, true, &vip_url)?.stdout), TOKEN);
+    lb.remove_service(VIP, Protocol::Tcp)?;
+    let removed = wget(&lab, true, &vip_url)?;
+    assert!(
+        !removed.status.success(),
+        "removed service still translated: {removed:?}"
+    );
+
+    // The pins live on the node's own bpffs and go with the lab.
+    for map in ["CORTEN_SERVICES", "CORTEN_BACKENDS"] {
+        assert!(
+            lab.node_bpffs(0).join(map).exists(),
+            "map {map} is not pinned"
+        );
+    }
+    drop(lb);
+    let paths = lab.paths().clone();
+    lab.down()?;
+    assert_eq!(lab::leftovers(&paths), Vec::<String>::new());
+    Ok(())
+}
