@@ -2,7 +2,8 @@
 //! missing, builds the images, then runs formatting and lint checks, the unit tests, and
 //! the lab tests (root: real namespaces, containerd and eBPF). Stops at the first failure.
 use std::{
-    process::Command,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -12,6 +13,7 @@ use anyhow::{bail, Context};
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let mut counts = Counts::default();
     let mut step = |name: &'static str, f: &mut dyn FnMut() -> anyhow::Result<()>| {
         println!("\n==> {name}");
         let begun = Instant::now();
@@ -35,10 +37,13 @@ pub fn run() -> anyhow::Result<()> {
             "warnings",
         ])
     })?;
-    step("unit tests", &mut || cargo(&["test", "--workspace"]))?;
+    step("unit tests", &mut || {
+        counts.add(cargo_test(&["test", "--workspace"])?);
+        Ok(())
+    })?;
     step("lab tests", &mut || {
         require_root()?;
-        cargo(&[
+        counts.add(cargo_test(&[
             "test",
             "--package",
             "corten-tests",
@@ -47,7 +52,8 @@ pub fn run() -> anyhow::Result<()> {
             "--",
             "--test-threads",
             "2",
-        ])
+        ])?);
+        Ok(())
     })?;
     println!("\n==> summary");
     for (name, took) in &timings {
@@ -58,7 +64,67 @@ pub fn run() -> anyhow::Result<()> {
         "total",
         started.elapsed().as_secs_f64()
     );
+    if counts.passed == 0 {
+        bail!("no test ran");
+    }
+    println!("{} passed, {} failed", counts.passed, counts.failed);
     Ok(())
+}
+
+/// Tests counted over every `cargo test` run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+/// Runs `cargo test ...`, echoing its output, and counts what its result lines report.
+fn cargo_test(args: &[&str]) -> anyhow::Result<Counts> {
+    let mut child = Command::new(crate::lab::cargo())
+        .current_dir(crate::workspace_root())
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let mut counts = Counts::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            counts.add(parse_result_line(&line));
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(counts)
+}
+
+/// Counts from a libtest line such as `test result: ok. 3 passed; 0 failed; ...`.
+fn parse_result_line(line: &str) -> Counts {
+    let Some(rest) = line.strip_prefix("test result: ") else {
+        return Counts::default();
+    };
+    let mut counts = Counts::default();
+    for part in rest.split(['.', ';']) {
+        let mut words = part.split_whitespace();
+        if let (Some(number), Some(word)) = (words.next(), words.next()) {
+            match (number.parse::<u64>(), word) {
+                (Ok(n), "passed") => counts.passed = n,
+                (Ok(n), "failed") => counts.failed = n,
+                _ => {}
+            }
+        }
+    }
+    counts
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
@@ -85,4 +151,19 @@ fn require_root() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_result_line;
+
+    #[test]
+    fn result_lines_are_counted() {
+        let line = "test result: ok. 3 passed; 1 failed; 0 ignored; 0 measured; \
+                    0 filtered out; finished in 0.60s";
+        let c = parse_result_line(line);
+        assert_eq!((c.passed, c.failed), (3, 1));
+        let none = parse_result_line("running 3 tests");
+        assert_eq!((none.passed, none.failed), (0, 0));
+    }
 }
