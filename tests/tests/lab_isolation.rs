@@ -3,7 +3,7 @@
 //! nothing behind (namespaces, veths, mounts, cgroups, bpffs pins, processes).
 use std::{collections::BTreeSet, process::Command};
 
-use anyhow::Context;
+use corten_agent::proxy::{socket_lb::MapSizes, SocketLb};
 use corten_tests::lab::{self, Lab, LabSpec};
 
 fn lab_name(tag: &str) -> String {
@@ -139,11 +139,20 @@ fn gc_removes_what_a_killed_run_left() -> anyhow::Result<()> {
     let lab = Lab::up(spec)?;
     let paths = lab.paths().clone();
 
-    // Leave what a crashed test would: a process inside a node, a bpffs pin, a mount.
+    // Leave what a crashed test would: a process inside a node, pinned maps on the node's
+    // bpffs, containerd running.
     let sleeper = lab.command(1, "busybox")?.args(["sleep", "600"]).spawn()?;
     let sleeper_proc = std::path::PathBuf::from(format!("/proc/{}", sleeper.id()));
-    let pin_dir = lab.node_bpffs(0).join("leftover");
-    std::fs::create_dir(&pin_dir).context("creating a directory on the node's bpffs")?;
+    let pinned = lab.node_bpffs(0).join("CORTEN_SERVICES");
+    drop(SocketLb::load(
+        MapSizes::default(),
+        Some(&lab.node_bpffs(0)),
+    )?);
+    assert!(pinned.exists(), "the map pin did not outlive its loader");
+    let containerd_pid =
+        std::fs::read_to_string(lab.paths().node_run_dir(0).join("containerd.pid"))?;
+    let containerd_proc = std::path::PathBuf::from(format!("/proc/{}", containerd_pid.trim()));
+    assert!(containerd_proc.exists());
     lab.keep_running();
     assert!(
         lab::leftovers(&paths)
@@ -161,7 +170,8 @@ fn gc_removes_what_a_killed_run_left() -> anyhow::Result<()> {
         "the process inside the node was not ended"
     );
     drop(sleeper);
-    assert!(!pin_dir.exists());
+    assert!(!containerd_proc.exists(), "containerd survived gc");
+    assert!(!pinned.exists(), "the map pin survived gc");
     Ok(())
 }
 

@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
                 detach: true,
             };
             let lab = Lab::up(spec)?;
-            println!("lab {name} is up ({nodes} node(s), network {network:?})");
+            println!("lab {name} is up ({nodes} node(s), network {network})");
             for i in 0..lab.nodes() {
                 println!(
                     "  node {i}: {} in netns {}, containerd {}",

@@ -42,6 +42,16 @@ pub enum NetworkMode {
     HostGw,
 }
 
+impl std::fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Vxlan => "vxlan",
+            Self::Bgp => "bgp",
+            Self::HostGw => "host-gw",
+        })
+    }
+}
+
 impl std::str::FromStr for NetworkMode {
     type Err = anyhow::Error;
 
@@ -301,15 +311,7 @@ impl Lab {
         i: usize,
         program: impl AsRef<std::ffi::OsStr>,
     ) -> anyhow::Result<Command> {
-        self.check_node(i)?;
-        let mut command = Command::new(program);
-        host::enter(
-            &mut command,
-            &self.paths.node_netns(i),
-            Some(&self.paths.node_cgroup2(i)),
-            false,
-        )?;
-        Ok(command)
+        self.node_command(i, program, true)
     }
 
     /// A command in node `i`'s network namespace but outside its cgroup: what a process on
@@ -319,9 +321,20 @@ impl Lab {
         i: usize,
         program: impl AsRef<std::ffi::OsStr>,
     ) -> anyhow::Result<Command> {
+        self.node_command(i, program, false)
+    }
+
+    fn node_command(
+        &self,
+        i: usize,
+        program: impl AsRef<std::ffi::OsStr>,
+        in_cgroup: bool,
+    ) -> anyhow::Result<Command> {
         self.check_node(i)?;
+        let cgroup = self.paths.node_cgroup2(i);
         let mut command = Command::new(program);
-        host::enter(&mut command, &self.paths.node_netns(i), None, false)?;
+        let cgroup = in_cgroup.then_some(cgroup.as_path());
+        host::enter(&mut command, &self.paths.node_netns(i), cgroup, false)?;
         Ok(command)
     }
 
