@@ -2,5 +2,6 @@
 //! controllers and PKI (DESIGN.md §4–§6). The binary `corten-server` wires them together.
 //!
 //! Owns the cluster state. It must never link the agent: the two meet only at the
-//! Kubernetes API. Nothing is built here yet (README status table); the datastore comes
-//! first.
+//! Kubernetes API. Today it holds the datastore ([`store`]); the API server comes next.
+
+pub mod store;

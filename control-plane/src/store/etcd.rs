@@ -1,0 +1,1 @@
+//! The distributed backend: a real etcd v3 cluster through `etcd-client`.
