@@ -33,7 +33,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("dnsutils", "dig, for cluster DNS tests"),
     (
         "protobuf-compiler",
-        "protoc, for the CRI and containerd gRPC bindings",
+        "protoc, for the CRI, containerd and etcd gRPC bindings",
+    ),
+    (
+        "libprotobuf-dev",
+        "protobuf's well-known .proto files, which etcd's protos import",
     ),
     ("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
     ("libpolly-22-dev", "Polly, which LLVM 22's link line needs"),
