@@ -4,6 +4,7 @@
 //!
 //! It orchestrates only: the lab itself is a library in `tests/`, the OCI types live in
 //! `cri/`, and nothing here is linked into a corten binary.
+mod bench;
 mod deps;
 mod images;
 mod lab;
@@ -38,6 +39,11 @@ enum Command {
     },
     /// Run every test: formatting, lints, unit tests, then the lab tests (as root).
     Test,
+    /// Run a benchmark and write target/bench/NAME.json (store).
+    Bench {
+        /// Which benchmark.
+        name: String,
+    },
     /// Bring up a one-node cluster in a lab and say how to use it.
     Up,
 }
@@ -55,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Lab { command } => lab::run(command),
         Command::Test => test::run(),
+        Command::Bench { name } => bench::run(&name),
         Command::Up => up::run(),
     }
 }

@@ -1,0 +1,122 @@
+//! `cargo xtask bench NAME`: benchmarks are programs that print figures and write
+//! `target/bench/NAME.json`, comparing corten with an anchor measured in the same run. They
+//! are never timed tests. This module starts what a benchmark needs (e.g. a real etcd for
+//! the store) and runs the benchmark program.
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+/// Runs one benchmark by name.
+pub fn run(name: &str) -> anyhow::Result<()> {
+    crate::deps::ensure()?;
+    match name {
+        "store" => store(),
+        other => bail!("unknown benchmark {other:?}; known: store"),
+    }
+}
+
+/// The store benchmark: embedded vs a real etcd on loopback.
+fn store() -> anyhow::Result<()> {
+    let etcd = Etcd::start()?;
+    let status = Command::new(crate::lab::cargo())
+        .current_dir(crate::workspace_root())
+        .args(["bench", "--package", "corten-control-plane", "--bench", "store"])
+        .env("CORTEN_BENCH_ETCD", etcd.endpoint())
+        .status()
+        .context("running the store benchmark")?;
+    drop(etcd);
+    if !status.success() {
+        bail!("the store benchmark failed: {status}");
+    }
+    Ok(())
+}
+
+/// A single-member etcd (Debian's etcd-server) on loopback for a benchmark, with default
+/// durability (fsync on every commit). Killed and removed when dropped.
+struct Etcd {
+    child: Child,
+    client_port: u16,
+    dir: PathBuf,
+}
+
+impl Etcd {
+    fn start() -> anyhow::Result<Self> {
+        let dir = crate::workspace_root()
+            .join("target/bench")
+            .join(format!("etcd-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let client_port = free_port()?;
+        let peer_port = free_port()?;
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(dir.join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .arg("--name=bench")
+            .arg(format!("--data-dir={}", dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=bench={peer}"))
+            .arg("--max-request-bytes=3145728")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (`cargo xtask deps` installs etcd-server)")?;
+        let etcd = Self {
+            child,
+            client_port,
+            dir,
+        };
+        etcd.wait_healthy()?;
+        Ok(etcd)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn wait_healthy(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.endpoint(), "endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if healthy {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+                bail!("etcd did not become healthy; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
