@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the README's test command and what `.ci/run` runs. Installs what is
-//! missing, builds the images, then runs formatting and lint checks, the unit tests, and
-//! the lab tests (root: real namespaces, containerd and eBPF). Stops at the first failure.
+//! missing, builds the images, then runs formatting and lint checks, the unit tests, the
+//! store suite against a real etcd, and the lab tests (root: real namespaces, containerd
+//! and eBPF). Stops at the first failure.
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
@@ -39,6 +40,24 @@ pub fn run() -> anyhow::Result<()> {
     })?;
     step("unit tests", &mut || {
         counts.add(cargo_test(&["test", "--workspace"])?);
+        Ok(())
+    })?;
+    step("etcd tests", &mut || {
+        // The store conformance suite against a real etcd, and the 3-member cluster test;
+        // the embedded half of the suite ran with the unit tests.
+        counts.add(cargo_test(&[
+            "test",
+            "--package",
+            "corten-control-plane",
+            "--features",
+            "etcd-tests",
+            "--test",
+            "store_conformance",
+            "--test",
+            "etcd_cluster",
+            "--",
+            "etcd",
+        ])?);
         Ok(())
     })?;
     step("lab tests", &mut || {
