@@ -56,7 +56,8 @@ pub fn run() -> anyhow::Result<()> {
             "--test",
             "etcd_cluster",
             "--",
-            "etcd",
+            "--skip",
+            "embedded",
         ])?);
         Ok(())
     })?;

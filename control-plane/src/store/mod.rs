@@ -61,7 +61,8 @@ pub enum RangeEnd {
     Single,
     /// Every key that starts with the key.
     Prefix,
-    /// Keys from the key (inclusive) to this one (exclusive).
+    /// Keys from the key (inclusive) to this one (exclusive); `[0]` means no upper bound,
+    /// as in etcd.
     Until(Vec<u8>),
 }
 
@@ -71,6 +72,8 @@ impl RangeEnd {
         match self {
             RangeEnd::Single => candidate == key,
             RangeEnd::Prefix => candidate.starts_with(key),
+            // etcd: a range end of "\0" means every key from `key` on.
+            RangeEnd::Until(end) if end.as_slice() == [0] => candidate >= key,
             RangeEnd::Until(end) => candidate >= key && candidate < end.as_slice(),
         }
     }

@@ -53,6 +53,9 @@ pub fn bounds(key: &[u8], end: &RangeEnd) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
             };
             (Bound::Included(key.to_vec()), upper)
         }
+        RangeEnd::Until(end) if end.as_slice() == [0] => {
+            (Bound::Included(key.to_vec()), Bound::Unbounded)
+        }
         RangeEnd::Until(end) => {
             if end.as_slice() <= key {
                 // An empty range; BTreeMap::range panics on inverted bounds.

@@ -397,6 +397,38 @@ fn load(db: &Database, dir: &Path) -> Result<(State, VecDeque<(u64, u32)>), Stor
     ))
 }
 
+/// Shortest lease TTL in seconds; shorter grants are raised to it, as etcd raises them to
+/// 1.5 election timeouts (1 s by default), rounded up.
+const MIN_LEASE_TTL: i64 = 2;
+
+/// etcd refuses a transaction that writes a key twice in one branch: two puts of a key, or
+/// a put of a key that a delete of the same branch covers. Both branches are checked.
+fn check_duplicate_keys(txn: &Txn) -> Result<(), StoreError> {
+    for ops in [&txn.success, &txn.failure] {
+        let mut puts: Vec<&[u8]> = Vec::new();
+        for op in ops.iter() {
+            if let TxnOp::Put { key, .. } = op {
+                if puts.contains(&key.as_slice()) {
+                    return Err(duplicate());
+                }
+                puts.push(key);
+            }
+        }
+        for op in ops.iter() {
+            if let TxnOp::Delete { key, end, .. } = op {
+                if puts.iter().any(|put| end.contains(key, put)) {
+                    return Err(duplicate());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn duplicate() -> StoreError {
+    StoreError::InvalidRequest("duplicate key given in txn request".to_owned())
+}
+
 /// Bytes a transaction carries (keys and values), for the request size limit.
 fn txn_size(txn: &Txn) -> usize {
     let op_size = |op: &TxnOp| match op {
@@ -439,6 +471,7 @@ impl Store for EmbeddedStore {
                 limit: MAX_REQUEST_BYTES,
             });
         }
+        check_duplicate_keys(&txn)?;
         self.submit(|tx| Job::Txn(txn, tx)).await
     }
 
@@ -459,6 +492,7 @@ impl Store for EmbeddedStore {
                 "lease TTL must be positive, not {ttl}"
             )));
         }
+        let ttl = ttl.max(MIN_LEASE_TTL);
         self.submit(|tx| Job::LeaseGrant(ttl, tx)).await
     }
 
