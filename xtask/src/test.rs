@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the README's test command and what `.ci/run` runs. Installs what is
 //! missing, builds the images, then runs formatting and lint checks, the unit tests, the
-//! store suite against a real etcd, and the lab tests (root: real namespaces, containerd
+//! store suite against a real etcd, the API server with real kubectl, and the lab tests (root: real namespaces, containerd
 //! and eBPF). Stops at the first failure.
 use std::{
     io::{BufRead, BufReader},
@@ -58,6 +58,19 @@ pub fn run() -> anyhow::Result<()> {
             "--",
             "--skip",
             "embedded",
+        ])?);
+        Ok(())
+    })?;
+    step("api tests", &mut || {
+        // A real corten-server driven by real kubectl 1.33 and 1.27 on loopback.
+        counts.add(cargo_test(&[
+            "test",
+            "--package",
+            "corten-control-plane",
+            "--features",
+            "kubectl-tests",
+            "--test",
+            "apiserver_kubectl",
         ])?);
         Ok(())
     })?;

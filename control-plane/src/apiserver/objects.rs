@@ -1,0 +1,425 @@
+//! Object metadata as the API server maintains it: names (DNS-1123 rules, generateName),
+//! uid, creationTimestamp, generation, resourceVersion (always the store revision, never
+//! stored in the value), and the label and field selectors lists filter by.
+//!
+//! Works on JSON values so one code path serves every resource; typed checks are in
+//! [`super::resources`].
+use serde_json::{json, Map, Value};
+
+use super::{
+    resources::ResourceDef,
+    status::{ApiError, Cause},
+};
+
+/// Characters kube-apiserver uses for generateName suffixes (no vowels, no confusables).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// `metadata.name` of an object, if any.
+pub fn name(obj: &Value) -> Option<&str> {
+    obj.pointer("/metadata/name").and_then(Value::as_str)
+}
+
+/// `metadata.namespace` of an object, if any.
+pub fn namespace(obj: &Value) -> Option<&str> {
+    obj.pointer("/metadata/namespace").and_then(Value::as_str)
+}
+
+/// `metadata` as a mutable map (created if absent or not an object).
+pub fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        obj["metadata"] = json!({});
+    }
+    match obj.get_mut("metadata") {
+        Some(Value::Object(map)) => map,
+        // Just made sure it is an object.
+        _ => unreachable!("metadata is an object"),
+    }
+}
+
+/// Errors with a DNS-1123 subdomain name (253 chars of `[a-z0-9.-]`, alphanumeric ends).
+pub fn check_subdomain(value: &str) -> Option<String> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    (!ok).then(|| {
+        format!(
+            "Invalid value: {value:?}: a lowercase RFC 1123 subdomain must consist of lower case \
+             alphanumeric characters, '-' or '.', and must start and end with an alphanumeric \
+             character (e.g. 'example.com', regex used for validation is \
+             '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        )
+    })
+}
+
+/// Errors with a DNS-1123 label name (63 chars of `[a-z0-9-]`, alphanumeric ends).
+pub fn check_label(value: &str) -> Option<String> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    (!ok).then(|| {
+        format!(
+            "Invalid value: {value:?}: a lowercase RFC 1123 label must consist of lower case \
+             alphanumeric characters or '-', and must start and end with an alphanumeric \
+             character (e.g. 'my-name',  or '123-abc', regex used for validation is \
+             '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+        )
+    })
+}
+
+/// The current time as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
+pub fn now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+fn random_suffix() -> String {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    bytes
+        .iter()
+        .take(5)
+        .map(|b| char::from(NAME_ALPHABET[usize::from(*b) % NAME_ALPHABET.len()]))
+        .collect()
+}
+
+/// Checks that `apiVersion` and `kind`, when given, are the resource's.
+pub fn check_type(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    let api_version = obj.get("apiVersion").and_then(Value::as_str);
+    let kind = obj.get("kind").and_then(Value::as_str);
+    if let Some(kind) = kind {
+        if kind != def.kind {
+            return Err(ApiError::bad_request(format!(
+                "the object provided is unrecognized (expected kind {}, got {kind:?})",
+                def.kind
+            )));
+        }
+    }
+    if let Some(api_version) = api_version {
+        if api_version != def.api_version() {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({api_version}) does not match the expected API version ({})",
+                def.api_version()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Validates metadata and the typed form; 422 with causes when something is wrong.
+pub fn validate(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    let name = name(obj).unwrap_or_default();
+    let mut causes = Vec::new();
+    if name.is_empty() {
+        causes.push(Cause::required("metadata.name"));
+    } else {
+        let problem = if def.label_names {
+            check_label(name)
+        } else {
+            check_subdomain(name)
+        };
+        if let Some(message) = problem {
+            causes.push(Cause::invalid("metadata.name", message));
+        }
+    }
+    if let Err(message) = (def.check)(obj) {
+        causes.push(Cause::invalid("<body>", message));
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(def.group, def.kind, name, causes))
+    }
+}
+
+/// Prepares a new object: type fields, namespace from the URL, name (or generateName),
+/// uid, creationTimestamp, generation; resourceVersion dropped (the store assigns it).
+pub fn prepare_create(
+    def: &ResourceDef,
+    namespace: Option<&str>,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body is not a JSON object",
+        ));
+    }
+    check_type(def, &obj)?;
+    obj["apiVersion"] = json!(def.api_version());
+    obj["kind"] = json!(def.kind);
+    let meta = metadata_mut(&mut obj);
+    if def.namespaced {
+        let url_ns = namespace.unwrap_or("default");
+        match meta.get("namespace").and_then(Value::as_str) {
+            Some(ns) if !ns.is_empty() && ns != url_ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+            _ => {
+                meta.insert("namespace".into(), json!(url_ns));
+            }
+        }
+    } else {
+        meta.remove("namespace");
+    }
+    let has_name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    if !has_name {
+        if let Some(base) = meta.get("generateName").and_then(Value::as_str) {
+            let name = format!("{base}{}", random_suffix());
+            meta.insert("name".into(), json!(name));
+        }
+    }
+    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), json!(now()));
+    meta.remove("resourceVersion");
+    meta.remove("deletionTimestamp");
+    meta.remove("deletionGracePeriodSeconds");
+    meta.remove("selfLink");
+    if def.has_spec {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
+    validate(def, &obj)?;
+    Ok(obj)
+}
+
+/// Prepares an update of `old` to `new`: identity fields kept from `old`, generation bumped
+/// when `spec` changed, resourceVersion dropped.
+pub fn prepare_update(def: &ResourceDef, old: &Value, mut new: Value) -> Result<Value, ApiError> {
+    if !new.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body is not a JSON object",
+        ));
+    }
+    check_type(def, &new)?;
+    new["apiVersion"] = json!(def.api_version());
+    new["kind"] = json!(def.kind);
+    let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let spec_changed = old.get("spec") != new.get("spec");
+    let meta = metadata_mut(&mut new);
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match old_meta.get(field) {
+            Some(value) => {
+                meta.insert(field.into(), value.clone());
+            }
+            None => {
+                meta.remove(field);
+            }
+        }
+    }
+    meta.remove("resourceVersion");
+    meta.remove("selfLink");
+    if def.has_spec {
+        let generation = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let generation = if spec_changed {
+            generation + 1
+        } else {
+            generation
+        };
+        meta.insert("generation".into(), json!(generation));
+    }
+    validate(def, &new)?;
+    Ok(new)
+}
+
+/// Sets `metadata.resourceVersion` (as a string, like kube-apiserver).
+pub fn set_resource_version(obj: &mut Value, revision: i64) {
+    metadata_mut(obj).insert("resourceVersion".into(), json!(revision.to_string()));
+}
+
+/// One requirement of a label selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+/// A parsed label selector (equality- and set-based).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector(Vec<Requirement>);
+
+impl LabelSelector {
+    /// Parses `a=b,c!=d,e in (f,g),h notin (i),j,!k`.
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        let mut requirements = Vec::new();
+        for part in split_top_level(text) {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let bad = || ApiError::bad_request(format!("unable to parse requirement: {part:?}"));
+            let requirement = if let Some(key) = part.strip_prefix('!') {
+                Requirement::NotExists(key.trim().to_owned())
+            } else if let Some((key, rest)) = part.split_once(" notin ") {
+                Requirement::NotIn(key.trim().to_owned(), set_values(rest).ok_or_else(bad)?)
+            } else if let Some((key, rest)) = part.split_once(" in ") {
+                Requirement::In(key.trim().to_owned(), set_values(rest).ok_or_else(bad)?)
+            } else if let Some((key, value)) = part.split_once("!=") {
+                Requirement::NotEquals(key.trim().to_owned(), value.trim().to_owned())
+            } else if let Some((key, value)) = part.split_once("==") {
+                Requirement::Equals(key.trim().to_owned(), value.trim().to_owned())
+            } else if let Some((key, value)) = part.split_once('=') {
+                Requirement::Equals(key.trim().to_owned(), value.trim().to_owned())
+            } else {
+                Requirement::Exists(part.to_owned())
+            };
+            requirements.push(requirement);
+        }
+        Ok(Self(requirements))
+    }
+
+    /// Whether an object's labels satisfy every requirement.
+    pub fn matches(&self, obj: &Value) -> bool {
+        let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+        let get = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);
+        self.0.iter().all(|r| match r {
+            Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Requirement::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Requirement::Exists(k) => get(k).is_some(),
+            Requirement::NotExists(k) => get(k).is_none(),
+        })
+    }
+}
+
+fn set_values(text: &str) -> Option<Vec<String>> {
+    let inner = text.trim().strip_prefix('(')?.strip_suffix(')')?;
+    Some(
+        inner
+            .split(',')
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .collect(),
+    )
+}
+
+/// Splits on commas outside parentheses.
+fn split_top_level(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// A parsed field selector: `field=value` / `field!=value` on supported fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSelector(Vec<(String, bool, String)>);
+
+impl FieldSelector {
+    /// Parses a field selector; only `metadata.name` and `metadata.namespace` are supported
+    /// on every resource, as in kube-apiserver.
+    pub fn parse(text: &str, def: &ResourceDef) -> Result<Self, ApiError> {
+        let mut terms = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (field, equal, value) = if let Some((f, v)) = part.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = part.split_once("==") {
+                (f, true, v)
+            } else if let Some((f, v)) = part.split_once('=') {
+                (f, true, v)
+            } else {
+                return Err(ApiError::bad_request(format!(
+                    "invalid field selector: {part:?}"
+                )));
+            };
+            if !matches!(field, "metadata.name" | "metadata.namespace") {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {field} (for {})",
+                    def.plural
+                )));
+            }
+            terms.push((field.to_owned(), equal, value.to_owned()));
+        }
+        Ok(Self(terms))
+    }
+
+    /// Whether an object satisfies every term.
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.0.iter().all(|(field, equal, value)| {
+            let actual = match field.as_str() {
+                "metadata.name" => name(obj).unwrap_or_default(),
+                "metadata.namespace" => namespace(obj).unwrap_or_default(),
+                _ => "",
+            };
+            (actual == value) == *equal
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names() {
+        assert!(check_subdomain("my-app.example").is_none());
+        assert!(check_subdomain("Bad_Name").is_some());
+        assert!(check_subdomain("-x").is_some());
+        assert!(check_subdomain(&"a".repeat(254)).is_some());
+        assert!(check_label("kube-system").is_none());
+        assert!(check_label("a.b").is_some());
+        assert!(check_label(&"a".repeat(64)).is_some());
+    }
+
+    #[test]
+    fn label_selectors() -> Result<(), ApiError> {
+        let obj = json!({"metadata": {"labels": {"app": "web", "tier": "front"}}});
+        assert!(LabelSelector::parse("app=web")?.matches(&obj));
+        assert!(LabelSelector::parse("app==web,tier")?.matches(&obj));
+        assert!(!LabelSelector::parse("app!=web")?.matches(&obj));
+        assert!(LabelSelector::parse("tier in (front, back)")?.matches(&obj));
+        assert!(!LabelSelector::parse("tier notin (front)")?.matches(&obj));
+        assert!(LabelSelector::parse("!missing")?.matches(&obj));
+        assert!(LabelSelector::parse("")?.matches(&obj));
+        assert!(LabelSelector::parse("tier in front").is_err());
+        Ok(())
+    }
+}

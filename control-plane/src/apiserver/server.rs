@@ -1,0 +1,522 @@
+//! HTTPS and routing: TLS with optional client certificates (the identity is the
+//! certificate's CN and O fields), HTTP/1.1 and HTTP/2, request parsing into the resource,
+//! namespace, name and verb (kube-apiserver's RequestInfo), and responses: JSON objects,
+//! Tables, watch streams, and `Status` for every failure.
+//!
+//! Owns the wire; it must not hold resource semantics (those are in [`super::rest`]).
+use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::{
+    body::{Frame, Incoming},
+    header::{HeaderValue, ACCEPT, CONTENT_TYPE},
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use super::{
+    discovery,
+    rest::{PatchKind, Query, Rest},
+    status::ApiError,
+    table, watch,
+};
+
+/// Largest request body accepted (kube-apiserver's limit).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user name (certificate CN).
+    pub user: String,
+    /// The groups (certificate O fields).
+    pub groups: Vec<String>,
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct ServerState {
+    /// The REST layer.
+    pub rest: Rest,
+    /// `host:port` clients use to reach this server.
+    pub address: String,
+    /// The version document.
+    pub version: Value,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+fn json_response(code: u16, value: &Value, content_type: &str) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(full(body));
+    *response.status_mut() =
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn ok(value: &Value) -> Response<Body> {
+    json_response(200, value, "application/json")
+}
+
+fn error(err: &ApiError) -> Response<Body> {
+    json_response(err.code, &err.status(), "application/json")
+}
+
+fn text(code: u16, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The identity in a client certificate chain (leaf first), if any.
+pub fn identity_of(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Option<Identity> {
+    let leaf = certs?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let subject = cert.subject();
+    let user = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect();
+    Some(Identity { user, groups })
+}
+
+/// Serves HTTPS on `listener` until the process ends.
+pub async fn serve(state: Arc<ServerState>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!("accept failed: {err}");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(err) => {
+                    debug!(%peer, "TLS handshake failed: {err}");
+                    return;
+                }
+            };
+            let identity = identity_of(tls.get_ref().1.peer_certificates());
+            let service = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                let identity = identity.clone();
+                async move { Ok::<_, Infallible>(route(&state, identity.as_ref(), peer, req).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(err) = builder.serve_connection(TokioIo::new(tls), service).await {
+                debug!(%peer, "connection ended: {err}");
+            }
+        });
+    }
+}
+
+/// Parsed path and query of a resource request.
+#[derive(Debug, Default)]
+struct Target {
+    group: String,
+    version: String,
+    namespace: Option<String>,
+    resource: String,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+/// Parses `/api/v1/...` or `/apis/G/V/...` after the group version.
+fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let mut target = Target {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        ..Target::default()
+    };
+    let rest = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() => {
+            target.namespace = Some((*ns).to_owned());
+            match tail {
+                // `namespaces/NAME/status` and `/finalize` are subresources of the namespace.
+                ["status"] | ["finalize"] if group.is_empty() => {
+                    target.resource = "namespaces".to_owned();
+                    target.name = Some((*ns).to_owned());
+                    target.namespace = None;
+                    target.subresource = Some(tail[0].to_owned());
+                    return Some(target);
+                }
+                _ => tail,
+            }
+        }
+        other => other,
+    };
+    match rest {
+        [resource] => target.resource = (*resource).to_owned(),
+        [resource, name] => {
+            target.resource = (*resource).to_owned();
+            target.name = Some((*name).to_owned());
+        }
+        [resource, name, sub] => {
+            target.resource = (*resource).to_owned();
+            target.name = Some((*name).to_owned());
+            target.subresource = Some((*sub).to_owned());
+        }
+        _ => return None,
+    }
+    Some(target)
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err)
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(MAX_BODY_BYTES))
+        }
+        Err(err) => Err(ApiError::bad_request(format!(
+            "reading the request body: {err}"
+        ))),
+    }
+}
+
+fn parse_json(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        "" | "application/json" | "*/*" => {}
+        other => return Err(ApiError::unsupported_media_type(other)),
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request body could not be decoded as JSON: {e}"
+        ))
+    })
+}
+
+async fn route(
+    state: &ServerState,
+    identity: Option<&Identity>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let query: Query = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let accept = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    match path.as_str() {
+        "/healthz" | "/livez" | "/readyz" => return text(200, "ok"),
+        "/version" => return ok(&state.version),
+        _ => {}
+    }
+    let Some(identity) = identity else {
+        return error(&ApiError::unauthorized());
+    };
+    debug!(user = %identity.user, %peer, method = %req.method(), %path, "request");
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let registry = &state.rest.registry;
+    match segments.as_slice() {
+        ["api"] => match discovery::aggregated_version(&accept) {
+            Some(v) => json_response(
+                200,
+                &discovery::aggregated(registry, true, v),
+                &discovery::aggregated_content_type(v),
+            ),
+            None => ok(&discovery::core_versions(&state.address)),
+        },
+        ["apis"] => match discovery::aggregated_version(&accept) {
+            Some(v) => json_response(
+                200,
+                &discovery::aggregated(registry, false, v),
+                &discovery::aggregated_content_type(v),
+            ),
+            None => ok(&discovery::group_list(registry)),
+        },
+        ["api", "v1"] => discovery::resource_list(registry, "", "v1")
+            .map_or_else(|| error(&ApiError::no_route(&path)), |d| ok(&d)),
+        ["apis", group] => discovery::group(registry, group)
+            .map_or_else(|| error(&ApiError::no_route(&path)), |d| ok(&d)),
+        ["apis", group, version] => discovery::resource_list(registry, group, version)
+            .map_or_else(|| error(&ApiError::no_route(&path)), |d| ok(&d)),
+        ["api", "v1", rest @ ..] => {
+            resource(state, "", "v1", rest, &path, query, &accept, req).await
+        }
+        ["apis", group, version, rest @ ..] => {
+            let (group, version) = ((*group).to_owned(), (*version).to_owned());
+            resource(state, &group, &version, rest, &path, query, &accept, req).await
+        }
+        _ => error(&ApiError::no_route(&path)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn resource(
+    state: &ServerState,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    path: &str,
+    query: Query,
+    accept: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let Some(target) = parse_target(group, version, rest) else {
+        return error(&ApiError::no_route(path));
+    };
+    let Some(def) = state
+        .rest
+        .registry
+        .find(&target.group, &target.version, &target.resource)
+        .cloned()
+    else {
+        return error(&ApiError::no_route(path));
+    };
+    if !def.namespaced && target.namespace.is_some() && target.subresource.is_none() {
+        return error(&ApiError::no_route(path));
+    }
+    let namespace = if def.namespaced {
+        target.namespace.clone()
+    } else {
+        None
+    };
+    if target.subresource.is_some() {
+        return error(&ApiError::no_route(path));
+    }
+    let wants_table = table::wants_table(accept);
+    let include = query
+        .get("includeObject")
+        .cloned()
+        .unwrap_or_else(|| "Metadata".to_owned());
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let rest = &state.rest;
+    let method = req.method().clone();
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let result: Result<Response<Body>, ApiError> = async {
+        match (method, target.name.as_deref()) {
+            (Method::GET, None) if watching => {
+                let lines = watch::start(rest, &def, namespace.as_deref(), &query).await?;
+                Ok(watch_response(
+                    lines,
+                    wants_table.then(|| (def.clone(), include.clone())),
+                ))
+            }
+            (Method::GET, Some(name)) if watching => {
+                let mut query = query.clone();
+                query.insert("fieldSelector".into(), format!("metadata.name={name}"));
+                let lines = watch::start(rest, &def, namespace.as_deref(), &query).await?;
+                Ok(watch_response(
+                    lines,
+                    wants_table.then(|| (def.clone(), include.clone())),
+                ))
+            }
+            (Method::GET, None) => {
+                let list = rest.list(&def, namespace.as_deref(), &query).await?;
+                if wants_table {
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    let t = table::table(&def, &items, list["metadata"].clone(), &include);
+                    Ok(json_response(200, &t, table::TABLE_CONTENT_TYPE))
+                } else {
+                    Ok(ok(&list))
+                }
+            }
+            (Method::GET, Some(name)) => {
+                let obj = rest.get(&def, namespace.as_deref(), name).await?;
+                if wants_table {
+                    let rv = obj
+                        .pointer("/metadata/resourceVersion")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    let t = table::table(
+                        &def,
+                        std::slice::from_ref(&obj),
+                        json!({"resourceVersion": rv}),
+                        &include,
+                    );
+                    Ok(json_response(200, &t, table::TABLE_CONTENT_TYPE))
+                } else {
+                    Ok(ok(&obj))
+                }
+            }
+            (Method::POST, None) => {
+                let body = read_body(req).await?;
+                let obj = parse_json(&body, &content_type)?;
+                let created = rest.create(&def, namespace.as_deref(), obj, &query).await?;
+                Ok(json_response(201, &created, "application/json"))
+            }
+            (Method::PUT, Some(name)) => {
+                let name = name.to_owned();
+                let body = read_body(req).await?;
+                let obj = parse_json(&body, &content_type)?;
+                Ok(ok(&rest
+                    .update(&def, namespace.as_deref(), &name, obj, &query)
+                    .await?))
+            }
+            (Method::PATCH, Some(name)) => {
+                let name = name.to_owned();
+                let kind = PatchKind::from_content_type(&content_type)
+                    .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                let body = read_body(req).await?;
+                Ok(ok(&rest
+                    .patch(&def, namespace.as_deref(), &name, kind, &body, &query)
+                    .await?))
+            }
+            (Method::DELETE, Some(name)) => {
+                let name = name.to_owned();
+                let body = read_body(req).await?;
+                let options = if body.is_empty() {
+                    None
+                } else {
+                    Some(parse_json(&body, &content_type)?)
+                };
+                Ok(ok(&rest
+                    .delete(&def, namespace.as_deref(), &name, options, &query)
+                    .await?))
+            }
+            (Method::DELETE, None) => Ok(ok(&rest
+                .delete_collection(&def, namespace.as_deref(), &query)
+                .await?)),
+            (method, _) => Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource: {method}"
+            ))),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|err| error(&err))
+}
+
+/// A chunked response of watch lines; as Tables when the client asked for them.
+fn watch_response(
+    lines: watch::Lines,
+    table: Option<(super::resources::ResourceDef, String)>,
+) -> Response<Body> {
+    let content_type = if table.is_some() {
+        table::TABLE_CONTENT_TYPE
+    } else {
+        "application/json"
+    };
+    let stream = tokio_stream::wrappers::ReceiverStream::new(lines).map(move |line| {
+        let line = match &table {
+            Some((def, include)) => as_table_event(def, include, &line).unwrap_or(line),
+            None => line,
+        };
+        Ok::<_, Infallible>(Frame::data(line))
+    });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Rewrites one watch line so its object is a one-row Table (BOOKMARK and ERROR stay).
+fn as_table_event(
+    def: &super::resources::ResourceDef,
+    include: &str,
+    line: &[u8],
+) -> Option<Bytes> {
+    let mut event: Value = serde_json::from_slice(line).ok()?;
+    let kind = event.get("type")?.as_str()?.to_owned();
+    if kind == "ERROR" || kind == "BOOKMARK" {
+        return None;
+    }
+    let object = event.get("object")?.clone();
+    let rv = object
+        .pointer("/metadata/resourceVersion")
+        .cloned()
+        .unwrap_or(Value::Null);
+    event["object"] = table::table(def, &[object], json!({"resourceVersion": rv}), include);
+    let mut bytes = serde_json::to_vec(&event).ok()?;
+    bytes.push(b'\n');
+    Some(Bytes::from(bytes))
+}
+
+/// Parses a query string (for tests and the router).
+pub fn parse_query(query: &str) -> HashMap<String, String> {
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_like_kube_request_info() {
+        let t = parse_target("", "v1", &["namespaces", "default", "configmaps", "x"]);
+        let t = t.map(|t| (t.namespace, t.resource, t.name));
+        assert_eq!(
+            t,
+            Some((
+                Some("default".to_owned()),
+                "configmaps".to_owned(),
+                Some("x".to_owned())
+            ))
+        );
+        let ns = parse_target("", "v1", &["namespaces", "kube-system"])
+            .map(|t| (t.resource, t.name, t.namespace));
+        assert_eq!(
+            ns,
+            Some((
+                "namespaces".to_owned(),
+                Some("kube-system".to_owned()),
+                None
+            ))
+        );
+        let status = parse_target("", "v1", &["namespaces", "a", "status"])
+            .map(|t| (t.resource, t.subresource));
+        assert_eq!(
+            status,
+            Some(("namespaces".to_owned(), Some("status".to_owned())))
+        );
+        assert!(parse_target("", "v1", &["a", "b", "c", "d"]).is_none());
+    }
+
+    #[test]
+    fn queries_are_percent_decoded() {
+        let q = parse_query("labelSelector=app%3Dweb%2Ctier&watch=true");
+        assert_eq!(
+            q.get("labelSelector").map(String::as_str),
+            Some("app=web,tier")
+        );
+    }
+}

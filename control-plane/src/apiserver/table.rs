@@ -1,0 +1,148 @@
+//! Table output (`meta.k8s.io/v1` Table) for `kubectl get`: the columns kube-apiserver
+//! prints for each resource (NAME and AGE everywhere, plus per-resource columns), with the
+//! object (or its metadata) attached to each row as the client asked.
+use serde_json::{json, Value};
+
+use super::resources::ResourceDef;
+
+/// Whether the Accept header asks for a Table.
+pub fn wants_table(accept: &str) -> bool {
+    accept.split(',').any(|media| {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io")
+    })
+}
+
+/// The Content-Type of a Table response.
+pub const TABLE_CONTENT_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
+
+fn columns(def: &ResourceDef) -> Vec<Value> {
+    let mut columns = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
+    match def.plural {
+        "namespaces" => columns.push(json!({"name": "Status", "type": "string", "format": "", "description": "The status of the namespace", "priority": 0})),
+        "configmaps" => columns.push(json!({"name": "Data", "type": "integer", "format": "", "description": "Number of data entries", "priority": 0})),
+        "secrets" => {
+            columns.push(json!({"name": "Type", "type": "string", "format": "", "description": "The type of the secret", "priority": 0}));
+            columns.push(json!({"name": "Data", "type": "integer", "format": "", "description": "Number of data entries", "priority": 0}));
+        }
+        "serviceaccounts" => columns.push(json!({"name": "Secrets", "type": "integer", "format": "", "description": "Number of secrets", "priority": 0})),
+        "leases" => columns.push(json!({"name": "Holder", "type": "string", "format": "", "description": "The holder of the lease", "priority": 0})),
+        _ => {}
+    }
+    columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0}));
+    columns
+}
+
+fn count(value: Option<&Value>) -> usize {
+    value.and_then(Value::as_object).map_or(0, |m| m.len())
+}
+
+fn age(created: &str) -> String {
+    let Ok(created) =
+        time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
+    else {
+        return "<unknown>".to_owned();
+    };
+    let secs = (time::OffsetDateTime::now_utc() - created)
+        .whole_seconds()
+        .max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3600 * 3 => format!("{}m", s / 60),
+        s if s < 86_400 * 2 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn cells(def: &ResourceDef, obj: &Value) -> Vec<Value> {
+    let name = obj
+        .pointer("/metadata/name")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut cells = vec![name];
+    match def.plural {
+        "namespaces" => cells.push(obj.pointer("/status/phase").cloned().unwrap_or(json!(""))),
+        "configmaps" => cells.push(json!(count(obj.get("data")) + count(obj.get("binaryData")))),
+        "secrets" => {
+            cells.push(obj.get("type").cloned().unwrap_or(json!("Opaque")));
+            cells.push(json!(count(obj.get("data"))));
+        }
+        "serviceaccounts" => cells.push(json!(obj
+            .get("secrets")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len))),
+        "leases" => cells.push(
+            obj.pointer("/spec/holderIdentity")
+                .cloned()
+                .unwrap_or(json!("")),
+        ),
+        _ => {}
+    }
+    let created = obj
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    cells.push(json!(age(created)));
+    cells
+}
+
+fn row_object(def: &ResourceDef, obj: &Value, include: &str) -> Value {
+    match include {
+        "None" => Value::Null,
+        "Object" => {
+            let mut full = obj.clone();
+            full["apiVersion"] = json!(def.api_version());
+            full["kind"] = json!(def.kind);
+            full
+        }
+        _ => json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+        }),
+    }
+}
+
+/// A Table of `objects` with list metadata `metadata`; `include` is the `includeObject`
+/// parameter (`None`, `Metadata` (default) or `Object`).
+pub fn table(def: &ResourceDef, objects: &[Value], metadata: Value, include: &str) -> Value {
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|obj| json!({"cells": cells(def, obj), "object": row_object(def, obj, include)}))
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": columns(def),
+        "rows": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::resources::Registry;
+
+    #[test]
+    fn kubectl_accept_header_asks_for_a_table() {
+        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
+        assert!(!wants_table("application/json"));
+    }
+
+    #[test]
+    fn configmap_rows_count_data() {
+        let registry = Registry::new();
+        let Some(def) = registry.find("", "v1", "configmaps") else {
+            panic!("configmaps are served");
+        };
+        let cm = json!({"metadata": {"name": "a", "creationTimestamp": "2020-01-01T00:00:00Z"}, "data": {"x": "1", "y": "2"}});
+        let t = table(def, &[cm], json!({}), "Metadata");
+        assert_eq!(t["rows"][0]["cells"][0], "a");
+        assert_eq!(t["rows"][0]["cells"][1], 2);
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(t["columnDefinitions"].as_array().map(Vec::len), Some(3));
+    }
+}

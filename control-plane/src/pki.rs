@@ -1,0 +1,269 @@
+//! The cluster's PKI: a CA made on first start, the API server's serving certificate (made
+//! anew on every start so its names follow the flags), client certificates (the admin's,
+//! and later the nodes'), and the kubeconfig files that carry them.
+//!
+//! Owns `DATA_DIR/tls/` and the kubeconfigs it writes. Keys are ECDSA P-256. It must not
+//! decide who may do what: identities are names in certificates; authorization reads them.
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Failures of the PKI. None is retryable without fixing the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Generating or parsing a key or certificate failed.
+    #[error("{what}: {source}")]
+    Crypto {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: rcgen::Error,
+    },
+}
+
+/// A PEM certificate with its PEM private key.
+#[derive(Debug, Clone)]
+pub struct CertPair {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM (PKCS#8).
+    pub key_pem: String,
+}
+
+/// The cluster CA, loaded or created under `DATA_DIR/tls`.
+#[derive(Debug)]
+pub struct ClusterCa {
+    dir: PathBuf,
+    pair: CertPair,
+}
+
+const CA_CN: &str = "corten-ca";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn crypto(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
+    move |source| PkiError::Crypto {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn write_private(path: &Path, content: &str) -> Result<(), PkiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    std::io::Write::write_all(&mut file, content.as_bytes()).map_err(io(path))
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+}
+
+fn name(cn: &str, orgs: &[&str]) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    for org in orgs {
+        dn.push(DnType::OrganizationName, *org);
+    }
+    dn
+}
+
+impl ClusterCa {
+    /// Loads the CA from `dir`, creating it on first start.
+    pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let cert_path = dir.join("ca.crt");
+        let key_path = dir.join("ca.key");
+        if cert_path.exists() && key_path.exists() {
+            let pair = CertPair {
+                cert_pem: std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?,
+                key_pem: std::fs::read_to_string(&key_path).map_err(io(&key_path))?,
+            };
+            // Parse now, so a damaged CA is reported at start.
+            let key = KeyPair::from_pem(&pair.key_pem).map_err(crypto("reading ca.key"))?;
+            Issuer::from_ca_cert_pem(&pair.cert_pem, key).map_err(crypto("reading ca.crt"))?;
+            return Ok(Self {
+                dir: dir.to_path_buf(),
+                pair,
+            });
+        }
+        let key = KeyPair::generate().map_err(crypto("generating the CA key"))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(CA_CN, &[]);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, 3650);
+        let cert = params.self_signed(&key).map_err(crypto("signing the CA"))?;
+        let pair = CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        std::fs::write(&cert_path, &pair.cert_pem).map_err(io(&cert_path))?;
+        write_private(&key_path, &pair.key_pem)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            pair,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.pair.cert_pem
+    }
+
+    /// The directory the PKI files live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn issue(&self, mut params: CertificateParams, days: i64) -> Result<CertPair, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.pair.key_pem).map_err(crypto("reading ca.key"))?;
+        let issuer = Issuer::from_ca_cert_pem(&self.pair.cert_pem, ca_key)
+            .map_err(crypto("reading ca.crt"))?;
+        let key = KeyPair::generate().map_err(crypto("generating a key"))?;
+        validity(&mut params, days);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(crypto("signing a certificate"))?;
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A serving certificate for the API server with these DNS names and addresses.
+    pub fn issue_serving(&self, dns: &[String], ips: &[IpAddr]) -> Result<CertPair, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name("kube-apiserver", &[]);
+        params.subject_alt_names = dns
+            .iter()
+            .filter_map(|d| d.clone().try_into().ok().map(SanType::DnsName))
+            .chain(ips.iter().map(|ip| SanType::IpAddress(*ip)))
+            .collect();
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params, 365)
+    }
+
+    /// A client certificate for user `cn` in groups `orgs` (Kubernetes reads the user from
+    /// the CN and the groups from the O fields).
+    pub fn issue_client(&self, cn: &str, orgs: &[&str]) -> Result<CertPair, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(cn, orgs);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params, 365)
+    }
+
+    /// Loads a client certificate kept under `tls/NAME.{crt,key}`, issuing it if absent.
+    pub fn client_pair(&self, file: &str, cn: &str, orgs: &[&str]) -> Result<CertPair, PkiError> {
+        let cert_path = self.dir.join(format!("{file}.crt"));
+        let key_path = self.dir.join(format!("{file}.key"));
+        if cert_path.exists() && key_path.exists() {
+            return Ok(CertPair {
+                cert_pem: std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?,
+                key_pem: std::fs::read_to_string(&key_path).map_err(io(&key_path))?,
+            });
+        }
+        let pair = self.issue_client(cn, orgs)?;
+        std::fs::write(&cert_path, &pair.cert_pem).map_err(io(&cert_path))?;
+        write_private(&key_path, &pair.key_pem)?;
+        Ok(pair)
+    }
+}
+
+/// A kubeconfig for `server` trusting `ca_pem`, authenticating with `client`.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, client: &CertPair) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: corten\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: corten\n  context:\n    cluster: corten\n    user: {user}\ncurrent-context: corten\npreferences: {{}}\n",
+        ca = b64(ca_pem),
+        cert = b64(&client.cert_pem),
+        key = b64(&client.key_pem),
+    )
+}
+
+/// Writes a kubeconfig readable only by its owner.
+pub fn write_kubeconfig(path: &Path, content: &str) -> Result<(), PkiError> {
+    write_private(path, content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_is_made_once_and_signs_what_it_issues() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let ca = ClusterCa::load_or_create(dir.path())?;
+        let again = ClusterCa::load_or_create(dir.path())?;
+        assert_eq!(ca.cert_pem(), again.cert_pem());
+        let admin = ca.issue_client("admin", &["system:masters"])?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(admin.cert_pem.as_bytes())?;
+        let cert = pem.parse_x509()?;
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok());
+        assert_eq!(cn, Some("admin"));
+        let org = cert
+            .subject()
+            .iter_organization()
+            .next()
+            .and_then(|o| o.as_str().ok());
+        assert_eq!(org, Some("system:masters"));
+        assert_eq!(
+            cert.issuer()
+                .iter_common_name()
+                .next()
+                .and_then(|c| c.as_str().ok()),
+            Some(CA_CN)
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("ca.key"))?.permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        Ok(())
+    }
+}
