@@ -60,14 +60,21 @@ async fn run() -> anyhow::Result<()> {
     let etcd_figures = measure("etcd", etcd).await?;
 
     let mut ratios = serde_json::Map::new();
-    println!("\n{:<28} {:>14} {:>14} {:>16}", "figure", "embedded", "etcd", "embedded/etcd");
+    println!(
+        "\n{:<28} {:>14} {:>14} {:>16}",
+        "figure", "embedded", "etcd", "embedded/etcd"
+    );
     for (name, value) in embedded_figures.as_object().into_iter().flatten() {
         let (Some(mine), Some(theirs)) = (value.as_f64(), etcd_figures[name].as_f64()) else {
             continue;
         };
         // For times, smaller is better: report how many times faster embedded is.
         let higher_is_better = name.ends_with("ops_per_s");
-        let ratio = if higher_is_better { mine / theirs } else { theirs / mine };
+        let ratio = if higher_is_better {
+            mine / theirs
+        } else {
+            theirs / mine
+        };
         ratios.insert(name.clone(), json!(ratio));
         println!("{name:<28} {mine:>14.3} {theirs:>14.3} {ratio:>15.2}x");
     }
@@ -156,7 +163,11 @@ async fn measure(name: &str, store: Arc<dyn Store>) -> anyhow::Result<Value> {
         let t = Instant::now();
         let response = store.range(Range::prefix("/bench/range/")).await?;
         range_times.push(t.elapsed());
-        anyhow::ensure!(response.kvs.len() == RANGE_KEYS, "range returned {}", response.kvs.len());
+        anyhow::ensure!(
+            response.kvs.len() == RANGE_KEYS,
+            "range returned {}",
+            response.kvs.len()
+        );
     }
     range_times.sort();
 
@@ -164,7 +175,9 @@ async fn measure(name: &str, store: Arc<dyn Store>) -> anyhow::Result<Value> {
     let origin = Instant::now();
     let mut watchers = Vec::new();
     for _ in 0..WATCHERS {
-        let mut stream = store.watch(WatchRequest::prefix("/bench/watch/", 0)).await?;
+        let mut stream = store
+            .watch(WatchRequest::prefix("/bench/watch/", 0))
+            .await?;
         watchers.push(tokio::spawn(async move {
             let mut delays = Vec::with_capacity(WATCHED_PUTS);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

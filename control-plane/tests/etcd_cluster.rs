@@ -1,14 +1,17 @@
-//! The etcd backend through the loss of a member: a three-member etcd cluster, one
-//! [`EtcdStore`] on all three endpoints, watches opened before the writes, a writer doing
-//! sequential creates; after a third of them member 0 is SIGKILLed. The writes and reads must
-//! go on, and every watch must deliver every acknowledged write exactly once, in revision
-//! order, with no gap; a final read at the last revision must see every key.
-//!
-//! Several watches are opened because the client balances each over the members at random:
-//! with [`WATCHES`] of them, some almost surely sit on member 0 and must resume elsewhere.
+//! The etcd backend's transport, which the conformance suite (one store, all healthy) cannot
+//! show:
+//! - the loss of a member: a three-member etcd cluster, one [`EtcdStore`] on all three
+//!   endpoints, watches opened before the writes, a writer doing sequential creates; after a
+//!   third of them member 0 is SIGKILLed. The writes and reads must go on, and every watch
+//!   must deliver every acknowledged write exactly once, in revision order, with no gap; a
+//!   final read at the last revision must see every key. Several watches are opened because
+//!   the client balances each over the members at random: with [`WATCHES`] of them, some
+//!   almost surely sit on member 0 and must resume elsewhere;
+//! - watches nobody reads: they share the HTTP/2 connection with every other call to their
+//!   member, and must not stall it.
 //!
 //! Needs Debian's etcd (`cargo xtask deps`); runs with `--features etcd-tests`. Everything is
-//! bounded in time. It tests only through the [`Store`] trait and the fixture.
+//! bounded in time. It tests only through the [`Store`] trait and the fixtures.
 #![cfg(feature = "etcd-tests")]
 
 mod support;
@@ -21,7 +24,7 @@ use corten_control_plane::store::{
     TxnOpResult, WatchBatch, WatchRequest, WatchStream,
 };
 use futures::StreamExt as _;
-use support::etcd::EtcdCluster;
+use support::etcd::{EtcdCluster, EtcdServer};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 /// Every key of the test starts with it.
@@ -44,6 +47,14 @@ const QUIET: Duration = Duration::from_millis(500);
 const MAX_AMBIGUOUS_WRITES: usize = 10;
 /// The whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+/// How many watches nobody reads (each may hold a stream window of data, 4 MiB).
+const UNREAD_WATCHES: usize = 8;
+/// How many large writes go past the unread watches.
+const LARGE_WRITES: usize = 8;
+/// The largest value the apiserver stores (1.5 MiB, like etcd's default request limit).
+const LARGE_VALUE_BYTES: usize = 1536 * 1024;
+/// Longest one call may take next to the unread watches.
+const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 fn key(i: usize) -> String {
     format!("{PREFIX}{i:04}")
@@ -249,6 +260,55 @@ async fn run() -> Result<()> {
             "a read at revision {last} sees {:?} at position {i}",
             String::from_utf8_lossy(&kv.key)
         );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_watches_do_not_stall_other_calls() -> Result<()> {
+    timeout(TEST_TIMEOUT, unread_watches())
+        .await
+        .context("the test ran out of time")?
+}
+
+async fn unread_watches() -> Result<()> {
+    let server = EtcdServer::start().await;
+    let store = server.store().await;
+    let mut unread = Vec::new();
+    for _ in 0..UNREAD_WATCHES {
+        unread.push(store.watch(WatchRequest::prefix(PREFIX, 0)).await?);
+    }
+    let large = vec![b'x'; LARGE_VALUE_BYTES];
+    for i in 0..LARGE_WRITES {
+        timeout(CALL_DEADLINE, store.put(key(i).as_bytes(), &large))
+            .await
+            .with_context(|| {
+                format!("large write {i} hung: the unread watches stalled the connection")
+            })?
+            .with_context(|| format!("large write {i}"))?;
+    }
+    let read = timeout(
+        CALL_DEADLINE,
+        store.range(Range::prefix(PREFIX).count_only()),
+    )
+    .await
+    .context("a read hung next to the unread watches")??;
+    ensure!(usize::try_from(read.count) == Ok(LARGE_WRITES));
+    // Read late, the watches still deliver everything.
+    for (index, mut watch) in unread.into_iter().enumerate() {
+        for i in 0..LARGE_WRITES {
+            let batch = timeout(CALL_DEADLINE, watch.next())
+                .await
+                .with_context(|| format!("watch {index} delivered only {i} writes"))?
+                .with_context(|| format!("watch {index} ended"))??;
+            ensure!(
+                batch.events.len() == 1
+                    && batch.events[0].kv.key == key(i).as_bytes()
+                    && batch.events[0].kv.value.len() == LARGE_VALUE_BYTES,
+                "watch {index}: revision {} is not large write {i}",
+                batch.revision
+            );
+        }
     }
     Ok(())
 }

@@ -25,7 +25,13 @@ fn store() -> anyhow::Result<()> {
     let etcd = Etcd::start()?;
     let status = Command::new(crate::lab::cargo())
         .current_dir(crate::workspace_root())
-        .args(["bench", "--package", "corten-control-plane", "--bench", "store"])
+        .args([
+            "bench",
+            "--package",
+            "corten-control-plane",
+            "--bench",
+            "store",
+        ])
         .env("CORTEN_BENCH_ETCD", etcd.endpoint())
         .status()
         .context("running the store benchmark")?;
@@ -66,7 +72,7 @@ impl Etcd {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=bench={peer}"))
-            .arg("--max-request-bytes=3145728")
+            .arg("--max-request-bytes=3211264")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -2,7 +2,7 @@
 //! through `etcd-client`.
 //!
 //! It owns three things: the translation between the store's types and etcd's wire types,
-//! the mapping of etcd's errors onto [`StoreError`] ([`map_error`]), and fail-over when a
+//! the mapping of etcd's errors onto [`StoreError`] (`map_error`), and fail-over when a
 //! member dies. `etcd-client` load-balances every call over all endpoints (tonic's p2c
 //! balancer, with a constant load, so a random pick) and never takes a dead endpoint out:
 //! while a member is down, a share of calls land on it and fail with a connect error. So
@@ -11,6 +11,9 @@
 //!   reads are also retried after errors that leave it open whether the server saw them;
 //! - a watch that breaks is re-subscribed from the revision after the last one it delivered,
 //!   for at most [`WATCH_RECONNECT_BUDGET`], so it goes on with no gap and no duplicate.
+//!
+//! All calls to one member share one HTTP/2 connection; its receive window is widened
+//! (`WideWindows`) so that watches whose readers fall behind cannot stall everything else.
 //!
 //! It must not interpret keys or values (that is the apiserver's business), must never retry
 //! a write that may have been applied (it would apply twice; such failures surface as
@@ -23,7 +26,11 @@ use async_trait::async_trait;
 use etcd_client as etcd;
 use futures::stream;
 use tokio::time::{sleep, timeout, Instant};
-use tonic::Code;
+use tonic::{
+    codegen::http::Uri,
+    transport::{channel::Change, Endpoint},
+    Code,
+};
 
 use super::{
     Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, Lease, LeaseId, Range, RangeEnd,
@@ -32,9 +39,9 @@ use super::{
 };
 
 /// How long one attempt of a unary call may take. etcd gives up on a proposal by itself after
-/// about 7 s with default timing (5 s + two election timeouts), so this only catches a member
-/// that stopped answering without closing the connection.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// about 7 s with default timing (5 s + two election timeouts), and HTTP/2 pings find a dead
+/// connection within 15 s, so this is a last resort; it leaves time to download a large list.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a unary call keeps retrying on other members before it reports `Unavailable`.
 pub const RETRY_BUDGET: Duration = Duration::from_secs(10);
 /// How long a broken watch keeps trying to re-subscribe before it ends with `Unavailable`.
@@ -56,6 +63,13 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response accepted (tonic's default of 4 MiB is too small for a full list of a
 /// resource, or for a watch response carrying several 1.5 MiB objects).
 const MAX_RESPONSE_BYTES: usize = 1 << 31;
+/// HTTP/2 receive window of one stream: how much of a response (or of a watch nobody reads)
+/// may wait in the client's buffers.
+const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+/// HTTP/2 receive window of a whole connection: the largest HTTP/2 allows. With hyper's
+/// default (5 MiB), three watches whose readers fall behind fill it, and then every call to
+/// that member hangs; with this one it would take hundreds.
+const CONNECTION_WINDOW_BYTES: u32 = (1 << 31) - 1;
 
 /// A [`Store`] on an etcd v3 cluster.
 #[derive(Clone)]
@@ -118,6 +132,10 @@ impl EtcdStore {
     ///
     /// Connections are made lazily: this does not contact etcd, so it succeeds while the
     /// cluster is still starting; the first calls retry for up to [`RETRY_BUDGET`].
+    ///
+    /// etcd counts a request's protobuf framing against its `--max-request-bytes` (default
+    /// 1.5 MiB); run it with at least [`MAX_REQUEST_BYTES`] + 64 KiB so that it accepts what
+    /// the embedded store accepts. What it refuses anyway comes back as `TooLarge`.
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore, StoreError> {
         if endpoints.is_empty() {
             return Err(StoreError::InvalidRequest(
@@ -131,9 +149,10 @@ impl EtcdStore {
             // A member cut off from its peers answers "no leader" (and cancels its watches)
             // instead of serving stale data; the retries then move on to another member.
             .with_require_leader(true);
-        let client = etcd::Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|error| map_error(error, ErrorContext::default()))?;
+        let client =
+            etcd::Client::connect_with_balanced_channel(endpoints, Some(options), WideWindows)
+                .await
+                .map_err(|error| map_error(error, ErrorContext::default()))?;
         Ok(EtcdStore {
             endpoints: endpoints.to_vec(),
             kv: client
@@ -194,6 +213,46 @@ impl EtcdStore {
         }
     }
 }
+
+/// etcd-client's balanced channel (tonic's), with HTTP/2 windows set on every endpoint that
+/// etcd-client adds: [`CONNECTION_WINDOW_BYTES`], [`STREAM_WINDOW_BYTES`]. h2 gives a
+/// connection's window back only as the application reads, so streams nobody reads (a slow
+/// watch consumer) hold on to it; `ConnectOptions` cannot set the windows.
+struct WideWindows;
+
+impl etcd::BalancedChannelBuilder for WideWindows {
+    type Error = etcd::Error;
+
+    fn balanced_channel(
+        self,
+        buffer_size: usize,
+    ) -> Result<(etcd::Channel, EndpointChanges), etcd::Error> {
+        let (channel, to_tonic) = tonic::transport::Channel::balance_channel(buffer_size);
+        let (from_client_tx, mut from_client) =
+            tokio::sync::mpsc::channel::<Change<Uri, Endpoint>>(buffer_size);
+        // Lives as long as the client (which holds `from_client_tx`).
+        tokio::spawn(async move {
+            while let Some(change) = from_client.recv().await {
+                let change = match change {
+                    Change::Insert(uri, endpoint) => Change::Insert(
+                        uri,
+                        endpoint
+                            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+                            .initial_stream_window_size(STREAM_WINDOW_BYTES),
+                    ),
+                    Change::Remove(uri) => Change::Remove(uri),
+                };
+                if to_tonic.send(change).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((etcd::Channel::Tonic(channel), from_client_tx))
+    }
+}
+
+/// How etcd-client adds endpoints to its balanced channel.
+type EndpointChanges = tokio::sync::mpsc::Sender<Change<Uri, Endpoint>>;
 
 /// Which failures of a call may be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -72,8 +72,10 @@ impl RangeEnd {
         match self {
             RangeEnd::Single => candidate == key,
             RangeEnd::Prefix => candidate.starts_with(key),
-            // etcd: a range end of "\0" means every key from `key` on.
+            // etcd: a range end of "\0" means every key from `key` on, an empty one means
+            // just `key`.
             RangeEnd::Until(end) if end.as_slice() == [0] => candidate >= key,
+            RangeEnd::Until(end) if end.is_empty() => candidate == key,
             RangeEnd::Until(end) => candidate >= key && candidate < end.as_slice(),
         }
     }

@@ -30,6 +30,10 @@ const ETCD: &str = "/usr/bin/etcd";
 const START_DEADLINE: Duration = Duration::from_secs(20);
 /// How many times a start is retried when a port chosen was taken in the meantime.
 const START_ATTEMPTS: usize = 3;
+/// etcd's request limit: the store's (which counts keys and values, and so lets 1.5 MiB
+/// values through as the embedded store does) plus room for the protobuf framing etcd counts
+/// too, so that both backends accept exactly the same requests.
+const ETCD_MAX_REQUEST_BYTES: usize = MAX_REQUEST_BYTES + 64 * 1024;
 /// How many lines of etcd's log a failure shows.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -113,8 +117,7 @@ impl Member {
             .args(["--initial-cluster", initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", token])
-            // 3 MiB, so that 1.5 MiB values fit, as they do in the embedded store.
-            .args(["--max-request-bytes", &MAX_REQUEST_BYTES.to_string()])
+            .args(["--max-request-bytes", &ETCD_MAX_REQUEST_BYTES.to_string()])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

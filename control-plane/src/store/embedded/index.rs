@@ -42,6 +42,9 @@ pub struct KeyIndex {
 pub fn bounds(key: &[u8], end: &RangeEnd) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     match end {
         RangeEnd::Single => (Bound::Included(key.to_vec()), Bound::Included(key.to_vec())),
+        RangeEnd::Until(end) if end.is_empty() => {
+            (Bound::Included(key.to_vec()), Bound::Included(key.to_vec()))
+        }
         RangeEnd::Prefix => {
             let upper = if key.is_empty() {
                 Bound::Unbounded

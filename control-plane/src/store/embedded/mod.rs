@@ -397,6 +397,10 @@ fn load(db: &Database, dir: &Path) -> Result<(State, VecDeque<(u64, u32)>), Stor
     ))
 }
 
+/// Most compares, and most operations per branch, in one transaction (etcd's default
+/// `--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+
 /// Shortest lease TTL in seconds; shorter grants are raised to it, as etcd raises them to
 /// 1.5 election timeouts (1 s by default), rounded up.
 const MIN_LEASE_TTL: i64 = 2;
@@ -404,6 +408,31 @@ const MIN_LEASE_TTL: i64 = 2;
 /// etcd refuses a transaction that writes a key twice in one branch: two puts of a key, or
 /// a put of a key that a delete of the same branch covers. Both branches are checked.
 fn check_duplicate_keys(txn: &Txn) -> Result<(), StoreError> {
+    if txn.compare.len() > MAX_TXN_OPS
+        || txn.success.len() > MAX_TXN_OPS
+        || txn.failure.len() > MAX_TXN_OPS
+    {
+        return Err(StoreError::InvalidRequest(
+            "too many operations in txn request".to_owned(),
+        ));
+    }
+    for ops in [&txn.success, &txn.failure] {
+        for op in ops.iter() {
+            let key = match op {
+                TxnOp::Put { key, .. } => key,
+                TxnOp::Delete {
+                    key,
+                    end: super::RangeEnd::Single,
+                    ..
+                } => key,
+                TxnOp::Get(range) if range.end == super::RangeEnd::Single => &range.key,
+                _ => continue,
+            };
+            if key.is_empty() {
+                return Err(StoreError::InvalidRequest("key is not provided".to_owned()));
+            }
+        }
+    }
     for ops in [&txn.success, &txn.failure] {
         let mut puts: Vec<&[u8]> = Vec::new();
         for op in ops.iter() {
@@ -519,6 +548,9 @@ impl Store for EmbeddedStore {
 
 /// Serves a read from the index and a read transaction.
 fn read_range(shared: &Shared, range: &Range) -> Result<RangeResponse, StoreError> {
+    if range.key.is_empty() && range.end == super::RangeEnd::Single {
+        return Err(StoreError::InvalidRequest("key is not provided".to_owned()));
+    }
     let (current, entries, count) = {
         let state = shared.read_state();
         let current = state.current;
