@@ -10,6 +10,7 @@
 pub mod discovery;
 pub mod namespaces;
 pub mod objects;
+pub mod openapi;
 pub mod resources;
 pub mod rest;
 pub mod server;

@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use super::{
-    discovery,
+    discovery, openapi,
     rest::{PatchKind, Query, Rest},
     status::ApiError,
     table, watch,
@@ -250,6 +250,19 @@ async fn route(
         .collect();
     let registry = &state.rest.registry;
     match segments.as_slice() {
+        ["openapi", "v2"] => {
+            let version = state.version["gitVersion"].as_str().unwrap_or("v1.33.0");
+            if openapi::wants_protobuf(&accept) {
+                let mut response = Response::new(full(openapi::v2_protobuf(version)));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(openapi::PROTOBUF_V2_RESPONSE),
+                );
+                response
+            } else {
+                ok(&openapi::v2_json(version))
+            }
+        }
         ["api"] => match discovery::aggregated_version(&accept) {
             Some(v) => json_response(
                 200,
