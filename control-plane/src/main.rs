@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc};
 use anyhow::Context;
 use clap::Parser;
 use corten_control_plane::{
-    apiserver::{self, ApiServerConfig},
+    apiserver::{self, services::ServiceNetwork, ApiServerConfig},
     store::{
         embedded::{EmbeddedOptions, EmbeddedStore},
         etcd::{parse_endpoints, EtcdStore},
@@ -66,7 +66,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     first_address(&args.cluster_cidr).context("--cluster-cidr")?;
-    let service_ip = first_address(&args.service_cidr).context("--service-cidr")?;
+    let service_network = ServiceNetwork::parse(&args.service_cidr).with_context(|| {
+        format!(
+            "--service-cidr {:?} is not an IPv4 CIDR of /30 or larger",
+            args.service_cidr
+        )
+    })?;
     let store: Arc<dyn Store> = match &args.datastore_endpoint {
         Some(flag) => Arc::new(EtcdStore::connect(&parse_endpoints(flag)?).await?),
         None => EmbeddedStore::open(&args.data_dir.join("db"), EmbeddedOptions::default())?,
@@ -76,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         bind_address: args.bind_address,
         https_port: args.https_port,
         tls_sans: args.tls_san,
-        service_ip,
+        service_network,
     };
     apiserver::run(config, store).await
 }

@@ -86,20 +86,33 @@ fn group_doc(group: &str, versions: &[&str]) -> Value {
 
 /// `GET /api/v1` or `GET /apis/GROUP/VERSION`, if served.
 pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<Value> {
-    let resources: Vec<Value> = registry
-        .in_group_version(group, version)
-        .map(|r| {
-            json!({
-                "name": r.plural,
-                "singularName": r.singular,
+    let mut resources: Vec<Value> = Vec::new();
+    for r in registry.in_group_version(group, version) {
+        resources.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": r.verbs(),
+            "shortNames": r.short_names,
+            "categories": r.categories,
+        }));
+        for sub in r.subresources {
+            let mut entry = json!({
+                "name": format!("{}/{sub}", r.plural),
+                "singularName": "",
                 "namespaced": r.namespaced,
                 "kind": r.kind,
-                "verbs": r.verbs(),
-                "shortNames": r.short_names,
-                "categories": r.categories,
-            })
-        })
-        .collect();
+                "verbs": ["get", "patch", "update"],
+            });
+            if *sub == "scale" {
+                entry["group"] = json!("autoscaling");
+                entry["version"] = json!("v1");
+                entry["kind"] = json!("Scale");
+            }
+            resources.push(entry);
+        }
+    }
     if resources.is_empty() {
         return None;
     }
@@ -117,7 +130,20 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
 }
 
 fn discovery_resource(r: &ResourceDef) -> Value {
+    let subresources: Vec<Value> = r
+        .subresources
+        .iter()
+        .map(|sub| {
+            let kind = if *sub == "scale" {
+                json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
+            } else {
+                json!({"group": r.group, "version": r.version, "kind": r.kind})
+            };
+            json!({"subresource": sub, "responseKind": kind, "verbs": ["get", "patch", "update"]})
+        })
+        .collect();
     json!({
+        "subresources": subresources,
         "resource": r.plural,
         "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
         "scope": if r.namespaced { "Namespaced" } else { "Cluster" },

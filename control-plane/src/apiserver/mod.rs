@@ -7,6 +7,7 @@
 //! documents kubectl reads, [`objects`] metadata rules, [`namespaces`] namespace lifecycle,
 //! [`status`] errors. It must not reach into the scheduler or controllers: they are API
 //! clients like any other.
+pub mod defaults;
 pub mod discovery;
 pub mod namespaces;
 pub mod objects;
@@ -14,7 +15,9 @@ pub mod openapi;
 pub mod resources;
 pub mod rest;
 pub mod server;
+pub mod services;
 pub mod status;
+pub mod strategic;
 pub mod table;
 pub mod watch;
 
@@ -46,8 +49,8 @@ pub struct ApiServerConfig {
     pub https_port: u16,
     /// Extra names and addresses for the serving certificate.
     pub tls_sans: Vec<String>,
-    /// The first address of the service CIDR (the `kubernetes` Service's ClusterIP).
-    pub service_ip: IpAddr,
+    /// The service network.
+    pub service_network: services::ServiceNetwork,
 }
 
 /// The address clients should use for a bind address (loopback for "any").
@@ -66,6 +69,7 @@ pub async fn run(config: ApiServerConfig, store: Arc<dyn Store>) -> anyhow::Resu
     let rest = rest::Rest {
         store,
         registry: Arc::new(resources::Registry::new()),
+        services: config.service_network,
     };
     namespaces::bootstrap(&rest)
         .await
@@ -108,7 +112,10 @@ async fn prepare(
         "kubernetes.default.svc".to_owned(),
         "kubernetes.default.svc.cluster.local".to_owned(),
     ];
-    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), config.service_ip];
+    let mut ips = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V4(config.service_network.first()),
+    ];
     if !config.bind_address.is_unspecified() {
         ips.push(config.bind_address);
     }

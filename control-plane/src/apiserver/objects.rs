@@ -201,6 +201,16 @@ pub fn prepare_create(
     } else {
         meta.remove("generation");
     }
+    if def.status_is_subresource() {
+        // Status is the controllers' and kubelets' to write, through the subresource.
+        if let Some(map) = obj.as_object_mut() {
+            map.remove("status");
+        }
+        if def.kind == "Pod" {
+            obj["status"] = json!({"phase": "Pending"});
+        }
+    }
+    super::defaults::apply(def, &mut obj);
     validate(def, &obj)?;
     Ok(obj)
 }
@@ -248,6 +258,43 @@ pub fn prepare_update(def: &ResourceDef, old: &Value, mut new: Value) -> Result<
             generation
         };
         meta.insert("generation".into(), json!(generation));
+    }
+    if def.status_is_subresource() {
+        match old.get("status") {
+            Some(status) => new["status"] = status.clone(),
+            None => {
+                if let Some(map) = new.as_object_mut() {
+                    map.remove("status");
+                }
+            }
+        }
+    }
+    if def.kind == "Service" && def.group.is_empty() {
+        super::services::keep_allocations(old, &mut new);
+    }
+    super::defaults::apply(def, &mut new);
+    validate(def, &new)?;
+    Ok(new)
+}
+
+/// Prepares a write through the status subresource: everything but `status` stays as in
+/// `old`.
+pub fn prepare_status_update(
+    def: &ResourceDef,
+    old: &Value,
+    status: Option<Value>,
+) -> Result<Value, ApiError> {
+    let mut new = old.clone();
+    match status {
+        Some(status) => new["status"] = status,
+        None => {
+            if let Some(map) = new.as_object_mut() {
+                map.remove("status");
+            }
+        }
+    }
+    if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
     }
     validate(def, &new)?;
     Ok(new)

@@ -33,6 +33,8 @@ pub struct ResourceDef {
     pub has_spec: bool,
     /// Whether the object names must be DNS labels (63 chars) rather than subdomains.
     pub label_names: bool,
+    /// Subresources served (`status`, `scale`).
+    pub subresources: &'static [&'static str],
     /// Decodes the object as its typed form, so malformed objects are refused.
     pub check: Check,
 }
@@ -63,6 +65,12 @@ impl ResourceDef {
         }
     }
 
+    /// Whether `status` is written only through the status subresource (and dropped on
+    /// create and ignored on updates of the main resource).
+    pub fn status_is_subresource(&self) -> bool {
+        self.subresources.contains(&"status")
+    }
+
     /// The verbs served for this resource.
     pub fn verbs(&self) -> &'static [&'static str] {
         &[
@@ -85,7 +93,7 @@ fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> Result<(), String> {
 macro_rules! resource {
     ($group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, namespaced: $ns:expr,
      short: $short:expr, categories: $cat:expr, storage: $storage:expr, spec: $spec:expr,
-     labels: $labels:expr, $ty:ty) => {
+     labels: $labels:expr, sub: $sub:expr, $ty:ty) => {
         ResourceDef {
             group: $group,
             version: $version,
@@ -98,39 +106,112 @@ macro_rules! resource {
             storage: $storage,
             has_spec: $spec,
             label_names: $labels,
+            subresources: $sub,
             check: typed::<$ty>,
         }
     };
 }
 
+const NONE: &[&str] = &[];
+const STATUS: &[&str] = &["status"];
+const STATUS_SCALE: &[&str] = &["status", "scale"];
+const ALL: &[&str] = &["all"];
+
 /// The built-in resources served today.
 pub fn builtin() -> Vec<ResourceDef> {
-    use k8s_openapi::api::{coordination::v1 as coordination, core::v1 as core};
+    use k8s_openapi::api::{
+        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
+        discovery::v1 as discovery, policy::v1 as policy, rbac::v1 as rbac,
+        scheduling::v1 as scheduling,
+    };
     vec![
         resource!("", "v1", "Namespace", "namespaces", "namespace", namespaced: false,
-            short: &["ns"], categories: &[], storage: "namespaces", spec: false,
-            labels: true, core::Namespace),
+            short: &["ns"], categories: NONE, storage: "namespaces", spec: false,
+            labels: true, sub: STATUS, core::Namespace),
         resource!("", "v1", "ConfigMap", "configmaps", "configmap", namespaced: true,
-            short: &["cm"], categories: &[], storage: "configmaps", spec: false,
-            labels: false, core::ConfigMap),
+            short: &["cm"], categories: NONE, storage: "configmaps", spec: false,
+            labels: false, sub: NONE, core::ConfigMap),
         resource!("", "v1", "Secret", "secrets", "secret", namespaced: true,
-            short: &[], categories: &[], storage: "secrets", spec: false,
-            labels: false, core::Secret),
+            short: NONE, categories: NONE, storage: "secrets", spec: false,
+            labels: false, sub: NONE, core::Secret),
         resource!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", namespaced: true,
-            short: &["sa"], categories: &[], storage: "serviceaccounts", spec: false,
-            labels: false, core::ServiceAccount),
+            short: &["sa"], categories: NONE, storage: "serviceaccounts", spec: false,
+            labels: false, sub: NONE, core::ServiceAccount),
         resource!("", "v1", "Event", "events", "event", namespaced: true,
-            short: &["ev"], categories: &[], storage: "events", spec: false,
-            labels: false, core::Event),
+            short: &["ev"], categories: NONE, storage: "events", spec: false,
+            labels: false, sub: NONE, core::Event),
         resource!("", "v1", "PodTemplate", "podtemplates", "podtemplate", namespaced: true,
-            short: &[], categories: &[], storage: "podtemplates", spec: false,
-            labels: false, core::PodTemplate),
+            short: NONE, categories: NONE, storage: "podtemplates", spec: false,
+            labels: false, sub: NONE, core::PodTemplate),
         resource!("", "v1", "LimitRange", "limitranges", "limitrange", namespaced: true,
-            short: &["limits"], categories: &[], storage: "limitranges", spec: false,
-            labels: false, core::LimitRange),
+            short: &["limits"], categories: NONE, storage: "limitranges", spec: false,
+            labels: false, sub: NONE, core::LimitRange),
+        resource!("", "v1", "ResourceQuota", "resourcequotas", "resourcequota", namespaced: true,
+            short: &["quota"], categories: NONE, storage: "resourcequotas", spec: false,
+            labels: false, sub: STATUS, core::ResourceQuota),
+        resource!("", "v1", "Pod", "pods", "pod", namespaced: true,
+            short: &["po"], categories: ALL, storage: "pods", spec: false,
+            labels: false, sub: STATUS, core::Pod),
+        resource!("", "v1", "Service", "services", "service", namespaced: true,
+            short: &["svc"], categories: ALL, storage: "services/specs", spec: false,
+            labels: true, sub: STATUS, core::Service),
+        resource!("", "v1", "Endpoints", "endpoints", "endpoints", namespaced: true,
+            short: &["ep"], categories: NONE, storage: "services/endpoints", spec: false,
+            labels: false, sub: NONE, core::Endpoints),
+        resource!("", "v1", "Node", "nodes", "node", namespaced: false,
+            short: &["no"], categories: NONE, storage: "minions", spec: false,
+            labels: false, sub: STATUS, core::Node),
+        resource!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", namespaced: false,
+            short: &["pv"], categories: NONE, storage: "persistentvolumes", spec: false,
+            labels: false, sub: STATUS, core::PersistentVolume),
+        resource!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", namespaced: true,
+            short: &["pvc"], categories: NONE, storage: "persistentvolumeclaims", spec: false,
+            labels: false, sub: STATUS, core::PersistentVolumeClaim),
+        resource!("apps", "v1", "Deployment", "deployments", "deployment", namespaced: true,
+            short: &["deploy"], categories: ALL, storage: "deployments", spec: true,
+            labels: false, sub: STATUS_SCALE, apps::Deployment),
+        resource!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", namespaced: true,
+            short: &["rs"], categories: ALL, storage: "replicasets", spec: true,
+            labels: false, sub: STATUS_SCALE, apps::ReplicaSet),
+        resource!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", namespaced: true,
+            short: &["sts"], categories: ALL, storage: "statefulsets", spec: true,
+            labels: false, sub: STATUS_SCALE, apps::StatefulSet),
+        resource!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", namespaced: true,
+            short: &["ds"], categories: ALL, storage: "daemonsets", spec: true,
+            labels: false, sub: STATUS, apps::DaemonSet),
+        resource!("apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision", namespaced: true,
+            short: NONE, categories: NONE, storage: "controllerrevisions", spec: false,
+            labels: false, sub: NONE, apps::ControllerRevision),
+        resource!("batch", "v1", "Job", "jobs", "job", namespaced: true,
+            short: NONE, categories: ALL, storage: "jobs", spec: true,
+            labels: false, sub: STATUS, batch::Job),
+        resource!("batch", "v1", "CronJob", "cronjobs", "cronjob", namespaced: true,
+            short: &["cj"], categories: ALL, storage: "cronjobs", spec: true,
+            labels: false, sub: STATUS, batch::CronJob),
+        resource!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", namespaced: true,
+            short: NONE, categories: NONE, storage: "endpointslices", spec: false,
+            labels: false, sub: NONE, discovery::EndpointSlice),
         resource!("coordination.k8s.io", "v1", "Lease", "leases", "lease", namespaced: true,
-            short: &[], categories: &[], storage: "leases", spec: false,
-            labels: false, coordination::Lease),
+            short: NONE, categories: NONE, storage: "leases", spec: false,
+            labels: false, sub: NONE, coordination::Lease),
+        resource!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", namespaced: false,
+            short: &["pc"], categories: NONE, storage: "priorityclasses", spec: false,
+            labels: false, sub: NONE, scheduling::PriorityClass),
+        resource!("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", namespaced: true,
+            short: &["pdb"], categories: NONE, storage: "poddisruptionbudgets", spec: true,
+            labels: false, sub: STATUS, policy::PodDisruptionBudget),
+        resource!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", namespaced: true,
+            short: NONE, categories: NONE, storage: "roles", spec: false,
+            labels: false, sub: NONE, rbac::Role),
+        resource!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", namespaced: true,
+            short: NONE, categories: NONE, storage: "rolebindings", spec: false,
+            labels: false, sub: NONE, rbac::RoleBinding),
+        resource!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", namespaced: false,
+            short: NONE, categories: NONE, storage: "clusterroles", spec: false,
+            labels: false, sub: NONE, rbac::ClusterRole),
+        resource!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", namespaced: false,
+            short: NONE, categories: NONE, storage: "clusterrolebindings", spec: false,
+            labels: false, sub: NONE, rbac::ClusterRoleBinding),
     ]
 }
 

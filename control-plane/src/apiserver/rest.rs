@@ -27,6 +27,8 @@ pub struct Rest {
     pub store: Arc<dyn Store>,
     /// The served resources.
     pub registry: Arc<Registry>,
+    /// Where Service ClusterIPs come from.
+    pub services: super::services::ServiceNetwork,
 }
 
 /// Query parameters of a request.
@@ -39,8 +41,7 @@ pub enum PatchKind {
     Json,
     /// RFC 7386 JSON merge patch.
     Merge,
-    /// Kubernetes strategic merge patch (for the resources served today, whose fields have
-    /// no merge keys, it merges as a JSON merge patch does).
+    /// Kubernetes strategic merge patch ([`super::strategic`]).
     Strategic,
 }
 
@@ -283,21 +284,51 @@ impl Rest {
             }
             return Ok(obj);
         }
-        let txn = Txn {
-            compare: vec![Compare::create_revision(
+        let is_service = def.kind == "Service" && def.group.is_empty();
+        let chosen_ip = obj
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .is_some_and(|ip| !ip.is_empty());
+        for _ in 0..CONFLICT_RETRIES {
+            let mut candidate = obj.clone();
+            let reservations = if is_service {
+                super::services::allocate(&self.services, &mut candidate, &key)?
+            } else {
+                super::services::Reservations::default()
+            };
+            let mut compare = vec![Compare::create_revision(
                 key.as_bytes(),
                 CompareOp::Equal,
                 0,
-            )],
-            success: vec![TxnOp::put(key.as_bytes(), encode(&obj)?)],
-            failure: Vec::new(),
-        };
-        let response = self.store.txn(txn).await?;
-        if !response.succeeded {
-            return Err(ApiError::already_exists(def.group, def.plural, &name));
+            )];
+            compare.extend(reservations.compares);
+            let mut success = vec![TxnOp::put(key.as_bytes(), encode(&candidate)?)];
+            success.extend(reservations.puts);
+            let txn = Txn {
+                compare,
+                success,
+                failure: Vec::new(),
+            };
+            let response = self.store.txn(txn).await?;
+            if response.succeeded {
+                objects::set_resource_version(&mut candidate, response.revision);
+                return Ok(candidate);
+            }
+            if !is_service || self.store.get(key.as_bytes()).await?.is_some() {
+                return Err(ApiError::already_exists(def.group, def.plural, &name));
+            }
+            if chosen_ip {
+                let cause = super::status::Cause::invalid(
+                    "spec.clusterIP",
+                    "provided IP is already allocated",
+                );
+                return Err(ApiError::invalid("", "Service", &name, vec![cause]));
+            }
+            // An address or a port was taken by another Service meanwhile: choose again.
         }
-        objects::set_resource_version(&mut obj, response.revision);
-        Ok(obj)
+        Err(ApiError::internal(
+            "could not allocate an address for the Service; the range may be full",
+        ))
     }
 
     /// Writes `obj` over the version read at `mod_revision`; `None` on a conflict.
@@ -474,13 +505,17 @@ impl Rest {
             if dry_run(query) {
                 return Ok(obj);
             }
+            let mut deletes = vec![TxnOp::delete(key.as_bytes())];
+            if def.kind == "Service" && def.group.is_empty() {
+                deletes.extend(super::services::releases(&obj));
+            }
             let txn = Txn {
                 compare: vec![Compare::mod_revision(
                     key.as_bytes(),
                     CompareOp::Equal,
                     current.mod_revision,
                 )],
-                success: vec![TxnOp::delete(key.as_bytes())],
+                success: deletes,
                 failure: Vec::new(),
             };
             let response = self.store.txn(txn).await?;
@@ -526,6 +561,187 @@ impl Rest {
         }))
     }
 
+    /// PATCH with `application/apply-patch+yaml` (server-side apply): creates the object
+    /// from the applied configuration, or merges the configuration into it (strategic merge
+    /// semantics). Returns 201 on create, 200 on update.
+    ///
+    /// Field ownership (managedFields, conflicts between managers, removal of fields a
+    /// manager stopped applying) is not tracked yet.
+    pub async fn server_side_apply(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        config: Value,
+        query: &Query,
+    ) -> Result<(u16, Value), ApiError> {
+        if !config.is_object() {
+            return Err(ApiError::bad_request(
+                "the applied configuration is not an object",
+            ));
+        }
+        if objects::name(&config).is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(
+                "the name of the applied configuration does not match the URL",
+            ));
+        }
+        if query.get("fieldManager").is_none_or(String::is_empty) {
+            return Err(ApiError::bad_request(
+                "PATCH with application/apply-patch+yaml requires a fieldManager parameter",
+            ));
+        }
+        for _ in 0..CONFLICT_RETRIES {
+            if self
+                .store
+                .get(def.key(namespace, name).as_bytes())
+                .await?
+                .is_none()
+            {
+                let mut body = config.clone();
+                objects::metadata_mut(&mut body).insert("name".into(), json!(name));
+                match self.create(def, namespace, body, query).await {
+                    Ok(created) => return Ok((201, created)),
+                    Err(err) if err.code == 409 && err.reason == "AlreadyExists" => continue,
+                    Err(err) => return Err(err),
+                }
+            }
+            let patch =
+                serde_json::to_vec(&config).map_err(|e| ApiError::internal(e.to_string()))?;
+            match self
+                .patch(def, namespace, name, PatchKind::Strategic, &patch, query)
+                .await
+            {
+                Ok(updated) => return Ok((200, updated)),
+                Err(err) if err.code == 404 => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Err(ApiError::conflict(
+            def.group,
+            def.plural,
+            name,
+            "too many concurrent writes; try again",
+        ))
+    }
+
+    /// Rewrites an object with `change` under optimistic concurrency, retrying when another
+    /// write got in between.
+    async fn modify(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        query: &Query,
+        change: impl Fn(&Value, i64) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let key = def.key(namespace, name);
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(current) = self.store.get(key.as_bytes()).await? else {
+                return Err(ApiError::not_found(def.group, def.plural, name));
+            };
+            let old = decode(&current)?;
+            let mut new = change(&old, current.mod_revision)?;
+            if dry_run(query) {
+                return Ok(new);
+            }
+            if self.swap(&key, current.mod_revision, &mut new).await? {
+                self.after_write(def, &new).await?;
+                return Ok(new);
+            }
+        }
+        Err(ApiError::conflict(
+            def.group,
+            def.plural,
+            name,
+            "too many concurrent writes; try again",
+        ))
+    }
+
+    /// PUT on `/status`: only `status` changes.
+    pub async fn update_status(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        body: Value,
+        query: &Query,
+    ) -> Result<Value, ApiError> {
+        let precondition = requested_version(&body)?;
+        self.modify(def, namespace, name, query, |old, revision| {
+            if precondition.is_some_and(|rv| rv != revision) {
+                return Err(ApiError::conflict(def.group, def.plural, name, "the object has been modified; please apply your changes to the latest version and try again"));
+            }
+            objects::prepare_status_update(def, old, body.get("status").cloned())
+        })
+        .await
+    }
+
+    /// PATCH on `/status`: the patch applies to the whole object; only `status` is kept.
+    pub async fn patch_status(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        patch: &[u8],
+        query: &Query,
+    ) -> Result<Value, ApiError> {
+        self.modify(def, namespace, name, query, |old, _| {
+            let mut patched = old.clone();
+            apply_patch(&mut patched, kind, patch)?;
+            objects::prepare_status_update(def, old, patched.get("status").cloned())
+        })
+        .await
+    }
+
+    /// GET on `/scale`: the object's replicas as an `autoscaling/v1` Scale.
+    pub async fn get_scale(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        Ok(scale_of(&self.get(def, namespace, name).await?))
+    }
+
+    /// PUT or PATCH on `/scale`: sets `spec.replicas` from the (patched) Scale.
+    pub async fn write_scale(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        change: ScaleChange<'_>,
+        query: &Query,
+    ) -> Result<Value, ApiError> {
+        let updated = self
+            .modify(def, namespace, name, query, |old, revision| {
+                let scale = match &change {
+                    ScaleChange::Replace(body) => {
+                        if requested_version(body)?.is_some_and(|rv| rv != revision) {
+                            return Err(ApiError::conflict(def.group, def.plural, name, "the object has been modified; please apply your changes to the latest version and try again"));
+                        }
+                        (*body).clone()
+                    }
+                    ScaleChange::Patch(kind, patch) => {
+                        let mut scale = scale_of(old);
+                        apply_patch(&mut scale, *kind, patch)?;
+                        scale
+                    }
+                };
+                let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| {
+                    ApiError::invalid("autoscaling", "Scale", name, vec![super::status::Cause::required("spec.replicas")])
+                })?;
+                if replicas < 0 {
+                    return Err(ApiError::invalid("autoscaling", "Scale", name, vec![super::status::Cause::invalid("spec.replicas", "must be greater than or equal to 0")]));
+                }
+                let mut new = old.clone();
+                new["spec"]["replicas"] = json!(replicas);
+                objects::prepare_update(def, old, new)
+            })
+            .await?;
+        Ok(scale_of(&updated))
+    }
+
     /// After an update: an object marked for deletion whose last finalizer is gone is
     /// removed now.
     async fn after_write(&self, def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
@@ -558,6 +774,47 @@ impl Rest {
     }
 }
 
+/// How a `/scale` write changes the Scale.
+#[derive(Debug)]
+pub enum ScaleChange<'a> {
+    /// PUT of a whole Scale.
+    Replace(&'a Value),
+    /// PATCH of the current Scale.
+    Patch(PatchKind, &'a [u8]),
+}
+
+/// The `autoscaling/v1` Scale of an object with `spec.replicas`.
+pub fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    })
+}
+
 /// Applies a patch document to an object.
 pub fn apply_patch(obj: &mut Value, kind: PatchKind, patch: &[u8]) -> Result<(), ApiError> {
     let document: Value = serde_json::from_slice(patch)
@@ -575,11 +832,19 @@ pub fn apply_patch(obj: &mut Value, kind: PatchKind, patch: &[u8]) -> Result<(),
                 )
             })?;
         }
-        PatchKind::Merge | PatchKind::Strategic => {
+        PatchKind::Merge => {
             if !document.is_object() {
                 return Err(ApiError::bad_request("a merge patch must be a JSON object"));
             }
             json_patch::merge(obj, &document);
+        }
+        PatchKind::Strategic => {
+            if !document.is_object() {
+                return Err(ApiError::bad_request(
+                    "a strategic merge patch must be a JSON object",
+                ));
+            }
+            super::strategic::apply(obj, &document);
         }
     }
     Ok(())

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use super::{
     discovery, openapi,
-    rest::{PatchKind, Query, Rest},
+    rest::{PatchKind, Query, Rest, ScaleChange},
     status::ApiError,
     table, watch,
 };
@@ -206,14 +206,19 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
 fn parse_json(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
     match media {
-        "" | "application/json" | "*/*" => {}
-        other => return Err(ApiError::unsupported_media_type(other)),
+        "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the request body could not be decoded as JSON: {e}"
+            ))
+        }),
+        "application/yaml" | "application/apply-patch+yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the request body could not be decoded as YAML: {e}"
+                ))
+            }),
+        other => Err(ApiError::unsupported_media_type(other)),
     }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the request body could not be decoded as JSON: {e}"
-        ))
-    })
 }
 
 async fn route(
@@ -326,8 +331,14 @@ async fn resource(
     } else {
         None
     };
-    if target.subresource.is_some() {
-        return error(&ApiError::no_route(path));
+    if let Some(sub) = target.subresource.as_deref() {
+        if !def.subresources.contains(&sub) {
+            return error(&ApiError::no_route(path));
+        }
+        let Some(name) = target.name.clone() else {
+            return error(&ApiError::no_route(path));
+        };
+        return subresource(state, &def, namespace.as_deref(), &name, sub, query, req).await;
     }
     let wants_table = table::wants_table(accept);
     let include = query
@@ -403,6 +414,17 @@ async fn resource(
                     .update(&def, namespace.as_deref(), &name, obj, &query)
                     .await?))
             }
+            (Method::PATCH, Some(name))
+                if content_type.starts_with("application/apply-patch+yaml") =>
+            {
+                let name = name.to_owned();
+                let body = read_body(req).await?;
+                let config = parse_json(&body, &content_type)?;
+                let (code, obj) = rest
+                    .server_side_apply(&def, namespace.as_deref(), &name, config, &query)
+                    .await?;
+                Ok(json_response(code, &obj, "application/json"))
+            }
             (Method::PATCH, Some(name)) => {
                 let name = name.to_owned();
                 let kind = PatchKind::from_content_type(&content_type)
@@ -434,6 +456,69 @@ async fn resource(
     }
     .await;
     result.unwrap_or_else(|err| error(&err))
+}
+
+/// Requests on `/status` and `/scale`.
+async fn subresource(
+    state: &ServerState,
+    def: &super::resources::ResourceDef,
+    namespace: Option<&str>,
+    name: &str,
+    sub: &str,
+    query: Query,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let rest = &state.rest;
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let method = req.method().clone();
+    let result: Result<Value, ApiError> = async {
+        match (sub, method) {
+            ("status", Method::GET) => rest.get(def, namespace, name).await,
+            ("status", Method::PUT) => {
+                let body = parse_json(&read_body(req).await?, &content_type)?;
+                rest.update_status(def, namespace, name, body, &query).await
+            }
+            ("status", Method::PATCH) => {
+                let kind = PatchKind::from_content_type(&content_type)
+                    .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                let body = read_body(req).await?;
+                rest.patch_status(def, namespace, name, kind, &body, &query)
+                    .await
+            }
+            ("scale", Method::GET) => rest.get_scale(def, namespace, name).await,
+            ("scale", Method::PUT) => {
+                let body = parse_json(&read_body(req).await?, &content_type)?;
+                rest.write_scale(def, namespace, name, ScaleChange::Replace(&body), &query)
+                    .await
+            }
+            ("scale", Method::PATCH) => {
+                let kind = PatchKind::from_content_type(&content_type)
+                    .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                let body = read_body(req).await?;
+                rest.write_scale(
+                    def,
+                    namespace,
+                    name,
+                    ScaleChange::Patch(kind, &body),
+                    &query,
+                )
+                .await
+            }
+            (_, method) => Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource: {method}"
+            ))),
+        }
+    }
+    .await;
+    match result {
+        Ok(value) => ok(&value),
+        Err(err) => error(&err),
+    }
 }
 
 /// A chunked response of watch lines; as Tables when the client asked for them.

@@ -29,10 +29,115 @@ fn columns(def: &ResourceDef) -> Vec<Value> {
         }
         "serviceaccounts" => columns.push(json!({"name": "Secrets", "type": "integer", "format": "", "description": "Number of secrets", "priority": 0})),
         "leases" => columns.push(json!({"name": "Holder", "type": "string", "format": "", "description": "The holder of the lease", "priority": 0})),
+        "deployments" => {
+            columns.push(col("Ready", "Number of the pod with ready state", 0));
+            columns.push(col("Up-to-date", "Total number of non-terminated pods targeted by this deployment that have the desired template spec.", 0));
+            columns.push(col("Available", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.", 0));
+        }
+        "replicasets" => {
+            columns.push(col("Desired", "Number of desired pods", 0));
+            columns.push(col("Current", "Number of actual replicas", 0));
+            columns.push(col("Ready", "Number of ready replicas", 0));
+        }
+        "services" => {
+            columns.push(col("Type", "The type of the service", 0));
+            columns.push(col("Cluster-IP", "The cluster IP of the service", 0));
+            columns.push(col("External-IP", "The external IPs of the service", 0));
+            columns.push(col("Port(s)", "The ports of the service", 0));
+        }
+        "pods" => {
+            columns.push(col("Ready", "The aggregate readiness state of this pod for accepting traffic.", 0));
+            columns.push(col("Status", "The aggregate status of the containers in this pod.", 0));
+            columns.push(col("Restarts", "The number of times the containers in this pod have been restarted.", 0));
+        }
+        "nodes" => {
+            columns.push(col("Status", "The status of the node", 0));
+            columns.push(col("Version", "Kubelet Version reported by the node.", 0));
+        }
         _ => {}
     }
     columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0}));
+    match def.plural {
+        "deployments" | "replicasets" => {
+            columns.push(col(
+                "Containers",
+                "Names of each container in the template.",
+                1,
+            ));
+            columns.push(col(
+                "Images",
+                "Images referenced by each container in the template.",
+                1,
+            ));
+            columns.push(col("Selector", "Label selector for pods.", 1));
+        }
+        "services" => columns.push(col("Selector", "The selector of the service", 1)),
+        "pods" => {
+            columns.push(col("IP", "The IP address assigned to the pod", 1));
+            columns.push(col("Node", "The node the pod is scheduled on", 1));
+        }
+        _ => {}
+    }
     columns
+}
+
+fn col(name: &str, description: &str, priority: u8) -> Value {
+    json!({"name": name, "type": "string", "format": "", "description": description, "priority": priority})
+}
+
+fn int(obj: &Value, pointer: &str) -> i64 {
+    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn joined(obj: &Value, pointer: &str, field: &str) -> String {
+    obj.pointer(pointer)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.get(field).and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn selector(obj: &Value, pointer: &str) -> String {
+    obj.pointer(pointer)
+        .and_then(Value::as_object)
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "<none>".to_owned())
+}
+
+fn service_ports(obj: &Value) -> String {
+    let ports = obj
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let text: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+            let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(node_port) => format!("{port}:{node_port}/{protocol}"),
+                None => format!("{port}/{protocol}"),
+            }
+        })
+        .collect();
+    if text.is_empty() {
+        "<none>".to_owned()
+    } else {
+        text.join(",")
+    }
 }
 
 fn count(value: Option<&Value>) -> usize {
@@ -78,6 +183,83 @@ fn cells(def: &ResourceDef, obj: &Value) -> Vec<Value> {
                 .cloned()
                 .unwrap_or(json!("")),
         ),
+        "deployments" => {
+            cells.push(json!(format!(
+                "{}/{}",
+                int(obj, "/status/readyReplicas"),
+                int(obj, "/spec/replicas")
+            )));
+            cells.push(json!(int(obj, "/status/updatedReplicas")));
+            cells.push(json!(int(obj, "/status/availableReplicas")));
+        }
+        "replicasets" => {
+            cells.push(json!(int(obj, "/spec/replicas")));
+            cells.push(json!(int(obj, "/status/replicas")));
+            cells.push(json!(int(obj, "/status/readyReplicas")));
+        }
+        "services" => {
+            cells.push(
+                obj.pointer("/spec/type")
+                    .cloned()
+                    .unwrap_or(json!("ClusterIP")),
+            );
+            cells.push(
+                obj.pointer("/spec/clusterIP")
+                    .cloned()
+                    .unwrap_or(json!("<none>")),
+            );
+            let external = joined(obj, "/status/loadBalancer/ingress", "ip");
+            let external = if external.is_empty() {
+                "<none>".to_owned()
+            } else {
+                external
+            };
+            cells.push(json!(external));
+            cells.push(json!(service_ports(obj)));
+        }
+        "pods" => {
+            let statuses = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let total = obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let ready = statuses
+                .iter()
+                .filter(|s| s.get("ready").and_then(Value::as_bool) == Some(true))
+                .count();
+            let restarts: i64 = statuses
+                .iter()
+                .map(|s| s.get("restartCount").and_then(Value::as_i64).unwrap_or(0))
+                .sum();
+            cells.push(json!(format!("{ready}/{total}")));
+            cells.push(
+                obj.pointer("/status/phase")
+                    .cloned()
+                    .unwrap_or(json!("Pending")),
+            );
+            cells.push(json!(restarts));
+        }
+        "nodes" => {
+            let ready = obj
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|c| {
+                    c.iter()
+                        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+                })
+                .and_then(|c| c.get("status").and_then(Value::as_str))
+                == Some("True");
+            cells.push(json!(if ready { "Ready" } else { "NotReady" }));
+            cells.push(
+                obj.pointer("/status/nodeInfo/kubeletVersion")
+                    .cloned()
+                    .unwrap_or(json!("")),
+            );
+        }
         _ => {}
     }
     let created = obj
@@ -85,6 +267,31 @@ fn cells(def: &ResourceDef, obj: &Value) -> Vec<Value> {
         .and_then(Value::as_str)
         .unwrap_or_default();
     cells.push(json!(age(created)));
+    match def.plural {
+        "deployments" | "replicasets" => {
+            cells.push(json!(joined(obj, "/spec/template/spec/containers", "name")));
+            cells.push(json!(joined(
+                obj,
+                "/spec/template/spec/containers",
+                "image"
+            )));
+            cells.push(json!(selector(obj, "/spec/selector/matchLabels")));
+        }
+        "services" => cells.push(json!(selector(obj, "/spec/selector"))),
+        "pods" => {
+            cells.push(
+                obj.pointer("/status/podIP")
+                    .cloned()
+                    .unwrap_or(json!("<none>")),
+            );
+            cells.push(
+                obj.pointer("/spec/nodeName")
+                    .cloned()
+                    .unwrap_or(json!("<none>")),
+            );
+        }
+        _ => {}
+    }
     cells
 }
 

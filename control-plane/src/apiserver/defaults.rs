@@ -1,0 +1,241 @@
+//! Defaulting of built-in types, as kube-apiserver's `SetDefaults_*` functions do for the
+//! fields clients rely on reading back (replicas, strategies, restart policy, protocols,
+//! pull policy, ...). Runs on create and update before validation.
+//!
+//! Only fills what is absent; never overwrites a value the client set.
+use serde_json::{json, Map, Value};
+
+use super::resources::ResourceDef;
+
+fn ensure<'a>(obj: &'a mut Map<String, Value>, key: &str, default: Value) -> &'a mut Value {
+    let slot = obj.entry(key.to_owned()).or_insert(Value::Null);
+    if slot.is_null() {
+        *slot = default;
+    }
+    slot
+}
+
+fn map<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Value>> {
+    let obj = value.as_object_mut()?;
+    ensure(obj, key, json!({})).as_object_mut()
+}
+
+/// Applies the defaults of `def`'s kind to `obj`.
+pub fn apply(def: &ResourceDef, obj: &mut Value) {
+    match (def.group, def.kind) {
+        ("", "Pod") => {
+            if let Some(spec) = map(obj, "spec") {
+                pod_spec(spec);
+            }
+        }
+        ("", "Service") => {
+            if let Some(spec) = map(obj, "spec") {
+                service_spec(spec);
+            }
+        }
+        ("apps", "Deployment") => {
+            if let Some(spec) = map(obj, "spec") {
+                ensure(spec, "replicas", json!(1));
+                ensure(spec, "revisionHistoryLimit", json!(10));
+                ensure(spec, "progressDeadlineSeconds", json!(600));
+                let strategy = ensure(spec, "strategy", json!({}));
+                if let Some(strategy) = strategy.as_object_mut() {
+                    let kind = ensure(strategy, "type", json!("RollingUpdate")).clone();
+                    if kind == "RollingUpdate" {
+                        let rolling = ensure(strategy, "rollingUpdate", json!({}));
+                        if let Some(rolling) = rolling.as_object_mut() {
+                            ensure(rolling, "maxUnavailable", json!("25%"));
+                            ensure(rolling, "maxSurge", json!("25%"));
+                        }
+                    }
+                }
+                template(spec);
+            }
+        }
+        ("apps", "ReplicaSet") => {
+            if let Some(spec) = map(obj, "spec") {
+                ensure(spec, "replicas", json!(1));
+                template(spec);
+            }
+        }
+        ("apps", "StatefulSet") => {
+            if let Some(spec) = map(obj, "spec") {
+                ensure(spec, "replicas", json!(1));
+                ensure(spec, "podManagementPolicy", json!("OrderedReady"));
+                ensure(spec, "revisionHistoryLimit", json!(10));
+                ensure(
+                    spec,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+                );
+                ensure(
+                    spec,
+                    "persistentVolumeClaimRetentionPolicy",
+                    json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+                );
+                template(spec);
+            }
+        }
+        ("apps", "DaemonSet") => {
+            if let Some(spec) = map(obj, "spec") {
+                ensure(spec, "revisionHistoryLimit", json!(10));
+                ensure(
+                    spec,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+                );
+                template(spec);
+            }
+        }
+        ("batch", "Job") => {
+            if let Some(spec) = map(obj, "spec") {
+                ensure(spec, "backoffLimit", json!(6));
+                ensure(spec, "completionMode", json!("NonIndexed"));
+                ensure(spec, "suspend", json!(false));
+                let completions = spec.get("completions").cloned().unwrap_or(Value::Null);
+                ensure(spec, "parallelism", json!(1));
+                if completions.is_null() && spec.get("parallelism") == Some(&json!(1)) {
+                    spec.insert("completions".into(), json!(1));
+                }
+                if let Some(template) = spec.get_mut("template").and_then(|t| map(t, "spec")) {
+                    pod_spec(template);
+                }
+            }
+        }
+        ("", "Secret") => {
+            if let Some(secret) = obj.as_object_mut() {
+                ensure(secret, "type", json!("Opaque"));
+                // `stringData` is write-only: it is merged into `data`, base64-encoded.
+                if let Some(Value::Object(strings)) = secret.remove("stringData") {
+                    let data = ensure(secret, "data", json!({}));
+                    if let Some(data) = data.as_object_mut() {
+                        for (key, value) in strings {
+                            let text = value.as_str().unwrap_or_default();
+                            let encoded = base64::Engine::encode(
+                                &base64::engine::general_purpose::STANDARD,
+                                text,
+                            );
+                            data.insert(key, json!(encoded));
+                        }
+                    }
+                }
+            }
+        }
+        ("batch", "CronJob") => {
+            if let Some(spec) = map(obj, "spec") {
+                ensure(spec, "concurrencyPolicy", json!("Allow"));
+                ensure(spec, "suspend", json!(false));
+                ensure(spec, "successfulJobsHistoryLimit", json!(3));
+                ensure(spec, "failedJobsHistoryLimit", json!(1));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn template(spec: &mut Map<String, Value>) {
+    if let Some(template) = spec.get_mut("template") {
+        if let Some(pod) = map(template, "spec") {
+            pod_spec(pod);
+        }
+    }
+}
+
+fn pod_spec(spec: &mut Map<String, Value>) {
+    ensure(spec, "restartPolicy", json!("Always"));
+    ensure(spec, "terminationGracePeriodSeconds", json!(30));
+    ensure(spec, "dnsPolicy", json!("ClusterFirst"));
+    ensure(spec, "securityContext", json!({}));
+    ensure(spec, "schedulerName", json!("default-scheduler"));
+    ensure(spec, "enableServiceLinks", json!(true));
+    ensure(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    ensure(spec, "priority", json!(0));
+    for list in ["containers", "initContainers"] {
+        if let Some(Value::Array(containers)) = spec.get_mut(list) {
+            for container in containers.iter_mut().filter_map(Value::as_object_mut) {
+                let image = container
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let latest = !image.contains('@')
+                    && image
+                        .rsplit('/')
+                        .next()
+                        .is_none_or(|last| !last.contains(':') || last.ends_with(":latest"));
+                ensure(
+                    container,
+                    "imagePullPolicy",
+                    json!(if latest { "Always" } else { "IfNotPresent" }),
+                );
+                ensure(
+                    container,
+                    "terminationMessagePath",
+                    json!("/dev/termination-log"),
+                );
+                ensure(container, "terminationMessagePolicy", json!("File"));
+                ensure(container, "resources", json!({}));
+                if let Some(Value::Array(ports)) = container.get_mut("ports") {
+                    for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                        ensure(port, "protocol", json!("TCP"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn service_spec(spec: &mut Map<String, Value>) {
+    let kind = ensure(spec, "type", json!("ClusterIP")).clone();
+    ensure(spec, "sessionAffinity", json!("None"));
+    if kind != "ExternalName" {
+        ensure(spec, "ipFamilies", json!(["IPv4"]));
+        ensure(spec, "ipFamilyPolicy", json!("SingleStack"));
+        ensure(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    if kind == "NodePort" || kind == "LoadBalancer" {
+        ensure(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            ensure(port, "protocol", json!("TCP"));
+            if let Some(number) = port.get("port").cloned() {
+                ensure(port, "targetPort", number);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::resources::Registry;
+
+    #[test]
+    fn deployment_defaults() {
+        let registry = Registry::new();
+        let Some(def) = registry.find("apps", "v1", "deployments") else {
+            panic!("deployments are served");
+        };
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "busybox:1", "ports": [{"containerPort": 80}]}]}}}});
+        apply(def, &mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(c["ports"][0]["protocol"], "TCP");
+        assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    }
+
+    #[test]
+    fn service_ports_default_target_port_and_protocol() {
+        let registry = Registry::new();
+        let Some(def) = registry.find("", "v1", "services") else {
+            panic!("services are served");
+        };
+        let mut s = json!({"spec": {"ports": [{"port": 80}], "replicas": 3}});
+        apply(def, &mut s);
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
+        assert_eq!(s["spec"]["type"], "ClusterIP");
+    }
+}
