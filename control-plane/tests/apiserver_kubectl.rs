@@ -7,7 +7,8 @@
 //!
 //! Not yet covered because not yet served (see the API server issue): protobuf request bodies
 //! (`kubectl create configmap|namespace` send them), field ownership in server-side apply,
-//! the schemas in `/openapi/v2` and `/openapi/v3` (`kubectl explain`), and CRDs.
+//! and the schemas in `/openapi/v2` and `/openapi/v3` (`kubectl explain`, and client-side
+//! validation of custom resources, hence `--validate=false` for them).
 #![cfg(feature = "kubectl-tests")]
 
 use std::{
@@ -416,6 +417,76 @@ fn workloads(server: &Server, v: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A CRD and its custom resources: served once Established, schema-checked (wrong types
+/// refused, unknown fields pruned), printer columns, status and scale subresources, and
+/// gone with their CRD.
+fn custom_resources(server: &Server, v: &str, dir: &Path) -> Result<()> {
+    let group = format!("v{}.corten.io", v.replace('.', ""));
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    subresources:\n      status: {{}}\n      scale: {{specReplicasPath: .spec.size, statusReplicasPath: .status.size}}\n    additionalPrinterColumns:\n    - {{name: Size, type: integer, jsonPath: .spec.size}}\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            required: [size]\n            properties:\n              size: {{type: integer, minimum: 0}}\n          status: {{type: object, x-kubernetes-preserve-unknown-fields: true}}\n"
+    );
+    let crd_file = write(dir, &format!("crd-{group}.yaml"), &crd)?;
+    server.ok(v, &["apply", "-f", &crd_file])?;
+    server.ok(
+        v,
+        &[
+            "wait",
+            "--for=condition=Established",
+            &format!("crd/widgets.{group}"),
+            "--timeout=20s",
+        ],
+    )?;
+    let resources = server.ok(v, &["api-resources", "--api-group", &group])?;
+    ensure!(
+        resources.contains("widgets") && resources.contains("wd"),
+        "{resources}"
+    );
+    let widget = |size: &str| {
+        format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: {size}\n  unknown: dropped\n")
+    };
+    let good = write(dir, &format!("w-{group}.yaml"), &widget("2"))?;
+    server.ok(v, &["apply", "-f", &good, "--validate=false"])?;
+    let table = server.ok(v, &["get", &format!("widgets.{group}")])?;
+    ensure!(table.contains("SIZE") && table.contains("w1"), "{table}");
+    let obj = json(&server.ok(v, &["get", &format!("widgets.{group}"), "w1", "-o", "json"])?)?;
+    ensure!(
+        obj["spec"]["size"] == 2 && obj["spec"].get("unknown").is_none(),
+        "unknown fields must be pruned: {obj}"
+    );
+    let bad = write(dir, &format!("wbad-{group}.yaml"), &widget("big"))?;
+    let refused = server.fails(v, &["apply", "-f", &bad, "--validate=false"])?;
+    ensure!(refused.contains("must be of type integer"), "{refused}");
+    server.ok(
+        v,
+        &["scale", &format!("widgets.{group}"), "w1", "--replicas=4"],
+    )?;
+    let size = server.ok(
+        v,
+        &[
+            "get",
+            &format!("widgets.{group}"),
+            "w1",
+            "-o",
+            "jsonpath={.spec.size}",
+        ],
+    )?;
+    ensure!(size == "4", "{size}");
+    server.ok(v, &["delete", "-f", &crd_file])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let gone = server.kubectl(v, &["get", &format!("widgets.{group}")])?;
+        if !gone.status.success() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "widgets still served after their CRD was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// ClusterIPs are never handed out twice and come back when their Service goes.
 fn service_addresses(server: &Server, dir: &Path) -> Result<()> {
     let v = "1.33";
@@ -538,6 +609,8 @@ fn kubectl_drives_the_api_server() -> Result<()> {
         exercise(&server, version, dir.path()).with_context(|| format!("kubectl {version}"))?;
         workloads(&server, version, dir.path())
             .with_context(|| format!("workloads, kubectl {version}"))?;
+        custom_resources(&server, version, dir.path())
+            .with_context(|| format!("CRDs, kubectl {version}"))?;
     }
     service_addresses(&server, dir.path())?;
     bad_input(&server, dir.path())?;

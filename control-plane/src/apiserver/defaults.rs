@@ -218,7 +218,7 @@ mod tests {
             panic!("deployments are served");
         };
         let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "busybox:1", "ports": [{"containerPort": 80}]}]}}}});
-        apply(def, &mut d);
+        apply(&def, &mut d);
         assert_eq!(d["spec"]["replicas"], 1);
         assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
         let c = &d["spec"]["template"]["spec"]["containers"][0];
@@ -234,7 +234,7 @@ mod tests {
             panic!("services are served");
         };
         let mut s = json!({"spec": {"ports": [{"port": 80}], "replicas": 3}});
-        apply(def, &mut s);
+        apply(&def, &mut s);
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(s["spec"]["type"], "ClusterIP");
     }

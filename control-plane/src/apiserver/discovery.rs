@@ -166,6 +166,7 @@ pub fn aggregated(registry: &Registry, core: bool, version: &str) -> Value {
                 .map(|v| {
                     let resources: Vec<Value> = registry
                         .in_group_version(group, v)
+                        .iter()
                         .map(discovery_resource)
                         .collect();
                     json!({"version": v, "resources": resources, "freshness": "Current"})

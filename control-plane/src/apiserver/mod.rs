@@ -7,6 +7,7 @@
 //! documents kubectl reads, [`objects`] metadata rules, [`namespaces`] namespace lifecycle,
 //! [`status`] errors. It must not reach into the scheduler or controllers: they are API
 //! clients like any other.
+pub mod crds;
 pub mod defaults;
 pub mod discovery;
 pub mod namespaces;
@@ -74,6 +75,11 @@ pub async fn run(config: ApiServerConfig, store: Arc<dyn Store>) -> anyhow::Resu
     namespaces::bootstrap(&rest)
         .await
         .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
+    // CRDs are served before the first request, then followed as they change.
+    let revision = crds::sync_all(&rest)
+        .await
+        .map_err(|e| anyhow::anyhow!("loading the CRDs: {}", e.message))?;
+    crds::run(rest.clone(), revision);
     let state = Arc::new(server::ServerState {
         rest,
         address,

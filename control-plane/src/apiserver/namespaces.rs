@@ -24,7 +24,7 @@ pub fn default_new(obj: &mut Value) {
 
 /// Creates the system namespaces that do not exist yet.
 pub async fn bootstrap(rest: &Rest) -> Result<(), ApiError> {
-    let Some(def) = rest.registry.find("", "v1", "namespaces").cloned() else {
+    let Some(def) = rest.registry.find("", "v1", "namespaces") else {
         return Err(ApiError::internal("namespaces are not served"));
     };
     for name in SYSTEM_NAMESPACES {

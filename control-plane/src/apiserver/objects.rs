@@ -123,29 +123,33 @@ pub fn check_type(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Validates metadata and the typed form; 422 with causes when something is wrong.
-pub fn validate(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
-    let name = name(obj).unwrap_or_default();
+/// Validates metadata and the object's form (typed, or a CRD's schema, which may prune
+/// unknown fields); 422 with causes when something is wrong.
+pub fn validate(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
+    let name = name(obj).unwrap_or_default().to_owned();
     let mut causes = Vec::new();
     if name.is_empty() {
         causes.push(Cause::required("metadata.name"));
     } else {
         let problem = if def.label_names {
-            check_label(name)
+            check_label(&name)
         } else {
-            check_subdomain(name)
+            check_subdomain(&name)
         };
         if let Some(message) = problem {
             causes.push(Cause::invalid("metadata.name", message));
         }
     }
-    if let Err(message) = (def.check)(obj) {
-        causes.push(Cause::invalid("<body>", message));
+    if let Err(found) = def.check(obj) {
+        causes.extend(found);
+    }
+    if def.group == "apiextensions.k8s.io" && def.kind == "CustomResourceDefinition" {
+        causes.extend(super::crds::check_definition(obj));
     }
     if causes.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::invalid(def.group, def.kind, name, causes))
+        Err(ApiError::invalid(def.group, def.kind, &name, causes))
     }
 }
 
@@ -211,7 +215,7 @@ pub fn prepare_create(
         }
     }
     super::defaults::apply(def, &mut obj);
-    validate(def, &obj)?;
+    validate(def, &mut obj)?;
     Ok(obj)
 }
 
@@ -273,7 +277,7 @@ pub fn prepare_update(def: &ResourceDef, old: &Value, mut new: Value) -> Result<
         super::services::keep_allocations(old, &mut new);
     }
     super::defaults::apply(def, &mut new);
-    validate(def, &new)?;
+    validate(def, &mut new)?;
     Ok(new)
 }
 
@@ -296,7 +300,7 @@ pub fn prepare_status_update(
     if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    validate(def, &new)?;
+    validate(def, &mut new)?;
     Ok(new)
 }
 

@@ -3,10 +3,22 @@
 //! checked. Discovery, routing and storage all read this one table.
 //!
 //! Owns resource metadata only; handlers own behaviour.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+};
+
 use serde_json::Value;
 
 /// How a resource's objects are checked beyond metadata.
-pub type Check = fn(&Value) -> Result<(), String>;
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// Decoding into the built-in type must succeed.
+    Typed(fn(&Value) -> Result<(), String>),
+    /// A custom resource: its CRD's OpenAPI v3 schema (unknown fields are pruned, then the
+    /// object must match).
+    Schema(Arc<Value>),
+}
 
 /// One served resource.
 #[derive(Debug, Clone)]
@@ -35,8 +47,13 @@ pub struct ResourceDef {
     pub label_names: bool,
     /// Subresources served (`status`, `scale`).
     pub subresources: &'static [&'static str],
-    /// Decodes the object as its typed form, so malformed objects are refused.
+    /// How objects are checked.
     pub check: Check,
+    /// `(spec replicas, status replicas, label selector)` JSON pointers of the scale
+    /// subresource.
+    pub scale_paths: Option<(&'static str, &'static str, Option<&'static str>)>,
+    /// Extra table columns `(name, type, JSON pointer, priority)` (CRD printer columns).
+    pub printer_columns: Vec<(&'static str, &'static str, &'static str, u8)>,
 }
 
 impl ResourceDef {
@@ -62,6 +79,16 @@ impl ResourceDef {
         match namespace {
             Some(ns) if self.namespaced => format!("/registry/{}/{ns}/", self.storage),
             _ => format!("/registry/{}/", self.storage),
+        }
+    }
+
+    /// Checks an object of this resource; custom resources may be pruned of unknown fields.
+    pub fn check(&self, obj: &mut Value) -> Result<(), Vec<super::status::Cause>> {
+        match &self.check {
+            Check::Typed(decode) => {
+                decode(obj).map_err(|m| vec![super::status::Cause::invalid("<body>", m)])
+            }
+            Check::Schema(schema) => super::crds::validate(schema, obj),
         }
     }
 
@@ -107,7 +134,13 @@ macro_rules! resource {
             has_spec: $spec,
             label_names: $labels,
             subresources: $sub,
-            check: typed::<$ty>,
+            check: Check::Typed(typed::<$ty>),
+            scale_paths: if $sub.contains(&"scale") {
+                Some(("/spec/replicas", "/status/replicas", Some("/spec/selector")))
+            } else {
+                None
+            },
+            printer_columns: Vec::new(),
         }
     };
 }
@@ -200,6 +233,9 @@ pub fn builtin() -> Vec<ResourceDef> {
         resource!("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", namespaced: true,
             short: &["pdb"], categories: NONE, storage: "poddisruptionbudgets", spec: true,
             labels: false, sub: STATUS, policy::PodDisruptionBudget),
+        resource!("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", namespaced: false,
+            short: &["crd", "crds"], categories: &["api-extensions"], storage: "apiextensions.k8s.io/customresourcedefinitions", spec: true,
+            labels: false, sub: STATUS, k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition),
         resource!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", namespaced: true,
             short: NONE, categories: NONE, storage: "roles", spec: false,
             labels: false, sub: NONE, rbac::Role),
@@ -215,36 +251,63 @@ pub fn builtin() -> Vec<ResourceDef> {
     ]
 }
 
-/// The table of served resources, looked up by group, version and plural.
-#[derive(Debug, Clone)]
+/// The table of served resources: the built-in ones and those that CRDs add at run time.
+#[derive(Debug)]
 pub struct Registry {
-    resources: Vec<ResourceDef>,
+    builtin: Vec<ResourceDef>,
+    custom: RwLock<BTreeMap<String, Vec<ResourceDef>>>,
 }
 
 impl Registry {
     /// The built-in resources.
     pub fn new() -> Self {
         Self {
-            resources: builtin(),
+            builtin: builtin(),
+            custom: RwLock::new(BTreeMap::new()),
         }
     }
 
+    fn custom(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<ResourceDef>>> {
+        self.custom.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves the resources a CRD defines (replacing what it defined before).
+    pub fn set_custom(&self, crd: &str, defs: Vec<ResourceDef>) {
+        self.custom
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(crd.to_owned(), defs);
+    }
+
+    /// Stops serving a CRD's resources.
+    pub fn remove_custom(&self, crd: &str) -> Option<Vec<ResourceDef>> {
+        self.custom
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(crd)
+    }
+
     /// Every served resource.
-    pub fn all(&self) -> &[ResourceDef] {
-        &self.resources
+    pub fn all(&self) -> Vec<ResourceDef> {
+        let mut all = self.builtin.clone();
+        all.extend(self.custom().values().flatten().cloned());
+        all
     }
 
     /// The resource at `group/version/plural`.
-    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
-        self.resources
-            .iter()
-            .find(|r| r.group == group && r.version == version && r.plural == plural)
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<ResourceDef> {
+        let matches =
+            |r: &&ResourceDef| r.group == group && r.version == version && r.plural == plural;
+        if let Some(def) = self.builtin.iter().find(matches) {
+            return Some(def.clone());
+        }
+        self.custom().values().flatten().find(matches).cloned()
     }
 
     /// The served groups with their versions, core first, in a stable order.
     pub fn groups(&self) -> Vec<(&'static str, Vec<&'static str>)> {
         let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-        for r in &self.resources {
+        for r in self.all() {
             match groups.iter_mut().find(|(g, _)| *g == r.group) {
                 Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
                 Some(_) => {}
@@ -255,14 +318,11 @@ impl Registry {
     }
 
     /// The resources of one group version.
-    pub fn in_group_version<'a>(
-        &'a self,
-        group: &'a str,
-        version: &'a str,
-    ) -> impl Iterator<Item = &'a ResourceDef> + 'a {
-        self.resources
-            .iter()
-            .filter(move |r| r.group == group && r.version == version)
+    pub fn in_group_version(&self, group: &str, version: &str) -> Vec<ResourceDef> {
+        self.all()
+            .into_iter()
+            .filter(|r| r.group == group && r.version == version)
+            .collect()
     }
 }
 
@@ -270,6 +330,30 @@ impl Default for Registry {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A string that lives for the rest of the process, shared by every CRD that uses it, so
+/// that custom resources fit the same `&'static str` table as built-in ones. Bounded by the
+/// number of distinct names ever defined.
+pub fn intern(text: &str) -> &'static str {
+    static TABLE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let mut table = TABLE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(existing) = table.get(text) {
+        return existing;
+    }
+    let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
+    table.insert(leaked);
+    leaked
+}
+
+/// A list of interned strings, interned as a whole.
+pub fn intern_list(items: &[String]) -> &'static [&'static str] {
+    let interned: Vec<&'static str> = items.iter().map(|s| intern(s)).collect();
+    Box::leak(interned.into_boxed_slice())
 }
 
 #[cfg(test)]
@@ -295,11 +379,11 @@ mod tests {
         let Some(cm) = registry.find("", "v1", "configmaps") else {
             panic!("configmaps are served");
         };
-        assert!(
-            (cm.check)(&serde_json::json!({"metadata": {"name": "a"}, "data": {"k": "v"}})).is_ok()
-        );
-        assert!(
-            (cm.check)(&serde_json::json!({"metadata": {"name": "a"}, "data": {"k": 5}})).is_err()
-        );
+        assert!(cm
+            .check(&mut serde_json::json!({"metadata": {"name": "a"}, "data": {"k": "v"}}))
+            .is_ok());
+        assert!(cm
+            .check(&mut serde_json::json!({"metadata": {"name": "a"}, "data": {"k": 5}}))
+            .is_err());
     }
 }

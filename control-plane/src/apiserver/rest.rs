@@ -701,7 +701,7 @@ impl Rest {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Value, ApiError> {
-        Ok(scale_of(&self.get(def, namespace, name).await?))
+        Ok(scale_of(def, &self.get(def, namespace, name).await?))
     }
 
     /// PUT or PATCH on `/scale`: sets `spec.replicas` from the (patched) Scale.
@@ -723,7 +723,7 @@ impl Rest {
                         (*body).clone()
                     }
                     ScaleChange::Patch(kind, patch) => {
-                        let mut scale = scale_of(old);
+                        let mut scale = scale_of(def, old);
                         apply_patch(&mut scale, *kind, patch)?;
                         scale
                     }
@@ -735,11 +735,11 @@ impl Rest {
                     return Err(ApiError::invalid("autoscaling", "Scale", name, vec![super::status::Cause::invalid("spec.replicas", "must be greater than or equal to 0")]));
                 }
                 let mut new = old.clone();
-                new["spec"]["replicas"] = json!(replicas);
+                set_pointer(&mut new, scale_paths(def).0, json!(replicas));
                 objects::prepare_update(def, old, new)
             })
             .await?;
-        Ok(scale_of(&updated))
+        Ok(scale_of(def, &updated))
     }
 
     /// After an update: an object marked for deletion whose last finalizer is gone is
@@ -783,19 +783,30 @@ pub enum ScaleChange<'a> {
     Patch(PatchKind, &'a [u8]),
 }
 
-/// The `autoscaling/v1` Scale of an object with `spec.replicas`.
-pub fn scale_of(obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|labels| {
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+/// The paths the scale subresource reads and writes (built-in defaults when unset).
+fn scale_paths(def: &ResourceDef) -> (&'static str, &'static str, Option<&'static str>) {
+    def.scale_paths
+        .unwrap_or(("/spec/replicas", "/status/replicas", Some("/spec/selector")))
+}
+
+/// The `autoscaling/v1` Scale of an object.
+pub fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
+    let (spec_path, status_path, selector_path) = scale_paths(def);
+    let selector = match selector_path.and_then(|p| obj.pointer(p)) {
+        Some(Value::String(text)) => text.clone(),
+        Some(selector) => selector
+            .get("matchLabels")
+            .and_then(Value::as_object)
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default(),
+        None => String::new(),
+    };
     let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
     json!({
         "kind": "Scale",
@@ -807,12 +818,27 @@ pub fn scale_of(obj: &Value) -> Value {
             "resourceVersion": meta.get("resourceVersion"),
             "creationTimestamp": meta.get("creationTimestamp"),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "spec": {"replicas": obj.pointer(spec_path).cloned().unwrap_or(json!(0))},
         "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "replicas": obj.pointer(status_path).cloned().unwrap_or(json!(0)),
             "selector": selector,
         },
     })
+}
+
+/// Sets the value at a JSON pointer, creating the objects on the way.
+fn set_pointer(obj: &mut Value, pointer: &str, value: Value) {
+    let mut at = obj;
+    for part in pointer.trim_start_matches('/').split('/') {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        let Some(map) = at.as_object_mut() else {
+            return;
+        };
+        at = map.entry(part.to_owned()).or_insert(Value::Null);
+    }
+    *at = value;
 }
 
 /// Applies a patch document to an object.

@@ -56,6 +56,10 @@ fn columns(def: &ResourceDef) -> Vec<Value> {
         }
         _ => {}
     }
+    for (name, kind, _, priority) in &def.printer_columns {
+        let kind = if *kind == "date" { "string" } else { kind };
+        columns.push(json!({"name": name, "type": kind, "format": "", "description": "", "priority": priority}));
+    }
     columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0}));
     match def.plural {
         "deployments" | "replicasets" => {
@@ -266,6 +270,14 @@ fn cells(def: &ResourceDef, obj: &Value) -> Vec<Value> {
         .pointer("/metadata/creationTimestamp")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    for (_, kind, pointer, _) in &def.printer_columns {
+        let value = obj.pointer(pointer).cloned().unwrap_or(Value::Null);
+        let value = match (*kind, value.as_str()) {
+            ("date", Some(time)) => json!(age(time)),
+            _ => value,
+        };
+        cells.push(value);
+    }
     cells.push(json!(age(created)));
     match def.plural {
         "deployments" | "replicasets" => {
@@ -346,7 +358,7 @@ mod tests {
             panic!("configmaps are served");
         };
         let cm = json!({"metadata": {"name": "a", "creationTimestamp": "2020-01-01T00:00:00Z"}, "data": {"x": "1", "y": "2"}});
-        let t = table(def, &[cm], json!({}), "Metadata");
+        let t = table(&def, &[cm], json!({}), "Metadata");
         assert_eq!(t["rows"][0]["cells"][0], "a");
         assert_eq!(t["rows"][0]["cells"][1], 2);
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
