@@ -7,8 +7,8 @@
 //!
 //! Not yet covered because not yet served (see the API server issue): protobuf request bodies
 //! (`kubectl create configmap|namespace` send them), field ownership in server-side apply,
-//! and the schemas in `/openapi/v2` and `/openapi/v3` (`kubectl explain`, and client-side
-//! validation of custom resources, hence `--validate=false` for them).
+//! and the schemas in `/openapi/v2` (kubectl's client-side validation of custom resources,
+//! hence `--validate=false` for them).
 #![cfg(feature = "kubectl-tests")]
 
 use std::{
@@ -487,6 +487,96 @@ fn custom_resources(server: &Server, v: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// explain, edit, wait, and delete --wait on an object held by a finalizer.
+fn lifecycle(server: &Server, v: &str, dir: &Path) -> Result<()> {
+    let explained = server.ok(v, &["explain", "deployment.spec.strategy"])?;
+    ensure!(
+        explained.contains("rollingUpdate") && explained.contains("RollingUpdate"),
+        "{explained}"
+    );
+    let held = write(
+        dir,
+        &format!("held-{}.yaml", v.replace('.', "-")),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [corten.io/hold]\ndata:\n  a: \"1\"\n",
+    )?;
+    server.ok(v, &["apply", "-f", &held])?;
+    // edit: kubectl runs $EDITOR on the object and sends the difference.
+    let edited = Command::new(Path::new(KUBECTL_DIR).join(format!("kubectl.{v}")))
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["edit", "cm", "held"])
+        // kubectl runs the editor through `sh -c`, which turns \" into ".
+        .env("EDITOR", r#"sed -i -e s/\"1\"/\"edited\"/"#)
+        .output()?;
+    ensure!(
+        edited.status.success(),
+        "edit: {}",
+        String::from_utf8_lossy(&edited.stderr)
+    );
+    server.ok(
+        v,
+        &[
+            "wait",
+            "--for=jsonpath={.data.a}=edited",
+            "cm/held",
+            "--timeout=10s",
+        ],
+    )?;
+    // delete --wait returns only once the finalizer is removed and the object is gone.
+    let mut deleting = Command::new(Path::new(KUBECTL_DIR).join(format!("kubectl.{v}")))
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["delete", "cm", "held", "--wait=true", "--timeout=30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let marked = server.ok(
+            v,
+            &[
+                "get",
+                "cm",
+                "held",
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ],
+        )?;
+        if !marked.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the object was never marked for deletion"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        deleting.try_wait()?.is_none(),
+        "delete --wait returned while the finalizer was still there"
+    );
+    server.ok(
+        v,
+        &[
+            "patch",
+            "cm",
+            "held",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        ],
+    )?;
+    let done = deleting.wait_with_output()?;
+    ensure!(
+        done.status.success(),
+        "delete --wait: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    server.ok(v, &["wait", "--for=delete", "cm/held", "--timeout=10s"])?;
+    Ok(())
+}
+
 /// ClusterIPs are never handed out twice and come back when their Service goes.
 fn service_addresses(server: &Server, dir: &Path) -> Result<()> {
     let v = "1.33";
@@ -611,6 +701,8 @@ fn kubectl_drives_the_api_server() -> Result<()> {
             .with_context(|| format!("workloads, kubectl {version}"))?;
         custom_resources(&server, version, dir.path())
             .with_context(|| format!("CRDs, kubectl {version}"))?;
+        lifecycle(&server, version, dir.path())
+            .with_context(|| format!("explain/edit/wait/delete, kubectl {version}"))?;
     }
     service_addresses(&server, dir.path())?;
     bad_input(&server, dir.path())?;

@@ -54,6 +54,9 @@ pub struct ResourceDef {
     pub scale_paths: Option<(&'static str, &'static str, Option<&'static str>)>,
     /// Extra table columns `(name, type, JSON pointer, priority)` (CRD printer columns).
     pub printer_columns: Vec<(&'static str, &'static str, &'static str, u8)>,
+    /// Registers the built-in type's OpenAPI schema (and those it refers to) and returns a
+    /// reference to it; custom resources carry their schema in [`Check::Schema`].
+    pub openapi: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
 }
 
 impl ResourceDef {
@@ -141,6 +144,9 @@ macro_rules! resource {
                 None
             },
             printer_columns: Vec::new(),
+            openapi: Some(|generator: &mut schemars::SchemaGenerator| {
+                generator.subschema_for::<$ty>()
+            }),
         }
     };
 }

@@ -278,6 +278,12 @@ async fn route(
                 ok(&openapi::v2_json(version))
             }
         }
+        ["openapi", "v3"] => ok(&openapi::v3_index(registry)),
+        ["openapi", "v3", rest @ ..] => {
+            let version = state.version["gitVersion"].as_str().unwrap_or("v1.33.0");
+            openapi::v3_group_version(registry, &rest.join("/"), version)
+                .map_or_else(|| error(&ApiError::no_route(&path)), |d| ok(&d))
+        }
         ["api"] => match discovery::aggregated_version(&accept) {
             Some(v) => json_response(
                 200,
