@@ -577,6 +577,100 @@ fn lifecycle(server: &Server, v: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The binding and eviction subresources of pods (the scheduler's and `kubectl drain`'s
+/// writes): a pod is bound once; an eviction a disruption budget forbids gets 429.
+fn pod_subresources(server: &Server, dir: &Path) -> Result<()> {
+    let v = "1.33";
+    let pod = write(
+        dir,
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  labels: {app: guarded}\nspec:\n  containers:\n  - {name: c, image: corten.local/busybox:1}\n",
+    )?;
+    server.ok(v, &["apply", "-f", &pod])?;
+    let qos = server.ok(
+        v,
+        &[
+            "get",
+            "pod",
+            "p1",
+            "-o",
+            "jsonpath={.status.phase}/{.status.qosClass}",
+        ],
+    )?;
+    ensure!(qos == "Pending/BestEffort", "{qos}");
+    let binding = write(
+        dir,
+        "binding.json",
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p1"},"target":{"kind":"Node","name":"node-a"}}"#,
+    )?;
+    server.ok(
+        v,
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/pods/p1/binding",
+            "-f",
+            &binding,
+        ],
+    )?;
+    let node = server.ok(v, &["get", "pod", "p1", "-o", "jsonpath={.spec.nodeName}"])?;
+    ensure!(node == "node-a", "{node}");
+    let again = server.fails(
+        v,
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/pods/p1/binding",
+            "-f",
+            &binding,
+        ],
+    )?;
+    ensure!(again.contains("already assigned"), "{again}");
+    let pdb = write(
+        dir,
+        "pdb.yaml",
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: guard\nspec:\n  minAvailable: 1\n  selector:\n    matchLabels: {app: guarded}\n",
+    )?;
+    server.ok(v, &["apply", "-f", &pdb])?;
+    let eviction = write(
+        dir,
+        "eviction.json",
+        r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p1","namespace":"default"}}"#,
+    )?;
+    let refused = server.fails(
+        v,
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/pods/p1/eviction",
+            "-f",
+            &eviction,
+        ],
+    )?;
+    ensure!(refused.contains("disruption budget"), "{refused}");
+    server.ok(v, &["delete", "-f", &pdb])?;
+    server.ok(
+        v,
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/pods/p1/eviction",
+            "-f",
+            &eviction,
+        ],
+    )?;
+    let gone = server.fails(v, &["get", "pod", "p1"])?;
+    ensure!(gone.contains("NotFound"), "{gone}");
+    let invalid = write(
+        dir,
+        "nopod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: empty\nspec:\n  containers: []\n",
+    )?;
+    let refused = server.fails(v, &["apply", "-f", &invalid])?;
+    ensure!(refused.contains("spec.containers"), "{refused}");
+    Ok(())
+}
+
 /// ClusterIPs are never handed out twice and come back when their Service goes.
 fn service_addresses(server: &Server, dir: &Path) -> Result<()> {
     let v = "1.33";
@@ -705,6 +799,7 @@ fn kubectl_drives_the_api_server() -> Result<()> {
             .with_context(|| format!("explain/edit/wait/delete, kubectl {version}"))?;
     }
     service_addresses(&server, dir.path())?;
+    pod_subresources(&server, dir.path())?;
     bad_input(&server, dir.path())?;
 
     // Objects survive a restart, and a watch continues from the last resourceVersion seen.

@@ -1,7 +1,10 @@
 //! `cargo xtask deps`: installs, idempotently, everything a fresh machine lacks to build and
 //! test corten. Each item is checked first and skipped when present; every failure is named
 //! at the end.
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context};
 
@@ -41,7 +44,19 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
     ("libpolly-22-dev", "Polly, which LLVM 22's link line needs"),
+    (
+        "python3-venv",
+        "ensurepip, without which Debian's `python3 -m venv` fails",
+    ),
 ];
+
+/// The interpreter the Python client tests' virtualenv is made from: Debian's, so CI and a
+/// fresh machine get the same one whatever else (pyenv, say) comes first on `PATH`.
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+/// Major versions of what the virtualenv gets: the official client of Kubernetes 1.33, the
+/// newest release corten serves, and pytest, which runs its tests.
+const PYTHON_PACKAGES: &[(&str, u32)] = &[("kubernetes", 33), ("pytest", 8)];
 
 /// The bpf-linker release known to build against LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -58,6 +73,10 @@ pub fn ensure() -> anyhow::Result<()> {
     // bpf-linker builds against LLVM 22 from the Debian packages, so it comes after them.
     if let Err(err) = bpf_linker() {
         failed.push(format!("bpf-linker: {err:#}"));
+    }
+    // The virtualenv needs python3-venv from the Debian packages.
+    if let Err(err) = python_client() {
+        failed.push(format!("Python client virtualenv: {err:#}"));
     }
     if !failed.is_empty() {
         bail!(
@@ -145,6 +164,77 @@ fn bpf_linker() -> anyhow::Result<()> {
         .env("LLVM_PREFIX", "/usr/lib/llvm-22")
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
         .args(["--no-default-features", "--features", "llvm-22"]))
+}
+
+/// The virtualenv the Python client tests run in (`target/python` in the workspace).
+fn python_venv() -> PathBuf {
+    crate::workspace_root().join("target").join("python")
+}
+
+/// Makes `target/python`, a virtualenv with [`PYTHON_PACKAGES`] in it, unless they already
+/// import there in the pinned major versions.
+fn python_client() -> anyhow::Result<()> {
+    let venv = python_venv();
+    let python = venv.join("bin").join("python");
+    // `import kubernetes; assert kubernetes.__version__.split('.')[0] == '33', ...` for each.
+    let check = PYTHON_PACKAGES
+        .iter()
+        .map(|(name, major)| {
+            format!(
+                "import {name}; assert {name}.__version__.split('.')[0] == '{major}', \
+                 '{name} ' + {name}.__version__ + ' is not {major}.x'"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let importable = || {
+        Command::new(&python)
+            .args(["-c", &check])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if importable() {
+        println!(
+            "deps: Python client virtualenv present ({})",
+            venv.display()
+        );
+        return Ok(());
+    }
+    // A virtualenv made without ensurepip (python3-venv missing) has an interpreter but no pip.
+    let has_pip = Command::new(&python)
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has_pip {
+        let base = if Path::new(DEBIAN_PYTHON).exists() {
+            DEBIAN_PYTHON
+        } else {
+            "python3"
+        };
+        println!(
+            "deps: making a virtualenv at {} from {base}",
+            venv.display()
+        );
+        // `--clear`: a broken virtualenv is rebuilt, not patched.
+        run(Command::new(base)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
+    }
+    let requirements: Vec<String> = PYTHON_PACKAGES
+        .iter()
+        .map(|(name, major)| format!("{name}>={major},<{}", major + 1))
+        .collect();
+    println!(
+        "deps: installing {} into {} (the Python client tests)",
+        requirements.join(" "),
+        venv.display()
+    );
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(&requirements))?;
+    output(Command::new(&python).args(["-c", &check]))
+        .context("the virtualenv still lacks a pinned package")?;
+    Ok(())
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {

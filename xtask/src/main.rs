@@ -24,7 +24,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Install what this machine lacks: Debian packages, nightly + rust-src, bpf-linker.
+    /// Install what this machine lacks: Debian packages, nightly + rust-src, bpf-linker, the
+    /// Python client virtualenv.
     Deps,
     /// Build the OCI image tarballs (pause, busybox) into target/images.
     Images {

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the README's test command and what `.ci/run` runs. Installs what is
 //! missing, builds the images, then runs formatting and lint checks, the unit tests, the
-//! store suite against a real etcd, the API server with real kubectl, and the lab tests (root: real namespaces, containerd
-//! and eBPF). Stops at the first failure.
+//! store suite against a real etcd, the API server with real kubectl and with the Python
+//! client, and the lab tests (root: real namespaces, containerd and eBPF). Stops at the first
+//! failure.
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
@@ -71,6 +72,20 @@ pub fn run() -> anyhow::Result<()> {
             "kubectl-tests",
             "--test",
             "apiserver_kubectl",
+        ])?);
+        Ok(())
+    })?;
+    step("python tests", &mut || {
+        // The same server driven by the official Python client under pytest, from the
+        // virtualenv that the deps step made.
+        counts.add(cargo_test(&[
+            "test",
+            "--package",
+            "corten-control-plane",
+            "--features",
+            "python-tests",
+            "--test",
+            "apiserver_python",
         ])?);
         Ok(())
     })?;

@@ -105,11 +105,11 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
                 "kind": r.kind,
                 "verbs": ["get", "patch", "update"],
             });
-            if *sub == "scale" {
-                entry["group"] = json!("autoscaling");
-                entry["version"] = json!("v1");
-                entry["kind"] = json!("Scale");
-            }
+            let (kind, verbs) = subresource_kind(&r, sub);
+            entry["group"] = kind["group"].clone();
+            entry["version"] = kind["version"].clone();
+            entry["kind"] = kind["kind"].clone();
+            entry["verbs"] = verbs;
             resources.push(entry);
         }
     }
@@ -129,17 +129,35 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
     }))
 }
 
+/// The kind a subresource answers with, and its verbs.
+fn subresource_kind(r: &ResourceDef, sub: &str) -> (Value, Value) {
+    match sub {
+        "scale" => (
+            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
+            json!(["get", "patch", "update"]),
+        ),
+        "binding" => (
+            json!({"group": "", "version": "v1", "kind": "Binding"}),
+            json!(["create"]),
+        ),
+        "eviction" => (
+            json!({"group": "policy", "version": "v1", "kind": "Eviction"}),
+            json!(["create"]),
+        ),
+        _ => (
+            json!({"group": r.group, "version": r.version, "kind": r.kind}),
+            json!(["get", "patch", "update"]),
+        ),
+    }
+}
+
 fn discovery_resource(r: &ResourceDef) -> Value {
     let subresources: Vec<Value> = r
         .subresources
         .iter()
         .map(|sub| {
-            let kind = if *sub == "scale" {
-                json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
-            } else {
-                json!({"group": r.group, "version": r.version, "kind": r.kind})
-            };
-            json!({"subresource": sub, "responseKind": kind, "verbs": ["get", "patch", "update"]})
+            let (kind, verbs) = subresource_kind(r, sub);
+            json!({"subresource": sub, "responseKind": kind, "verbs": verbs})
         })
         .collect();
     json!({

@@ -146,10 +146,115 @@ pub fn validate(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
     if def.group == "apiextensions.k8s.io" && def.kind == "CustomResourceDefinition" {
         causes.extend(super::crds::check_definition(obj));
     }
+    causes.extend(kind_checks(def, obj));
     if causes.is_empty() {
         Ok(())
     } else {
         Err(ApiError::invalid(def.group, def.kind, &name, causes))
+    }
+}
+
+/// Checks of built-in kinds that their typed form cannot express (required fields that are
+/// optional in the Go types, selector and template agreement).
+fn kind_checks(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let pod_spec = match (def.group, def.kind) {
+        ("", "Pod") => obj.get("spec").map(|s| ("spec", s)),
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") | ("batch", "Job") => {
+            obj.pointer("/spec/template/spec")
+                .map(|s| ("spec.template.spec", s))
+        }
+        _ => None,
+    };
+    if def.kind == "Pod" && pod_spec.is_none() {
+        causes.push(Cause::required("spec"));
+    }
+    if let Some((path, spec)) = pod_spec {
+        let containers = spec
+            .get("containers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if containers.is_empty() {
+            causes.push(Cause::required(&format!("{path}.containers")));
+        }
+        for (i, container) in containers.iter().enumerate() {
+            for field in ["name", "image"] {
+                if container
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    causes.push(Cause::required(&format!("{path}.containers[{i}].{field}")));
+                }
+            }
+        }
+    }
+    if def.group == "apps" {
+        let selector = obj
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object);
+        let labels = obj
+            .pointer("/spec/template/metadata/labels")
+            .and_then(Value::as_object);
+        match selector {
+            None if obj.pointer("/spec/selector/matchExpressions").is_none() => {
+                causes.push(Cause::required("spec.selector"))
+            }
+            Some(selector) => {
+                let matches = selector
+                    .iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+                if !matches {
+                    causes.push(Cause::invalid(
+                        "spec.template.metadata.labels",
+                        "`selector` does not match template `labels`",
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
+    causes
+}
+
+/// The QoS class of a pod, as the kubelet and scheduler compute it: Guaranteed when every
+/// container has cpu and memory limits equal to their requests, BestEffort when no
+/// container asks for or limits anything, Burstable otherwise.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|list| {
+            pod.pointer(&format!("/spec/{list}"))
+                .and_then(Value::as_array)
+        })
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for container in containers {
+        let requests = container
+            .pointer("/resources/requests")
+            .and_then(Value::as_object);
+        let limits = container
+            .pointer("/resources/limits")
+            .and_then(Value::as_object);
+        if requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty()) {
+            any = true;
+        }
+        for resource in ["cpu", "memory"] {
+            let limit = limits.and_then(|l| l.get(resource));
+            // A missing request defaults to the limit.
+            let request = requests.and_then(|r| r.get(resource)).or(limit);
+            if limit.is_none() || request != limit {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
     }
 }
 
@@ -211,7 +316,8 @@ pub fn prepare_create(
             map.remove("status");
         }
         if def.kind == "Pod" {
-            obj["status"] = json!({"phase": "Pending"});
+            let qos = qos_class(&obj);
+            obj["status"] = json!({"phase": "Pending", "qosClass": qos});
         }
     }
     super::defaults::apply(def, &mut obj);
@@ -448,6 +554,16 @@ impl FieldSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qos_classes() {
+        let best = json!({"spec": {"containers": [{"name": "a"}]}});
+        assert_eq!(qos_class(&best), "BestEffort");
+        let guaranteed = json!({"spec": {"containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
+        assert_eq!(qos_class(&guaranteed), "Guaranteed");
+        let burstable = json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]}});
+        assert_eq!(qos_class(&burstable), "Burstable");
+    }
 
     #[test]
     fn dns_names() {

@@ -154,6 +154,7 @@ macro_rules! resource {
 const NONE: &[&str] = &[];
 const STATUS: &[&str] = &["status"];
 const STATUS_SCALE: &[&str] = &["status", "scale"];
+const POD_SUBRESOURCES: &[&str] = &["status", "binding", "eviction"];
 const ALL: &[&str] = &["all"];
 
 /// The built-in resources served today.
@@ -190,7 +191,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             labels: false, sub: STATUS, core::ResourceQuota),
         resource!("", "v1", "Pod", "pods", "pod", namespaced: true,
             short: &["po"], categories: ALL, storage: "pods", spec: false,
-            labels: false, sub: STATUS, core::Pod),
+            labels: false, sub: POD_SUBRESOURCES, core::Pod),
         resource!("", "v1", "Service", "services", "service", namespaced: true,
             short: &["svc"], categories: ALL, storage: "services/specs", spec: false,
             labels: true, sub: STATUS, core::Service),

@@ -624,6 +624,90 @@ impl Rest {
         ))
     }
 
+    /// POST on `pods/NAME/binding`: assigns the pod to a node, once (the scheduler's write).
+    pub async fn bind(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        binding: Value,
+        query: &Query,
+    ) -> Result<Value, ApiError> {
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "",
+                    "Binding",
+                    name,
+                    vec![super::status::Cause::required("target.name")],
+                )
+            })?
+            .to_owned();
+        self.modify(def, namespace, name, query, |old, _| {
+            if let Some(bound) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                return Err(ApiError::conflict(def.group, def.plural, name, &format!("pod {name} is already assigned to node \"{bound}\"")));
+            }
+            if old.pointer("/metadata/deletionTimestamp").is_some() {
+                return Err(ApiError::conflict(def.group, def.plural, name, "pod is being deleted, cannot be assigned to a host"));
+            }
+            let mut new = old.clone();
+            new["spec"]["nodeName"] = json!(node);
+            let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()});
+            let conditions = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let mut conditions: Vec<Value> = conditions.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+            conditions.push(scheduled);
+            new["status"]["conditions"] = json!(conditions);
+            Ok(new)
+        })
+        .await?;
+        Ok(status::success(def.group, def.plural, name, None))
+    }
+
+    /// POST on `pods/NAME/eviction`: deletes the pod unless a PodDisruptionBudget covering it
+    /// allows no disruption now (429), and counts the disruption against the budget.
+    pub async fn evict(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        query: &Query,
+    ) -> Result<Value, ApiError> {
+        let pod = self.get(def, namespace, name).await?;
+        let ns = namespace.unwrap_or("default");
+        let Some(pdb_def) = self.registry.find("policy", "v1", "poddisruptionbudgets") else {
+            return Err(ApiError::internal("poddisruptionbudgets are not served"));
+        };
+        let budgets = self.list(&pdb_def, Some(ns), &Query::new()).await?;
+        for budget in budgets["items"].as_array().cloned().unwrap_or_default() {
+            let selector = selector_text(budget.pointer("/spec/selector"));
+            let Some(selector) = selector else { continue };
+            if !LabelSelector::parse(&selector)?.matches(&pod) {
+                continue;
+            }
+            let budget_name = objects::name(&budget).unwrap_or_default().to_owned();
+            self.modify(&pdb_def, Some(ns), &budget_name, query, |old, _| {
+                let allowed = old
+                    .pointer("/status/disruptionsAllowed")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                if allowed < 1 {
+                    return Err(ApiError::too_many_requests(
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                    ));
+                }
+                let mut new = old.clone();
+                new["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                Ok(new)
+            })
+            .await?;
+        }
+        self.delete(def, namespace, name, None, query).await?;
+        Ok(status::success(def.group, def.plural, name, None))
+    }
+
     /// Rewrites an object with `change` under optimistic concurrency, retrying when another
     /// write got in between.
     async fn modify(
@@ -772,6 +856,47 @@ impl Rest {
         }
         Ok(())
     }
+}
+
+/// A label selector object (`matchLabels`, `matchExpressions`) in the text form
+/// [`LabelSelector::parse`] reads; `None` for no selector (which selects nothing in a PDB).
+pub fn selector_text(selector: Option<&Value>) -> Option<String> {
+    let selector = selector?.as_object()?;
+    let mut terms = Vec::new();
+    for (key, value) in selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        terms.push(format!("{key}={}", value.as_str().unwrap_or_default()));
+    }
+    for expression in selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = expression
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let values: Vec<&str> = expression
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        match expression.get("operator").and_then(Value::as_str) {
+            Some("In") => terms.push(format!("{key} in ({})", values.join(","))),
+            Some("NotIn") => terms.push(format!("{key} notin ({})", values.join(","))),
+            Some("Exists") => terms.push(key.to_owned()),
+            Some("DoesNotExist") => terms.push(format!("!{key}")),
+            _ => {}
+        }
+    }
+    Some(terms.join(","))
 }
 
 /// How a `/scale` write changes the Scale.

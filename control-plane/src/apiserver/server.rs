@@ -368,7 +368,7 @@ async fn resource(
         .to_owned();
     let rest = &state.rest;
     let method = req.method().clone();
-    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let watching = query.get("watch").is_some_and(|w| query_bool(w));
     let result: Result<Response<Body>, ApiError> = async {
         match (method, target.name.as_deref()) {
             (Method::GET, None) if watching => {
@@ -505,6 +505,17 @@ async fn subresource(
                 rest.patch_status(def, namespace, name, kind, &body, &query)
                     .await
             }
+            ("binding", Method::POST) => {
+                let body = parse_json(&read_body(req).await?, &content_type)?;
+                rest.bind(def, namespace, name, body, &query).await
+            }
+            ("eviction", Method::POST) => {
+                let body = read_body(req).await?;
+                if !body.is_empty() {
+                    parse_json(&body, &content_type)?;
+                }
+                rest.evict(def, namespace, name, &query).await
+            }
             ("scale", Method::GET) => rest.get_scale(def, namespace, name).await,
             ("scale", Method::PUT) => {
                 let body = parse_json(&read_body(req).await?, &content_type)?;
@@ -580,6 +591,12 @@ fn as_table_event(
     let mut bytes = serde_json::to_vec(&event).ok()?;
     bytes.push(b'\n');
     Some(Bytes::from(bytes))
+}
+
+/// A boolean query parameter as kube-apiserver reads it: only `false` (any case) and `0`
+/// are false; anything else, even an empty value, is true.
+pub fn query_bool(value: &str) -> bool {
+    value != "0" && !value.eq_ignore_ascii_case("false")
 }
 
 /// Parses a query string (for tests and the router).

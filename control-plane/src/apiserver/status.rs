@@ -183,6 +183,13 @@ impl ApiError {
         .on(group, resource, name)
     }
 
+    /// 429 (an eviction a disruption budget does not allow, for now).
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        let mut err = Self::new(429, "TooManyRequests", message);
+        err.details.retry_after = Some(10);
+        err
+    }
+
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)

@@ -54,7 +54,7 @@ pub async fn start(
     };
     let bookmarks = query
         .get("allowWatchBookmarks")
-        .is_some_and(|v| v == "true");
+        .is_some_and(|v| super::server::query_bool(v));
     let (tx, rx) = mpsc::channel(256);
     let mut initial = Vec::new();
     let start = match query.get("resourceVersion").map(String::as_str) {
