@@ -578,7 +578,8 @@ fn lifecycle(server: &Server, v: &str, dir: &Path) -> Result<()> {
 }
 
 /// The binding and eviction subresources of pods (the scheduler's and `kubectl drain`'s
-/// writes): a pod is bound once; an eviction a disruption budget forbids gets 429.
+/// writes): a pod is bound once; an eviction a disruption budget forbids gets 429; a bound
+/// pod is deleted gracefully.
 fn pod_subresources(server: &Server, dir: &Path) -> Result<()> {
     let v = "1.33";
     let pod = write(
@@ -659,6 +660,22 @@ fn pod_subresources(server: &Server, dir: &Path) -> Result<()> {
             &eviction,
         ],
     )?;
+    // A pod on a node goes gracefully: marked now, removed by its kubelet's final delete.
+    let marked = server.ok(
+        v,
+        &[
+            "get",
+            "pod",
+            "p1",
+            "-o",
+            "jsonpath={.metadata.deletionGracePeriodSeconds}",
+        ],
+    )?;
+    ensure!(
+        marked == "30",
+        "evicted pod not marked for graceful deletion: {marked:?}"
+    );
+    server.ok(v, &["delete", "pod", "p1", "--grace-period=0", "--force"])?;
     let gone = server.fails(v, &["get", "pod", "p1"])?;
     ensure!(gone.contains("NotFound"), "{gone}");
     let invalid = write(

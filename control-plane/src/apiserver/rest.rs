@@ -464,6 +464,34 @@ impl Rest {
             .and_then(|b| b.pointer("/preconditions/uid"))
             .and_then(Value::as_str)
             .map(str::to_owned);
+        let option = |field: &str| -> Option<Value> {
+            body.as_ref()
+                .and_then(|b| b.get(field).cloned())
+                .filter(|v| !v.is_null())
+                .or_else(|| query.get(field).map(|v| json!(v)))
+        };
+        let grace = option("gracePeriodSeconds")
+            .map(|g| match g {
+                Value::Number(n) => n.as_i64().ok_or(()),
+                Value::String(s) => s.parse::<i64>().map_err(|_| ()),
+                _ => Err(()),
+            })
+            .transpose()
+            .map_err(|()| ApiError::bad_request("gracePeriodSeconds must be an integer"))?;
+        let mut propagation =
+            option("propagationPolicy").and_then(|p| p.as_str().map(str::to_owned));
+        if propagation.is_none()
+            && option("orphanDependents").is_some_and(|o| o == json!(true) || o == json!("true"))
+        {
+            propagation = Some("Orphan".to_owned());
+        }
+        if let Some(policy) = &propagation {
+            if !matches!(policy.as_str(), "Foreground" | "Background" | "Orphan") {
+                return Err(ApiError::bad_request(format!(
+                    "unsupported propagationPolicy {policy:?}"
+                )));
+            }
+        }
         for _ in 0..CONFLICT_RETRIES {
             let Some(current) = self.store.get(key.as_bytes()).await? else {
                 return Err(ApiError::not_found(def.group, def.plural, name));
@@ -477,16 +505,54 @@ impl Rest {
                     return Err(ApiError::conflict(def.group, def.plural, name, "the UID in the precondition does not match the UID in record. The object might have been deleted and then recreated"));
                 }
             }
+            let is_namespace = def.plural == "namespaces";
+            // Foreground and orphan deletion leave the object to the garbage collector,
+            // marked by its finalizer (as kube-apiserver records them).
+            let gc_finalizer = match propagation.as_deref() {
+                Some("Foreground") => Some("foregroundDeletion"),
+                Some("Orphan") => Some("orphan"),
+                _ => None,
+            };
+            if let Some(finalizer) = gc_finalizer {
+                let meta = objects::metadata_mut(&mut obj);
+                let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+                if let Some(list) = list.as_array_mut() {
+                    if !list.iter().any(|f| f == finalizer) {
+                        list.push(json!(finalizer));
+                    }
+                }
+            }
             let finalizers = obj
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
                 .is_some_and(|f| !f.is_empty());
-            let is_namespace = def.plural == "namespaces";
-            if finalizers || is_namespace {
-                if obj.pointer("/metadata/deletionTimestamp").is_none() {
+            // A pod on a node is deleted gracefully: marked, and removed by its kubelet once
+            // its containers are gone (the kubelet's own delete has grace 0).
+            let bound = obj
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            let pod_grace = (def.kind == "Pod" && def.group.is_empty() && bound).then(|| {
+                grace.unwrap_or_else(|| {
+                    obj.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(30)
+                })
+            });
+            let graceful_pod = pod_grace.is_some_and(|g| g > 0);
+            if finalizers || is_namespace || graceful_pod {
+                let already = obj.pointer("/metadata/deletionTimestamp").is_some();
+                let grace_now = pod_grace.unwrap_or(0);
+                let shorter = obj
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .is_some_and(|g| grace_now < g);
+                if !already || shorter || gc_finalizer.is_some() {
                     let meta = objects::metadata_mut(&mut obj);
-                    meta.insert("deletionTimestamp".into(), json!(objects::now()));
-                    meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                    if !already {
+                        meta.insert("deletionTimestamp".into(), json!(objects::now()));
+                    }
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace_now));
                     if is_namespace {
                         obj["status"] = json!({"phase": "Terminating"});
                     }
@@ -834,7 +900,12 @@ impl Rest {
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
-        if marked && !finalizers && def.plural != "namespaces" {
+        // A pod still in its grace period waits for its kubelet's final delete.
+        let grace = obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if marked && !finalizers && grace == 0 && def.plural != "namespaces" {
             let name = objects::name(obj).unwrap_or_default();
             let key = def.key(objects::namespace(obj), name);
             let revision = obj
