@@ -794,6 +794,17 @@ fn bad_input(server: &Server, dir: &Path) -> Result<()> {
         too_large.contains("too large") || too_large.contains("RequestEntityTooLarge"),
         "{too_large}"
     );
+    // kubectl asks for strict field validation, and an unknown field is refused.
+    let typo = write(
+        dir,
+        "typo.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndatta:\n  a: b\n",
+    )?;
+    let strict = server.fails(v, &["apply", "-f", &typo])?;
+    ensure!(
+        strict.contains("strict decoding error: unknown field \"datta\""),
+        "{strict}"
+    );
     // Still serving after all of it.
     server.ok(v, &["get", "--raw", "/readyz"])?;
     Ok(())

@@ -57,6 +57,24 @@ impl PatchKind {
     }
 }
 
+/// Drops fields the type does not know; with `fieldValidation=Strict` they are an error
+/// instead (400 with kube-apiserver's "strict decoding error" wording).
+fn field_validation(def: &ResourceDef, obj: &mut Value, query: &Query) -> Result<(), ApiError> {
+    let unknown = super::openapi::prune_unknown_fields(def, obj);
+    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
+    if strict && !unknown.is_empty() {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            fields.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 fn dry_run(query: &Query) -> bool {
     query.get("dryRun").is_some_and(|v| v == "All")
 }
@@ -267,6 +285,8 @@ impl Rest {
         body: Value,
         query: &Query,
     ) -> Result<Value, ApiError> {
+        let mut body = body;
+        field_validation(def, &mut body, query)?;
         let mut obj = objects::prepare_create(def, namespace, body)?;
         if def.plural == "namespaces" {
             super::namespaces::default_new(&mut obj);
@@ -378,6 +398,8 @@ impl Rest {
             ));
         }
         let old = decode(&current)?;
+        let mut body = body;
+        field_validation(def, &mut body, query)?;
         let mut new = objects::prepare_update(def, &old, body)?;
         if dry_run(query) {
             return Ok(new);
@@ -422,6 +444,7 @@ impl Rest {
                     "a patch cannot change the object's name",
                 ));
             }
+            field_validation(def, &mut patched, query)?;
             let mut new = objects::prepare_update(def, &old, patched)?;
             if dry_run(query) {
                 return Ok(new);
