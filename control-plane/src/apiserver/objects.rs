@@ -527,7 +527,7 @@ impl FieldSelector {
                     "invalid field selector: {part:?}"
                 )));
             };
-            if !matches!(field, "metadata.name" | "metadata.namespace") {
+            if !supported_field(def, field) {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field} (for {})",
                     def.plural
@@ -541,19 +541,93 @@ impl FieldSelector {
     /// Whether an object satisfies every term.
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
-            let actual = match field.as_str() {
-                "metadata.name" => name(obj).unwrap_or_default(),
-                "metadata.namespace" => namespace(obj).unwrap_or_default(),
-                _ => "",
-            };
-            (actual == value) == *equal
+            let actual = field_value(obj, field);
+            (actual == *value) == *equal
         })
+    }
+}
+
+/// The fields kube-apiserver lets each resource be selected by (beyond `metadata.name` and
+/// `metadata.namespace`, which every resource has).
+fn supported_field(def: &ResourceDef, field: &str) -> bool {
+    if matches!(field, "metadata.name" | "metadata.namespace") {
+        return true;
+    }
+    let extra: &[&str] = match (def.group, def.kind) {
+        ("", "Pod") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        ("", "Node") => &["spec.unschedulable"],
+        ("", "Namespace") => &["status.phase"],
+        ("", "Secret") => &["type"],
+        ("", "Event") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("", "ReplicationController") => &["status.replicas"],
+        ("apps", "ReplicaSet") => &["status.replicas"],
+        ("batch", "Job") => &["status.successful"],
+        _ => &[],
+    };
+    extra.contains(&field)
+}
+
+/// The text of a selectable field (absent fields read as "", booleans and numbers as text).
+fn field_value(obj: &Value, field: &str) -> String {
+    let pointer = if field == "source" {
+        "/source/component".to_owned()
+    } else {
+        format!("/{}", field.replace('.', "/"))
+    };
+    match obj.pointer(&pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        // An absent boolean selects as false, as in kube-apiserver's field sets.
+        None if field == "spec.unschedulable" || field == "spec.hostNetwork" => "false".to_owned(),
+        _ => String::new(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_select_by_node_and_phase() -> Result<(), ApiError> {
+        let registry = super::super::resources::Registry::new();
+        let Some(pods) = registry.find("", "v1", "pods") else {
+            panic!("pods are served");
+        };
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
+        assert!(
+            FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", &pods)?.matches(&pod)
+        );
+        assert!(!FieldSelector::parse("spec.nodeName=n2", &pods)?.matches(&pod));
+        assert!(FieldSelector::parse("spec.nodeName=", &pods)?
+            .matches(&json!({"metadata": {"name": "q"}})));
+        let Some(cms) = registry.find("", "v1", "configmaps") else {
+            panic!("configmaps are served");
+        };
+        assert!(FieldSelector::parse("spec.nodeName=n1", &cms).is_err());
+        Ok(())
+    }
 
     #[test]
     fn qos_classes() {
