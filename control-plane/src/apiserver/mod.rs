@@ -75,6 +75,13 @@ pub async fn run(config: ApiServerConfig, store: Arc<dyn Store>) -> anyhow::Resu
     namespaces::bootstrap(&rest)
         .await
         .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
+    services::bootstrap_kubernetes_service(
+        &rest,
+        client_address(config.bind_address),
+        config.https_port,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the kubernetes Service: {}", e.message))?;
     // CRDs are served before the first request, then followed as they change.
     let revision = crds::sync_all(&rest)
         .await

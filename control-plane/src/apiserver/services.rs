@@ -226,6 +226,46 @@ pub fn keep_allocations(old: &Value, new: &mut Value) {
     }
 }
 
+/// Creates (once) the `default/kubernetes` Service on the first service address, port 443 to
+/// the API server's port, and its Endpoints at the address clients reach the server on, as
+/// kube-apiserver's own reconciler does.
+pub async fn bootstrap_kubernetes_service(
+    rest: &super::rest::Rest,
+    endpoint: std::net::IpAddr,
+    port: u16,
+) -> Result<(), ApiError> {
+    let (Some(services), Some(endpoints)) = (
+        rest.registry.find("", "v1", "services"),
+        rest.registry.find("", "v1", "endpoints"),
+    ) else {
+        return Err(ApiError::internal("services are not served"));
+    };
+    let labels = json!({"component": "apiserver", "provider": "kubernetes"});
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": rest.services.first().to_string(),
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+            "sessionAffinity": "None",
+        },
+    });
+    let endpoints_object = json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": endpoint.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    });
+    let query = super::rest::Query::new();
+    for (def, body) in [(&services, service), (&endpoints, endpoints_object)] {
+        match rest.create(def, Some("default"), body, &query).await {
+            Ok(_) | Err(ApiError { code: 409, .. }) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
