@@ -7,6 +7,7 @@
 //! documents kubectl reads, [`objects`] metadata rules, [`namespaces`] namespace lifecycle,
 //! [`status`] errors. It must not reach into the scheduler or controllers: they are API
 //! clients like any other.
+pub mod apply;
 pub mod crds;
 pub mod defaults;
 pub mod discovery;

@@ -654,8 +654,8 @@ impl Rest {
     /// from the applied configuration, or merges the configuration into it (strategic merge
     /// semantics). Returns 201 on create, 200 on update.
     ///
-    /// Field ownership (managedFields, conflicts between managers, removal of fields a
-    /// manager stopped applying) is not tracked yet.
+    /// Field ownership follows [`super::apply`]: conflicts with other appliers are refused
+    /// unless `force`, and fields this manager stopped applying are removed.
     pub async fn server_side_apply(
         &self,
         def: &ResourceDef,
@@ -679,6 +679,13 @@ impl Rest {
                 "PATCH with application/apply-patch+yaml requires a fieldManager parameter",
             ));
         }
+        let manager = query.get("fieldManager").cloned().unwrap_or_default();
+        let force = query
+            .get("force")
+            .is_some_and(|f| super::server::query_bool(f));
+        let api_version = def.api_version();
+        let mut config = config;
+        field_validation(def, &mut config, query)?;
         for _ in 0..CONFLICT_RETRIES {
             if self
                 .store
@@ -688,18 +695,32 @@ impl Rest {
             {
                 let mut body = config.clone();
                 objects::metadata_mut(&mut body).insert("name".into(), json!(name));
+                super::apply::created(
+                    &mut body,
+                    &manager,
+                    &api_version,
+                    def.status_is_subresource(),
+                );
                 match self.create(def, namespace, body, query).await {
                     Ok(created) => return Ok((201, created)),
                     Err(err) if err.code == 409 && err.reason == "AlreadyExists" => continue,
                     Err(err) => return Err(err),
                 }
             }
-            let patch =
-                serde_json::to_vec(&config).map_err(|e| ApiError::internal(e.to_string()))?;
-            match self
-                .patch(def, namespace, name, PatchKind::Strategic, &patch, query)
-                .await
-            {
+            let result = self
+                .modify(def, namespace, name, query, |old, _| {
+                    let merged = super::apply::apply(
+                        old,
+                        &config,
+                        &manager,
+                        &api_version,
+                        force,
+                        def.status_is_subresource(),
+                    )?;
+                    objects::prepare_update(def, old, merged)
+                })
+                .await;
+            match result {
                 Ok(updated) => return Ok((200, updated)),
                 Err(err) if err.code == 404 => continue,
                 Err(err) => return Err(err),

@@ -137,6 +137,11 @@ impl ApiError {
         .on(group, resource, name)
     }
 
+    /// 409 with a message of its own (server-side apply conflicts).
+    pub fn conflict_plain(message: impl Into<String>) -> Self {
+        Self::new(409, "Conflict", message)
+    }
+
     /// 410: the resourceVersion asked for was compacted.
     pub fn expired(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)

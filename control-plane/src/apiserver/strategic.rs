@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 
 /// The merge key of a list field, by field name (and, for `ports`, by element shape).
-fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
+pub fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"
