@@ -5,9 +5,12 @@
 //! bad input answered with the right Status, and a restart that keeps every object and lets a
 //! watch continue from the last resourceVersion seen.
 //!
-//! Not yet covered because not yet served (see the API server issue): protobuf request bodies
-//! (`kubectl create configmap|namespace` send them), and the schemas in `/openapi/v2` (kubectl's client-side validation of custom resources,
-//! hence `--validate=false` for them).
+//! Also: workloads with apply (client- and server-side, with field ownership), scale,
+//! describe, explain, edit, wait, delete --wait, CRDs, Service addresses, pods' binding and
+//! eviction. Not yet covered because not yet served (see the API server issue): protobuf
+//! request bodies (kubectl 1.32+ `create configmap|namespace` send them), and the schemas in
+//! `/openapi/v2` (kubectl's client-side validation of custom resources, hence
+//! `--validate=false` for them).
 #![cfg(feature = "kubectl-tests")]
 
 use std::{
