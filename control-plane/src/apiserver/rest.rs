@@ -426,40 +426,19 @@ impl Rest {
         patch: &[u8],
         query: &Query,
     ) -> Result<Value, ApiError> {
-        let key = def.key(namespace, name);
-        for _ in 0..CONFLICT_RETRIES {
-            let Some(current) = self.store.get(key.as_bytes()).await? else {
-                return Err(ApiError::not_found(def.group, def.plural, name));
-            };
-            let old = decode(&current)?;
+        self.modify(def, namespace, name, query, |old, revision| {
             let mut patched = old.clone();
             apply_patch(&mut patched, kind, patch)?;
-            if let Some(rv) = requested_version(&patched)? {
-                if rv != current.mod_revision {
-                    return Err(ApiError::conflict(def.group, def.plural, name, "the object has been modified; please apply your changes to the latest version and try again"));
-                }
+            if requested_version(&patched)?.is_some_and(|rv| rv != revision) {
+                return Err(ApiError::conflict(def.group, def.plural, name, "the object has been modified; please apply your changes to the latest version and try again"));
             }
             if objects::name(&patched) != Some(name) {
-                return Err(ApiError::bad_request(
-                    "a patch cannot change the object's name",
-                ));
+                return Err(ApiError::bad_request("a patch cannot change the object's name"));
             }
             field_validation(def, &mut patched, query)?;
-            let mut new = objects::prepare_update(def, &old, patched)?;
-            if dry_run(query) {
-                return Ok(new);
-            }
-            if self.swap(&key, current.mod_revision, &mut new).await? {
-                self.after_write(def, &new).await?;
-                return Ok(new);
-            }
-        }
-        Err(ApiError::conflict(
-            def.group,
-            def.plural,
-            name,
-            "too many concurrent writes; try again",
-        ))
+            objects::prepare_update(def, old, patched)
+        })
+        .await
     }
 
     /// DELETE: immediate unless the object has finalizers, in which case it is marked with
