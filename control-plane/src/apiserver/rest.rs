@@ -91,12 +91,44 @@ pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(obj)
 }
 
+/// The stored form of an object: JSON with `metadata` first and without resourceVersion, so
+/// that reads can stamp the revision in without parsing ([`stamped`]).
 fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
-    let mut stored = obj.clone();
-    if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
+    let internal = |e: serde_json::Error| ApiError::internal(e.to_string());
+    let Some(map) = obj.as_object() else {
+        return serde_json::to_vec(obj).map_err(internal);
+    };
+    let mut metadata = map.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    if let Some(meta) = metadata.as_object_mut() {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(&stored).map_err(|e| ApiError::internal(e.to_string()))
+    let mut out = b"{\"metadata\":".to_vec();
+    serde_json::to_writer(&mut out, &metadata).map_err(internal)?;
+    for (key, value) in map.iter().filter(|(k, _)| k.as_str() != "metadata") {
+        out.push(b',');
+        serde_json::to_writer(&mut out, key).map_err(internal)?;
+        out.push(b':');
+        serde_json::to_writer(&mut out, value).map_err(internal)?;
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// A stored object's JSON with its resourceVersion written in, without parsing it (objects
+/// stored by [`encode`] start with `{"metadata":{`); anything else is parsed and re-encoded.
+pub fn stamped(kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
+    const PREFIX: &[u8] = b"{\"metadata\":{";
+    if let Some(rest) = kv.value.strip_prefix(PREFIX) {
+        let mut out = Vec::with_capacity(kv.value.len() + 32);
+        out.extend_from_slice(PREFIX);
+        out.extend_from_slice(format!("\"resourceVersion\":\"{}\"", kv.mod_revision).as_bytes());
+        if rest.first() != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+        return Ok(out);
+    }
+    serde_json::to_vec(&decode(kv)?).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// The resourceVersion a client sent in an object, if any.
@@ -275,6 +307,97 @@ impl Rest {
             "metadata": metadata,
             "items": items,
         }))
+    }
+
+    /// LIST without selectors, answered from the stored bytes without parsing each object
+    /// (what informers and controllers ask for, and where large lists matter). `None` when
+    /// the request needs the general path (selectors).
+    pub async fn list_raw(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        query: &Query,
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let has = |k: &str| query.get(k).is_some_and(|v| !v.is_empty());
+        if has("labelSelector") || has("fieldSelector") {
+            return Ok(None);
+        }
+        let limit = match query.get("limit") {
+            Some(l) => l
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            None => 0,
+        };
+        let prefix = def.prefix(namespace);
+        let (revision, start) = match query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => parse_continue(token)?,
+            None => {
+                let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+                let revision = match query.get("resourceVersion").map(String::as_str) {
+                    None | Some("") | Some("0") => 0,
+                    Some(rv) if exact => rv.parse::<i64>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                    })?,
+                    Some(_) => 0,
+                };
+                (revision, prefix.clone())
+            }
+        };
+        if !start.starts_with(&prefix) {
+            return Err(ApiError::bad_request(
+                "continue key does not belong to this list",
+            ));
+        }
+        let range = Range {
+            key: start.into_bytes(),
+            end: RangeEnd::Until(crate::store::prefix_end(prefix.as_bytes())),
+            revision,
+            limit: limit.max(0),
+            count_only: false,
+            keys_only: false,
+        };
+        let response = self.store.range(range).await?;
+        let revision = if revision == 0 {
+            response.revision
+        } else {
+            revision
+        };
+        let mut metadata = json!({"resourceVersion": revision.to_string()});
+        if response.more && limit > 0 {
+            if let Some(last) = response.kvs.last() {
+                let mut next = last.key.clone();
+                next.push(0);
+                metadata["continue"] =
+                    json!(continue_token(revision, &String::from_utf8_lossy(&next)));
+            }
+        }
+        let mut out = Vec::with_capacity(
+            response
+                .kvs
+                .iter()
+                .map(|kv| kv.value.len() + 32)
+                .sum::<usize>()
+                + 128,
+        );
+        out.extend_from_slice(
+            format!(
+                "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":",
+                def.kind,
+                def.api_version()
+            )
+            .as_bytes(),
+        );
+        serde_json::to_writer(&mut out, &metadata)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        out.extend_from_slice(b",\"items\":[");
+        for (i, kv) in response.kvs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&stamped(kv)?);
+        }
+        out.extend_from_slice(b"]}");
+        Ok(Some(out))
     }
 
     /// POST: creates an object; 409 if it exists.
@@ -1098,6 +1221,36 @@ pub fn apply_patch(obj: &mut Value, kind: PatchKind, patch: &[u8]) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_objects_are_stamped_without_parsing() -> Result<(), ApiError> {
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"x": "\"metadata\":{"},
+                         "metadata": {"name": "a", "resourceVersion": "9", "labels": {"k": "v"}}});
+        let stored = encode(&obj)?;
+        assert!(stored.starts_with(br#"{"metadata":{"#));
+        let kv = KeyValue {
+            key: b"/registry/configmaps/default/a".to_vec(),
+            value: stored,
+            create_revision: 5,
+            mod_revision: 7,
+            version: 1,
+            lease: 0,
+        };
+        let read_back: Value = serde_json::from_slice(&stamped(&kv)?)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut expected = obj.clone();
+        expected["metadata"]["resourceVersion"] = json!("7");
+        assert_eq!(read_back, expected);
+        assert_eq!(decode(&kv)?, expected);
+        let empty_meta = KeyValue {
+            value: encode(&json!({"kind": "X"}))?,
+            ..kv
+        };
+        let value: Value = serde_json::from_slice(&stamped(&empty_meta)?)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        assert_eq!(value["metadata"]["resourceVersion"], "7");
+        Ok(())
+    }
 
     #[test]
     fn continue_tokens_round_trip() -> Result<(), ApiError> {

@@ -387,6 +387,18 @@ async fn resource(
                     wants_table.then(|| (def.clone(), include.clone())),
                 ))
             }
+            (Method::GET, None) if !wants_table => {
+                match rest.list_raw(&def, namespace.as_deref(), &query).await? {
+                    Some(bytes) => {
+                        let mut response = Response::new(full(bytes));
+                        response
+                            .headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        Ok(response)
+                    }
+                    None => Ok(ok(&rest.list(&def, namespace.as_deref(), &query).await?)),
+                }
+            }
             (Method::GET, None) => {
                 let list = rest.list(&def, namespace.as_deref(), &query).await?;
                 if wants_table {

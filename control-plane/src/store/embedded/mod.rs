@@ -47,6 +47,11 @@ const REVISIONS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("revi
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 
+/// redb's page cache. Its default (1 GiB) would make the store the largest part of the
+/// server's memory; the key index lives in memory anyway, and records are read once per
+/// request, so a small cache loses little.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// How many committed revisions the live event channel holds before a watcher that is
 /// behind falls back to reading from disk.
 const EVENT_CHANNEL: usize = 4096;
@@ -266,7 +271,9 @@ fn open_database(dir: &Path) -> Result<Database, StoreError> {
             ));
         }
     }
-    let db = Database::create(&file)
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(&file)
         .map_err(|e| data_dir_error(&file, format!("not a readable corten store database: {e}")))?;
     let wtxn = db
         .begin_write()
