@@ -1,7 +1,8 @@
 //! `cargo xtask bench NAME`: benchmarks are programs that print figures and write
-//! `target/bench/NAME.json`, comparing corten with an anchor measured in the same run. They
-//! are never timed tests. This module starts what a benchmark needs (e.g. a real etcd for
-//! the store) and runs the benchmark program.
+//! `target/bench/NAME.json`, comparing corten with an anchor measured in the same run or with
+//! the targets it must meet. They are never timed tests. This module starts or builds what a
+//! benchmark needs (a real etcd for the store, the release `corten-server` for the API) and
+//! runs the benchmark program.
 use std::{
     net::TcpListener,
     path::PathBuf,
@@ -16,7 +17,8 @@ pub fn run(name: &str) -> anyhow::Result<()> {
     crate::deps::ensure()?;
     match name {
         "store" => store(),
-        other => bail!("unknown benchmark {other:?}; known: store"),
+        "api" => api(),
+        other => bail!("unknown benchmark {other:?}; known: store, api"),
     }
 }
 
@@ -38,6 +40,47 @@ fn store() -> anyhow::Result<()> {
     drop(etcd);
     if !status.success() {
         bail!("the store benchmark failed: {status}");
+    }
+    Ok(())
+}
+
+/// The API benchmark: a release `corten-server` on the embedded store, driven over HTTPS on
+/// loopback by `control-plane/benches/api.rs`, which starts and kills the server itself.
+fn api() -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    let status = Command::new(crate::lab::cargo())
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "corten-control-plane",
+            "--bin",
+            "corten-server",
+        ])
+        .status()
+        .context("building corten-server")?;
+    if !status.success() {
+        bail!("building corten-server failed: {status}");
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let server = target_dir.join("release").join("corten-server");
+    let status = Command::new(crate::lab::cargo())
+        .current_dir(&root)
+        .args([
+            "bench",
+            "--package",
+            "corten-control-plane",
+            "--bench",
+            "api",
+        ])
+        .env("CORTEN_BENCH_SERVER", &server)
+        .status()
+        .context("running the API benchmark")?;
+    if !status.success() {
+        bail!("the API benchmark failed: {status}");
     }
     Ok(())
 }

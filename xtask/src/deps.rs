@@ -61,6 +61,10 @@ const PYTHON_PACKAGES: &[(&str, u32)] = &[("kubernetes", 33), ("pytest", 8)];
 /// The bpf-linker release known to build against LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The cargo-fuzz release that builds with this machine's stable toolchain (rustc 1.95) and
+/// drives the nightly one's libFuzzer; `--locked` keeps its own dependencies as released.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Installs what is missing; fails naming everything that could not be installed.
 pub fn ensure() -> anyhow::Result<()> {
     let mut failed = Vec::new();
@@ -73,6 +77,10 @@ pub fn ensure() -> anyhow::Result<()> {
     // bpf-linker builds against LLVM 22 from the Debian packages, so it comes after them.
     if let Err(err) = bpf_linker() {
         failed.push(format!("bpf-linker: {err:#}"));
+    }
+    // The fuzz targets run on nightly, so cargo-fuzz is checked through it.
+    if let Err(err) = cargo_fuzz() {
+        failed.push(format!("cargo-fuzz: {err:#}"));
     }
     // The virtualenv needs python3-venv from the Debian packages.
     if let Err(err) = python_client() {
@@ -148,6 +156,25 @@ fn nightly() -> anyhow::Result<()> {
     }
     println!("deps: adding rust-src to nightly (for -Z build-std=core)");
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let present = Command::new("rustup")
+        .args(["run", "nightly", "cargo", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if present {
+        println!("deps: cargo-fuzz present");
+        return Ok(());
+    }
+    println!("deps: installing cargo-fuzz {CARGO_FUZZ_VERSION} (the fuzz targets in fuzz/)");
+    run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

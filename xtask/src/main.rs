@@ -1,11 +1,13 @@
 //! `cargo xtask`: everything that is not plain cargo. Installing what a fresh machine lacks
 //! ([`deps`]), building the images ([`images`]), driving the lab ([`lab`]), running every
-//! test ([`test`]) and bringing a cluster up ([`up`]).
+//! test ([`test`]), fuzzing for a bounded time ([`fuzz`]), benchmarks ([`bench`]) and
+//! bringing a cluster up ([`up`]).
 //!
 //! It orchestrates only: the lab itself is a library in `tests/`, the OCI types live in
 //! `cri/`, and nothing here is linked into a corten binary.
 mod bench;
 mod deps;
+mod fuzz;
 mod images;
 mod lab;
 mod test;
@@ -24,8 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Install what this machine lacks: Debian packages, nightly + rust-src, bpf-linker, the
-    /// Python client virtualenv.
+    /// Install what this machine lacks: Debian packages, nightly + rust-src, bpf-linker,
+    /// cargo-fuzz, the Python client virtualenv.
     Deps,
     /// Build the OCI image tarballs (pause, busybox) into target/images.
     Images {
@@ -40,7 +42,9 @@ enum Command {
     },
     /// Run every test: formatting, lints, unit tests, then the lab tests (as root).
     Test,
-    /// Run a benchmark and write target/bench/NAME.json (store).
+    /// Run each fuzz target in fuzz/ for a bounded time (the `fuzz` step of `test`).
+    Fuzz,
+    /// Run a benchmark and write target/bench/NAME.json (store, api).
     Bench {
         /// Which benchmark.
         name: String,
@@ -62,6 +66,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Lab { command } => lab::run(command),
         Command::Test => test::run(),
+        Command::Fuzz => {
+            deps::ensure()?;
+            fuzz::run_all().map(drop)
+        }
         Command::Bench { name } => bench::run(&name),
         Command::Up => up::run(),
     }

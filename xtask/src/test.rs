@@ -1,8 +1,8 @@
 //! `cargo xtask test`: the README's test command and what `.ci/run` runs. Installs what is
 //! missing, builds the images, then runs formatting and lint checks, the unit tests, the
-//! store suite against a real etcd, the API server with real kubectl and with the Python
-//! client, and the lab tests (root: real namespaces, containerd and eBPF). Stops at the first
-//! failure.
+//! fuzz targets for a bounded time, the store suite against a real etcd, the API server with
+//! real kubectl and with the Python client, and the lab tests (root: real namespaces,
+//! containerd and eBPF). Stops at the first failure.
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
@@ -16,6 +16,7 @@ pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut timings: Vec<(&str, Duration)> = Vec::new();
     let mut counts = Counts::default();
+    let mut fuzzed: Vec<String> = Vec::new();
     let mut step = |name: &'static str, f: &mut dyn FnMut() -> anyhow::Result<()>| {
         println!("\n==> {name}");
         let begun = Instant::now();
@@ -41,6 +42,14 @@ pub fn run() -> anyhow::Result<()> {
     })?;
     step("unit tests", &mut || {
         counts.add(cargo_test(&["test", "--workspace"])?);
+        Ok(())
+    })?;
+    step("fuzz", &mut || {
+        // Each cargo-fuzz target in fuzz/ for a bounded time: request bodies and selectors
+        // must never panic or hang.
+        for summary in crate::fuzz::run_all()? {
+            fuzzed.push(summary.to_string());
+        }
         Ok(())
     })?;
     step("etcd tests", &mut || {
@@ -112,6 +121,9 @@ pub fn run() -> anyhow::Result<()> {
         "total",
         started.elapsed().as_secs_f64()
     );
+    for line in &fuzzed {
+        println!("  {line}");
+    }
     if counts.passed == 0 {
         bail!("no test ran");
     }

@@ -192,8 +192,33 @@ pub fn check_definition(crd: &Value) -> Vec<Cause> {
             "must have exactly one version marked as storage version",
         ));
     }
-    if let Err(message) = definitions(crd) {
-        causes.push(Cause::invalid("spec", message));
+    // Checked without building the resources, which would intern names of a CRD that may
+    // be refused (see `resources::intern`).
+    let names = crd.pointer("/spec/names");
+    for field in ["plural", "kind"] {
+        if names
+            .and_then(|n| n.get(field))
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            causes.push(Cause::required(&format!("spec.names.{field}")));
+        }
+    }
+    if versions.iter().any(|v| {
+        v.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    }) {
+        causes.push(Cause::required("spec.versions[].name"));
+    }
+    if !versions
+        .iter()
+        .any(|v| v.get("served").and_then(Value::as_bool) == Some(true))
+    {
+        causes.push(Cause::invalid(
+            "spec.versions",
+            "at least one version must be served",
+        ));
     }
     causes
 }

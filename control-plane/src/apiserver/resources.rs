@@ -357,10 +357,21 @@ pub fn intern(text: &str) -> &'static str {
     leaked
 }
 
-/// A list of interned strings, interned as a whole.
+/// A list of interned strings, interned as a whole (the same list is leaked only once).
 pub fn intern_list(items: &[String]) -> &'static [&'static str] {
+    type Table = std::collections::HashMap<Vec<&'static str>, &'static [&'static str]>;
+    static TABLE: std::sync::OnceLock<std::sync::Mutex<Table>> = std::sync::OnceLock::new();
     let interned: Vec<&'static str> = items.iter().map(|s| intern(s)).collect();
-    Box::leak(interned.into_boxed_slice())
+    let mut table = TABLE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(existing) = table.get(&interned) {
+        return existing;
+    }
+    let leaked: &'static [&'static str] = Box::leak(interned.clone().into_boxed_slice());
+    table.insert(interned, leaked);
+    leaked
 }
 
 #[cfg(test)]
