@@ -753,6 +753,39 @@ fn apply_ownership(server: &Server, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// events.k8s.io/v1 and core/v1 Events are one set of objects in two shapes.
+fn events_in_both_apis(server: &Server, dir: &Path) -> Result<()> {
+    let v = "1.33";
+    let event = write(
+        dir,
+        "event.yaml",
+        "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {name: e1}\neventTime: \"2026-11-22T00:00:00.000000Z\"\nreportingController: corten.io/test\nreportingInstance: test-1\naction: Testing\nreason: Tested\nnote: it works\ntype: Normal\nregarding: {kind: Pod, name: p1, namespace: default}\n",
+    )?;
+    server.ok(v, &["apply", "-f", &event])?;
+    let new = json(&server.ok(
+        v,
+        &[
+            "get",
+            "--raw",
+            "/apis/events.k8s.io/v1/namespaces/default/events/e1",
+        ],
+    )?)?;
+    ensure!(
+        new["note"] == "it works" && new["regarding"]["name"] == "p1",
+        "{new}"
+    );
+    let core = json(&server.ok(v, &["get", "--raw", "/api/v1/namespaces/default/events/e1"])?)?;
+    ensure!(
+        core["apiVersion"] == "v1"
+            && core["message"] == "it works"
+            && core["involvedObject"]["name"] == "p1",
+        "{core}"
+    );
+    server.ok(v, &["delete", "events.v1.events.k8s.io", "e1"])?;
+    server.fails(v, &["get", "--raw", "/api/v1/namespaces/default/events/e1"])?;
+    Ok(())
+}
+
 /// ClusterIPs are never handed out twice and come back when their Service goes.
 fn service_addresses(server: &Server, dir: &Path) -> Result<()> {
     let v = "1.33";
@@ -894,6 +927,7 @@ fn kubectl_drives_the_api_server() -> Result<()> {
     service_addresses(&server, dir.path())?;
     pod_subresources(&server, dir.path())?;
     apply_ownership(&server, dir.path())?;
+    events_in_both_apis(&server, dir.path())?;
     bad_input(&server, dir.path())?;
 
     // Objects survive a restart, and a watch continues from the last resourceVersion seen.

@@ -147,6 +147,7 @@ pub fn definitions(crd: &Value) -> Result<Vec<ResourceDef>, String> {
             check: Check::Schema(Arc::new(schema)),
             scale_paths,
             printer_columns,
+            conversion: None,
             openapi: None,
         });
     }

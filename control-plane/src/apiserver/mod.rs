@@ -11,6 +11,7 @@ pub mod apply;
 pub mod crds;
 pub mod defaults;
 pub mod discovery;
+pub mod events;
 pub mod namespaces;
 pub mod objects;
 pub mod openapi;

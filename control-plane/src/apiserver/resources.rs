@@ -10,6 +10,15 @@ use std::{
 
 use serde_json::Value;
 
+/// Converts objects between a resource's form and its stored form.
+#[derive(Debug)]
+pub struct Conversion {
+    /// To the stored form (before a write).
+    pub to_storage: fn(&mut Value),
+    /// From the stored form (after a read).
+    pub from_storage: fn(&mut Value),
+}
+
 /// How a resource's objects are checked beyond metadata.
 #[derive(Debug, Clone)]
 pub enum Check {
@@ -54,6 +63,9 @@ pub struct ResourceDef {
     pub scale_paths: Option<(&'static str, &'static str, Option<&'static str>)>,
     /// Extra table columns `(name, type, JSON pointer, priority)` (CRD printer columns).
     pub printer_columns: Vec<(&'static str, &'static str, &'static str, u8)>,
+    /// How objects of this resource are converted to and from the form they are stored in
+    /// (when another resource shares their storage, like events.k8s.io Events).
+    pub conversion: Option<&'static Conversion>,
     /// Registers the built-in type's OpenAPI schema (and those it refers to) and returns a
     /// reference to it; custom resources carry their schema in [`Check::Schema`].
     pub openapi: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
@@ -144,6 +156,7 @@ macro_rules! resource {
                 None
             },
             printer_columns: Vec::new(),
+            conversion: None,
             openapi: Some(|generator: &mut schemars::SchemaGenerator| {
                 generator.subschema_for::<$ty>()
             }),
@@ -234,6 +247,13 @@ pub fn builtin() -> Vec<ResourceDef> {
         resource!("coordination.k8s.io", "v1", "Lease", "leases", "lease", namespaced: true,
             short: NONE, categories: NONE, storage: "leases", spec: false,
             labels: false, sub: NONE, coordination::Lease),
+        {
+            let mut events = resource!("events.k8s.io", "v1", "Event", "events", "event", namespaced: true,
+                short: &["ev"], categories: NONE, storage: "events", spec: false,
+                labels: false, sub: NONE, k8s_openapi::api::events::v1::Event);
+            events.conversion = Some(&super::events::CONVERSION);
+            events
+        },
         resource!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", namespaced: false,
             short: &["pc"], categories: NONE, storage: "priorityclasses", spec: false,
             labels: false, sub: NONE, scheduling::PriorityClass),

@@ -91,6 +91,22 @@ pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(obj)
 }
 
+/// Converts a stored object to the resource's form (see [`ResourceDef::conversion`]).
+pub fn present(def: &ResourceDef, obj: &mut Value) {
+    if let Some(conversion) = def.conversion {
+        (conversion.from_storage)(obj);
+    }
+}
+
+/// An object in the form it is stored in.
+fn stored(def: &ResourceDef, obj: &Value) -> Value {
+    let mut stored = obj.clone();
+    if let Some(conversion) = def.conversion {
+        (conversion.to_storage)(&mut stored);
+    }
+    stored
+}
+
 /// The stored form of an object: JSON with `metadata` first and without resourceVersion, so
 /// that reads can stamp the revision in without parsing ([`stamped`]).
 fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
@@ -200,7 +216,11 @@ impl Rest {
     ) -> Result<Value, ApiError> {
         let key = def.key(namespace, name);
         match self.store.get(key.as_bytes()).await? {
-            Some(kv) => decode(&kv),
+            Some(kv) => {
+                let mut obj = decode(&kv)?;
+                present(def, &mut obj);
+                Ok(obj)
+            }
             None => Err(ApiError::not_found(def.group, def.plural, name)),
         }
     }
@@ -272,7 +292,8 @@ impl Rest {
                 revision = response.revision;
             }
             for kv in &response.kvs {
-                let obj = decode(kv)?;
+                let mut obj = decode(kv)?;
+                present(def, &mut obj);
                 if labels.matches(&obj) && fields.matches(&obj) {
                     items.push(obj);
                 }
@@ -319,7 +340,7 @@ impl Rest {
         query: &Query,
     ) -> Result<Option<Vec<u8>>, ApiError> {
         let has = |k: &str| query.get(k).is_some_and(|v| !v.is_empty());
-        if has("labelSelector") || has("fieldSelector") {
+        if has("labelSelector") || has("fieldSelector") || def.conversion.is_some() {
             return Ok(None);
         }
         let limit = match query.get("limit") {
@@ -445,7 +466,10 @@ impl Rest {
                 0,
             )];
             compare.extend(reservations.compares);
-            let mut success = vec![TxnOp::put(key.as_bytes(), encode(&candidate)?)];
+            let mut success = vec![TxnOp::put(
+                key.as_bytes(),
+                encode(&stored(def, &candidate))?,
+            )];
             success.extend(reservations.puts);
             let txn = Txn {
                 compare,
@@ -475,14 +499,20 @@ impl Rest {
     }
 
     /// Writes `obj` over the version read at `mod_revision`; `None` on a conflict.
-    async fn swap(&self, key: &str, mod_revision: i64, obj: &mut Value) -> Result<bool, ApiError> {
+    async fn swap(
+        &self,
+        def: &ResourceDef,
+        key: &str,
+        mod_revision: i64,
+        obj: &mut Value,
+    ) -> Result<bool, ApiError> {
         let txn = Txn {
             compare: vec![Compare::mod_revision(
                 key.as_bytes(),
                 CompareOp::Equal,
                 mod_revision,
             )],
-            success: vec![TxnOp::put(key.as_bytes(), encode(obj)?)],
+            success: vec![TxnOp::put(key.as_bytes(), encode(&stored(def, obj))?)],
             failure: Vec::new(),
         };
         let response = self.store.txn(txn).await?;
@@ -520,14 +550,15 @@ impl Rest {
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
-        let old = decode(&current)?;
+        let mut old = decode(&current)?;
+        present(def, &mut old);
         let mut body = body;
         field_validation(def, &mut body, query)?;
         let mut new = objects::prepare_update(def, &old, body)?;
         if dry_run(query) {
             return Ok(new);
         }
-        if !self.swap(&key, current.mod_revision, &mut new).await? {
+        if !self.swap(def, &key, current.mod_revision, &mut new).await? {
             return Err(ApiError::conflict(
                 def.group,
                 def.plural,
@@ -622,6 +653,7 @@ impl Rest {
                 return Err(ApiError::not_found(def.group, def.plural, name));
             };
             let mut obj = decode(&current)?;
+            present(def, &mut obj);
             if precondition.is_some_and(|rv| rv != current.mod_revision) {
                 return Err(ApiError::conflict(def.group, def.plural, name, "the ResourceVersion in the precondition does not match the ResourceVersion in record. The object might have been modified"));
             }
@@ -684,7 +716,7 @@ impl Rest {
                     if dry_run(query) {
                         return Ok(obj);
                     }
-                    if !self.swap(&key, current.mod_revision, &mut obj).await? {
+                    if !self.swap(def, &key, current.mod_revision, &mut obj).await? {
                         continue;
                     }
                 }
@@ -935,12 +967,13 @@ impl Rest {
             let Some(current) = self.store.get(key.as_bytes()).await? else {
                 return Err(ApiError::not_found(def.group, def.plural, name));
             };
-            let old = decode(&current)?;
+            let mut old = decode(&current)?;
+            present(def, &mut old);
             let mut new = change(&old, current.mod_revision)?;
             if dry_run(query) {
                 return Ok(new);
             }
-            if self.swap(&key, current.mod_revision, &mut new).await? {
+            if self.swap(def, &key, current.mod_revision, &mut new).await? {
                 self.after_write(def, &new).await?;
                 return Ok(new);
             }

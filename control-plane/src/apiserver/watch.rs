@@ -141,9 +141,10 @@ pub async fn start(
                     };
                     last = batch.revision;
                     for event in batch.events {
-                        let Some((kind, object)) = translate(&event.kind, &event.kv, event.prev_kv.as_ref(), batch.revision, &labels, &fields) else {
+                        let Some((kind, mut object)) = translate(&event.kind, &event.kv, event.prev_kv.as_ref(), batch.revision, &labels, &fields) else {
                             continue;
                         };
+                        super::rest::present(&def, &mut object);
                         if tx.send(line(kind, &object)).await.is_err() {
                             return;
                         }
