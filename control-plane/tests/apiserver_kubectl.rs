@@ -903,6 +903,14 @@ fn bad_input(server: &Server, dir: &Path) -> Result<()> {
         strict.contains("strict decoding error: unknown field \"datta\""),
         "{strict}"
     );
+    // With --validate=warn the object is accepted and the client warned.
+    let warned = server.kubectl(v, &["apply", "--validate=warn", "-f", &typo])?;
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    ensure!(
+        warned.status.success() && stderr.contains("Warning: unknown field \"datta\""),
+        "{stderr}"
+    );
+    server.ok(v, &["delete", "cm", "typo"])?;
     // Still serving after all of it.
     server.ok(v, &["get", "--raw", "/readyz"])?;
     Ok(())

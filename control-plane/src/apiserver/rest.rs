@@ -57,6 +57,16 @@ impl PatchKind {
     }
 }
 
+tokio::task_local! {
+    /// Warnings for the client of the request being served (sent as `Warning` headers).
+    pub static WARNINGS: std::cell::RefCell<Vec<String>>;
+}
+
+/// Adds a warning for the client of the current request (ignored outside a request).
+fn warn_client(message: String) {
+    let _ = WARNINGS.try_with(|w| w.borrow_mut().push(message));
+}
+
 /// Drops fields the type does not know; with `fieldValidation=Strict` they are an error
 /// instead (400 with kube-apiserver's "strict decoding error" wording).
 fn field_validation(def: &ResourceDef, obj: &mut Value, query: &Query) -> Result<(), ApiError> {
@@ -71,6 +81,11 @@ fn field_validation(def: &ResourceDef, obj: &mut Value, query: &Query) -> Result
             "strict decoding error: {}",
             fields.join(", ")
         )));
+    }
+    if query.get("fieldValidation").is_some_and(|v| v == "Warn") {
+        for field in &unknown {
+            warn_client(format!("unknown field \"{field}\""));
+        }
     }
     Ok(())
 }

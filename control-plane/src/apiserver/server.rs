@@ -369,7 +369,7 @@ async fn resource(
     let rest = &state.rest;
     let method = req.method().clone();
     let watching = query.get("watch").is_some_and(|w| query_bool(w));
-    let result: Result<Response<Body>, ApiError> = async {
+    let serve = async {
         match (method, target.name.as_deref()) {
             (Method::GET, None) if watching => {
                 let lines = watch::start(rest, &def, namespace.as_deref(), &query).await?;
@@ -480,9 +480,23 @@ async fn resource(
                 "the server does not allow this method on the requested resource: {method}"
             ))),
         }
+    };
+    let (result, warnings) = super::rest::WARNINGS
+        .scope(std::cell::RefCell::new(Vec::new()), async {
+            let result: Result<Response<Body>, ApiError> = serve.await;
+            let warnings = super::rest::WARNINGS.with(|w| w.take());
+            (result, warnings)
+        })
+        .await;
+    let mut response = result.unwrap_or_else(|err| error(&err));
+    for warning in warnings {
+        // RFC 7234 warn-code 299: a miscellaneous persistent warning, as kube-apiserver sends.
+        let text = format!("299 - {}", serde_json::Value::from(warning));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(hyper::header::WARNING, value);
+        }
     }
-    .await;
-    result.unwrap_or_else(|err| error(&err))
+    response
 }
 
 /// Requests on `/status` and `/scale`.
