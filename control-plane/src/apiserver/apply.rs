@@ -286,6 +286,10 @@ pub fn apply(
             .and_then(Value::as_str)
             .unwrap_or("unknown");
         for path in mine.intersection(set) {
+            // A list item's own entry marks that it exists; its fields conflict one by one.
+            if matches!(path.last(), Some(Elem::Key(_))) {
+                continue;
+            }
             if value_at(config, path) != value_at(current, path) {
                 causes.push((who.to_owned(), path.clone()));
             }
@@ -401,6 +405,105 @@ mod tests {
         let after = apply(&live, &alice_again, "alice", "apps/v1", false, true)?;
         assert!(after["metadata"]["labels"].get("tier").is_none(), "{after}");
         assert_eq!(after["metadata"]["labels"]["app"], "web");
+        Ok(())
+    }
+}
+
+/// Records an ordinary write (update or patch) by `manager`: it takes ownership of the
+/// fields it changed, away from every other manager (no conflicts, as upstream), and fields
+/// it removed are owned by nobody. The object's managedFields come from `old`.
+pub fn record_update(
+    old: &Value,
+    new: &mut Value,
+    manager: &str,
+    api_version: &str,
+    status_is_subresource: bool,
+) {
+    let before = fields_of(old, status_is_subresource);
+    let after = fields_of(new, status_is_subresource);
+    let changed: BTreeSet<FieldPath> = after
+        .iter()
+        .filter(|p| match p.last() {
+            // A list item's entry changes only when the item appears.
+            Some(Elem::Key(_)) => value_at(old, p).is_none(),
+            _ => value_at(new, p) != value_at(old, p),
+        })
+        .cloned()
+        .collect();
+    let removed: BTreeSet<FieldPath> = before.difference(&after).cloned().collect();
+    let touches = |set: &BTreeSet<FieldPath>, path: &FieldPath| {
+        set.iter()
+            .any(|p| p.starts_with(path) || path.starts_with(p))
+    };
+    let mut managed: Vec<Value> = Vec::new();
+    let mut mine: BTreeSet<FieldPath> = BTreeSet::new();
+    for mut e in entries(old) {
+        let set = from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null));
+        let same = e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Update");
+        if same {
+            mine = set;
+            continue;
+        }
+        let remaining: BTreeSet<FieldPath> = set
+            .into_iter()
+            .filter(|p| !touches(&changed, p) && !touches(&removed, p))
+            .collect();
+        if remaining.is_empty() {
+            continue;
+        }
+        e["fieldsV1"] = to_fields_v1(&remaining);
+        managed.push(e);
+    }
+    mine.retain(|p| !touches(&removed, p));
+    mine.extend(changed);
+    if !mine.is_empty() {
+        managed.push(json!({
+            "manager": manager,
+            "operation": "Update",
+            "apiVersion": api_version,
+            "time": objects::now(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": to_fields_v1(&mine),
+        }));
+    }
+    if managed.is_empty() {
+        if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
+    } else {
+        objects::metadata_mut(new).insert("managedFields".into(), json!(managed));
+    }
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+
+    #[test]
+    fn an_update_takes_the_fields_it_changes() -> Result<(), ApiError> {
+        let mut live = json!({"metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}});
+        created(&mut live, "alice", "v1", false);
+        let mut edited = live.clone();
+        edited["data"]["a"] = json!("9");
+        record_update(&live, &mut edited, "kubectl-edit", "v1", false);
+        let managed = edited["metadata"]["managedFields"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(managed.len(), 2);
+        let alice = from_fields_v1(&managed[0]["fieldsV1"]);
+        assert!(!alice.contains(&vec![Elem::Field("data".into()), Elem::Field("a".into())]));
+        assert!(alice.contains(&vec![Elem::Field("data".into()), Elem::Field("b".into())]));
+        assert_eq!(managed[1]["manager"], "kubectl-edit");
+        // Alice applying her old value now conflicts with the editor.
+        let again = json!({"metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}});
+        assert_eq!(
+            apply(&edited, &again, "alice", "v1", false, false)
+                .err()
+                .map(|e| e.code),
+            Some(409)
+        );
         Ok(())
     }
 }

@@ -90,6 +90,22 @@ fn field_validation(def: &ResourceDef, obj: &mut Value, query: &Query) -> Result
     Ok(())
 }
 
+/// Ownership of the fields an ordinary write changes ([`super::apply::record_update`]), for
+/// the request's `fieldManager` ("unknown" when the client names none).
+fn record_update(def: &ResourceDef, old: &Value, new: &mut Value, query: &Query) {
+    let manager = query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .map_or("unknown", String::as_str);
+    super::apply::record_update(
+        old,
+        new,
+        manager,
+        &def.api_version(),
+        def.status_is_subresource(),
+    );
+}
+
 fn dry_run(query: &Query) -> bool {
     query.get("dryRun").is_some_and(|v| v == "All")
 }
@@ -570,6 +586,7 @@ impl Rest {
         let mut body = body;
         field_validation(def, &mut body, query)?;
         let mut new = objects::prepare_update(def, &old, body)?;
+        record_update(def, &old, &mut new, query);
         if dry_run(query) {
             return Ok(new);
         }
@@ -605,7 +622,9 @@ impl Rest {
                 return Err(ApiError::bad_request("a patch cannot change the object's name"));
             }
             field_validation(def, &mut patched, query)?;
-            objects::prepare_update(def, old, patched)
+            let mut new = objects::prepare_update(def, old, patched)?;
+            record_update(def, old, &mut new, query);
+            Ok(new)
         })
         .await
     }
