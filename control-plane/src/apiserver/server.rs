@@ -238,17 +238,8 @@ async fn route(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    let query: Query = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let accept = req
-        .headers()
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let query: Query = req.uri().query().map(parse_query).unwrap_or_default();
+    let accept = header(&req, ACCEPT);
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" => return text(200, "ok"),
         "/version" => return ok(&state.version),
@@ -360,12 +351,7 @@ async fn resource(
         .get("includeObject")
         .cloned()
         .unwrap_or_else(|| "Metadata".to_owned());
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let content_type = header(&req, CONTENT_TYPE);
     let rest = &state.rest;
     let method = req.method().clone();
     let watching = query.get("watch").is_some_and(|w| query_bool(w));
@@ -510,12 +496,7 @@ async fn subresource(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let rest = &state.rest;
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let content_type = header(&req, CONTENT_TYPE);
     let method = req.method().clone();
     let result: Result<Value, ApiError> = async {
         match (sub, method) {
@@ -619,13 +600,22 @@ fn as_table_event(
     Some(Bytes::from(bytes))
 }
 
+/// A request header as text ("" when absent or not text).
+fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// A boolean query parameter as kube-apiserver reads it: only `false` (any case) and `0`
 /// are false; anything else, even an empty value, is true.
 pub fn query_bool(value: &str) -> bool {
     value != "0" && !value.eq_ignore_ascii_case("false")
 }
 
-/// Parses a query string (for tests and the router).
+/// Parses a query string.
 pub fn parse_query(query: &str) -> HashMap<String, String> {
     form_urlencoded::parse(query.as_bytes())
         .into_owned()

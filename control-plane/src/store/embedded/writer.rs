@@ -419,22 +419,7 @@ fn apply_txn(
                     version,
                     lease,
                 };
-                tables
-                    .revisions
-                    .insert(
-                        (u64::try_from(revision).unwrap_or(0), sub),
-                        record.encode().as_slice(),
-                    )
-                    .map_err(|e| e.to_string())?;
-                let entry = IndexEntry {
-                    main: revision,
-                    sub,
-                    tombstone: false,
-                    create,
-                    version,
-                    lease,
-                };
-                pending.entries.entry(key.clone()).or_default().push(entry);
+                record_change(tables, pending, revision, sub, &record)?;
                 if lease != 0 {
                     pending.attached.push((lease, key));
                 }
@@ -457,26 +442,7 @@ fn apply_txn(
                         version: 0,
                         lease: 0,
                     };
-                    tables
-                        .revisions
-                        .insert(
-                            (u64::try_from(revision).unwrap_or(0), sub),
-                            record.encode().as_slice(),
-                        )
-                        .map_err(|e| e.to_string())?;
-                    let tomb = IndexEntry {
-                        main: revision,
-                        sub,
-                        tombstone: true,
-                        create: 0,
-                        version: 0,
-                        lease: 0,
-                    };
-                    pending
-                        .entries
-                        .entry(target.clone())
-                        .or_default()
-                        .push(tomb);
+                    record_change(tables, pending, revision, sub, &record)?;
                     events.push(record.event(revision, Some(before.clone())));
                     if prev_kv {
                         prev_kvs.push(before);
@@ -526,6 +492,37 @@ fn apply_txn(
         revision: pending.current,
         results,
     }))
+}
+
+/// Writes one change's record under `(revision, sub)` and queues its index entry.
+fn record_change(
+    tables: &mut Tables<'_>,
+    pending: &mut Pending,
+    revision: Revision,
+    sub: u32,
+    record: &Record,
+) -> Result<(), String> {
+    tables
+        .revisions
+        .insert(
+            (u64::try_from(revision).unwrap_or(0), sub),
+            record.encode().as_slice(),
+        )
+        .map_err(|e| e.to_string())?;
+    let entry = IndexEntry {
+        main: revision,
+        sub,
+        tombstone: record.tombstone,
+        create: record.create,
+        version: record.version,
+        lease: record.lease,
+    };
+    pending
+        .entries
+        .entry(record.key.clone())
+        .or_default()
+        .push(entry);
+    Ok(())
 }
 
 /// Whether a compare holds against the view (etcd: an absent key has revisions and version
