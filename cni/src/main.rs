@@ -1,66 +1,76 @@
-//! `corten-cni`: the CNI plugin containerd executes for every pod sandbox.
+//! `corten-cni`: the CNI plugin binary containerd executes for every pod sandbox.
 //!
-//! Owns the pod side of the network (interface, address, routes) and nothing on the node
-//! beyond it. Today it answers `VERSION` as the CNI 1.1 spec says and refuses every other
-//! command with a CNI error object: the plugin proper is still to come (README status).
-use std::io::Write;
+//! Reads the `CNI_*` environment and the network configuration on stdin, hands both to
+//! [`corten_cni::run`], prints its JSON on stdout and exits with its code. Logs go to
+//! stderr (level from `CORTEN_CNI_LOG`, default `warn`). Everything else is in the library.
+use std::{
+    io::{IsTerminal, Read, Write},
+    process::ExitCode,
+};
 
-/// CNI spec versions this plugin will speak.
-const SUPPORTED_VERSIONS: [&str; 2] = ["1.0.0", "1.1.0"];
+use corten_cni::{
+    config::LATEST_VERSION,
+    error::{CniError, ErrorCode},
+    Response, MAX_CONFIG_BYTES,
+};
 
-/// CNI's reserved code for "invalid necessary environment variables".
-const ERR_BAD_ENV: u32 = 4;
-/// First plugin-specific error code (the spec reserves 0–99).
-const ERR_NOT_AVAILABLE: u32 = 100;
-
-fn main() {
-    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    let (code, output) = respond(&command);
+fn main() -> ExitCode {
+    init_logging();
+    let response = match read_stdin() {
+        Ok(stdin) => corten_cni::run(|name| std::env::var(name).ok(), &stdin),
+        Err(err) => Response::from_error(&err, LATEST_VERSION),
+    };
     let mut stdout = std::io::stdout().lock();
-    let written = writeln!(stdout, "{output}").and_then(|()| stdout.flush());
-    if written.is_err() {
-        std::process::exit(1);
+    let written = if response.stdout.is_empty() {
+        Ok(())
+    } else {
+        writeln!(stdout, "{}", response.stdout)
+    };
+    if written.and_then(|()| stdout.flush()).is_err() {
+        return ExitCode::FAILURE;
     }
-    std::process::exit(code);
-}
-
-/// The exit code and the JSON document for one invocation.
-fn respond(command: &str) -> (i32, serde_json::Value) {
-    match command {
-        "VERSION" => (
-            0,
-            serde_json::json!({ "cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS }),
-        ),
-        "" => (1, error(ERR_BAD_ENV, "CNI_COMMAND is not set")),
-        other => (
-            1,
-            error(
-                ERR_NOT_AVAILABLE,
-                &format!("corten-cni does not implement {other} yet"),
-            ),
-        ),
+    match u8::try_from(response.exit_code) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
-fn error(code: u32, msg: &str) -> serde_json::Value {
-    serde_json::json!({ "cniVersion": "1.1.0", "code": code, "msg": msg })
+/// The network configuration. VERSION needs none, so a terminal on stdin is not waited on.
+fn read_stdin() -> Result<Vec<u8>, CniError> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Ok(Vec::new());
+    }
+    let mut input = Vec::new();
+    let limit = u64::try_from(MAX_CONFIG_BYTES)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    stdin
+        .lock()
+        .take(limit)
+        .read_to_end(&mut input)
+        .map_err(|err| {
+            CniError::new(
+                ErrorCode::IoFailure,
+                format!("reading the network configuration from stdin: {err}"),
+            )
+        })?;
+    if input.len() > MAX_CONFIG_BYTES {
+        return Err(CniError::new(
+            ErrorCode::DecodingFailure,
+            format!("the network configuration is larger than {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    Ok(input)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::respond;
-
-    #[test]
-    fn version_lists_supported_versions() {
-        let (code, out) = respond("VERSION");
-        assert_eq!(code, 0);
-        assert_eq!(out["supportedVersions"][1], "1.1.0");
-    }
-
-    #[test]
-    fn missing_command_is_a_bad_env_error() {
-        let (code, out) = respond("");
-        assert_eq!(code, 1);
-        assert_eq!(out["code"], 4);
-    }
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORTEN_CNI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }

@@ -7,10 +7,11 @@
 //!
 //! Also: workloads with apply (client- and server-side, with field ownership), scale,
 //! describe, explain, edit, wait, delete --wait, CRDs, Service addresses, pods' binding and
-//! eviction. Not yet covered because not yet served (see the API server issue): protobuf
-//! request bodies (kubectl 1.32+ `create configmap|namespace` send them), and the schemas in
-//! `/openapi/v2` (kubectl's client-side validation of custom resources, hence
-//! `--validate=false` for them).
+//! eviction, and `/openapi/v2` as kubectl reads it (`explain --output=plaintext-openapiv2`,
+//! client-side validation of custom resources against their schema, the patch metadata of
+//! client-side `apply`), and the protobuf request bodies of kubectl's typed writes
+//! (`create namespace|configmap|secret|deployment|service|job|cronjob|...`), each read back
+//! field by field.
 #![cfg(feature = "kubectl-tests")]
 
 use std::{
@@ -443,10 +444,19 @@ fn custom_resources(server: &Server, v: &str, dir: &Path) -> Result<()> {
         resources.contains("widgets") && resources.contains("wd"),
         "{resources}"
     );
-    let widget = |size: &str| {
-        format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: {size}\n  unknown: dropped\n")
+    let widget = |size: &str, extra: &str| {
+        format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: {size}\n{extra}")
     };
-    let good = write(dir, &format!("w-{group}.yaml"), &widget("2"))?;
+    // A valid object passes kubectl's own check against the schema in /openapi/v2.
+    let good = write(dir, &format!("w-{group}.yaml"), &widget("1", ""))?;
+    server.ok(v, &["apply", "-f", &good])?;
+    // kubectl refuses unknown fields and wrong types of custom resources itself (see
+    // `openapi_v2`); --validate=false sends them, to show what the server does.
+    let good = write(
+        dir,
+        &format!("w-{group}.yaml"),
+        &widget("2", "  unknown: dropped\n"),
+    )?;
     server.ok(v, &["apply", "-f", &good, "--validate=false"])?;
     let table = server.ok(v, &["get", &format!("widgets.{group}")])?;
     ensure!(table.contains("SIZE") && table.contains("w1"), "{table}");
@@ -455,7 +465,7 @@ fn custom_resources(server: &Server, v: &str, dir: &Path) -> Result<()> {
         obj["spec"]["size"] == 2 && obj["spec"].get("unknown").is_none(),
         "unknown fields must be pruned: {obj}"
     );
-    let bad = write(dir, &format!("wbad-{group}.yaml"), &widget("big"))?;
+    let bad = write(dir, &format!("wbad-{group}.yaml"), &widget("big", ""))?;
     let refused = server.fails(v, &["apply", "-f", &bad, "--validate=false"])?;
     ensure!(refused.contains("must be of type integer"), "{refused}");
     server.ok(
@@ -937,6 +947,8 @@ fn kubectl_drives_the_api_server() -> Result<()> {
     apply_ownership(&server, dir.path())?;
     events_in_both_apis(&server, dir.path())?;
     bad_input(&server, dir.path())?;
+    protobuf_bodies(&server, dir.path())?;
+    openapi_v2(&server, dir.path())?;
 
     // Objects survive a restart, and a watch continues from the last resourceVersion seen.
     let kept = write(
@@ -983,5 +995,552 @@ fn kubectl_drives_the_api_server() -> Result<()> {
         first["type"] == "MODIFIED" && first["object"]["data"]["a"] == "2",
         "{events}"
     );
+    Ok(())
+}
+
+/// Every `$ref` in a document that names no definition of it.
+fn dangling_references(doc: &Value) -> Vec<String> {
+    fn walk(value: &Value, definitions: &serde_json::Map<String, Value>, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    match (key.as_str(), child.as_str()) {
+                        ("$ref", Some(target)) => {
+                            let name = target.strip_prefix("#/definitions/").unwrap_or(target);
+                            if !definitions.contains_key(name) {
+                                out.push(target.to_owned());
+                            }
+                        }
+                        _ => walk(child, definitions, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, definitions, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(definitions) = doc["definitions"].as_object() {
+        walk(doc, definitions, &mut out);
+    }
+    out
+}
+
+/// `/openapi/v2` as kubectl reads it (the protobuf form): `explain
+/// --output=plaintext-openapiv2` for built-in and custom kinds; client-side validation of
+/// custom resources against their schema (kubectl checks a kind itself when its PATCH
+/// operation does not declare `fieldValidation`, as custom kinds' do not here, while
+/// built-in kinds are checked by the server with `fieldValidation=Strict`); and the patch
+/// metadata (merge keys, retainKeys) that client-side `apply` computes its patches from.
+fn openapi_v2(server: &Server, dir: &Path) -> Result<()> {
+    let crd = write(
+        dir,
+        "crontab-crd.yaml",
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: crontabs.openapi.corten.io\nspec:\n  group: openapi.corten.io\n  scope: Namespaced\n  names: {plural: crontabs, singular: crontab, kind: CronTab}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            required: [cronSpec]\n            properties:\n              cronSpec: {type: string, description: \"When to run, in cron format.\"}\n              replicas: {type: integer, minimum: 0}\n              port: {x-kubernetes-int-or-string: true, anyOf: [{type: integer}, {type: string}]}\n              tags: {type: array, items: {type: string}, x-kubernetes-list-type: set}\n              extra: {type: object, x-kubernetes-preserve-unknown-fields: true}\n              note: {type: string, nullable: true}\n",
+    )?;
+    server.ok("1.33", &["apply", "-f", &crd])?;
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/crontabs.openapi.corten.io",
+            "--timeout=20s",
+        ],
+    )?;
+    let doc = json(&server.ok("1.33", &["get", "--raw", "/openapi/v2"])?)?;
+    ensure!(
+        doc["definitions"]["io.corten.openapi.v1.CronTab"]["x-kubernetes-group-version-kind"]
+            == serde_json::json!([{"group": "openapi.corten.io", "version": "v1", "kind": "CronTab"}]),
+        "the CRD's definition is missing or untagged"
+    );
+    let dangling = dangling_references(&doc);
+    ensure!(dangling.is_empty(), "references to nothing: {dangling:?}");
+
+    let crontab = |name: &str, spec: &str| {
+        write(
+            dir,
+            &format!("{name}.yaml"),
+            &format!("apiVersion: openapi.corten.io/v1\nkind: CronTab\nmetadata:\n  name: {name}\nspec: {spec}\n"),
+        )
+    };
+    for v in ["1.33", "1.27"] {
+        let tag = v.replace('.', "");
+        let containers = server.ok(
+            v,
+            &[
+                "explain",
+                "pods.spec.containers",
+                "--output=plaintext-openapiv2",
+            ],
+        )?;
+        ensure!(
+            containers.contains("RESOURCE: containers <[]Object>")
+                && containers.contains("   image\t<string>")
+                && containers.contains("   name\t<string> -required-"),
+            "kubectl {v}: {containers}"
+        );
+        let spec = server.ok(
+            v,
+            &[
+                "explain",
+                "crontabs.openapi.corten.io.spec",
+                "--output=plaintext-openapiv2",
+            ],
+        )?;
+        ensure!(
+            spec.contains("KIND:     CronTab")
+                && spec.contains("   cronSpec\t<string> -required-")
+                && spec.contains("When to run, in cron format.")
+                && spec.contains("   replicas\t<integer>")
+                && spec.contains("   tags\t<[]string>"),
+            "kubectl {v}: {spec}"
+        );
+
+        // kubectl itself refuses what the schema does not allow: nothing reaches the server.
+        let unknown = crontab(
+            &format!("unknown-{tag}"),
+            "{cronSpec: \"* * * * *\", bogus: 1}",
+        )?;
+        let refused = server.fails(v, &["apply", "--validate=true", "-f", &unknown])?;
+        ensure!(
+            refused.contains(
+                "ValidationError(CronTab.spec): unknown field \"bogus\" in io.corten.openapi.v1.CronTab.spec"
+            ),
+            "kubectl {v}: {refused}"
+        );
+        let mistyped = crontab(
+            &format!("mistyped-{tag}"),
+            "{cronSpec: \"* * * * *\", replicas: two}",
+        )?;
+        let refused = server.fails(v, &["create", "-f", &mistyped])?;
+        ensure!(
+            refused.contains("invalid type for io.corten.openapi.v1.CronTab.spec.replicas: got \"string\", expected \"integer\""),
+            "kubectl {v}: {refused}"
+        );
+        for name in [format!("unknown-{tag}"), format!("mistyped-{tag}")] {
+            let absent = server.fails(v, &["get", "crontabs.openapi.corten.io", &name])?;
+            ensure!(absent.contains("NotFound"), "kubectl {v}: {absent}");
+        }
+        // What the schema leaves open (int-or-string, null, preserved fields) passes.
+        let fine = crontab(
+            &format!("fine-{tag}"),
+            "{cronSpec: \"* * * * *\", replicas: 2, port: http, note: null, tags: [a], extra: {any: [1, {b: c}]}}",
+        )?;
+        server.ok(v, &["apply", "-f", &fine])?;
+        // Without client-side validation the server takes it and prunes the unknown field.
+        server.ok(v, &["apply", "--validate=false", "-f", &unknown])?;
+        let pruned = json(&server.ok(
+            v,
+            &[
+                "get",
+                "crontabs.openapi.corten.io",
+                &format!("unknown-{tag}"),
+                "-o",
+                "jsonpath={.spec}",
+            ],
+        )?)?;
+        ensure!(pruned.get("bogus").is_none(), "kubectl {v}: {pruned}");
+        // Built-in kinds are checked by the server (their PATCH declares fieldValidation),
+        // so the error is the server's strict decoding error, not kubectl's.
+        let typo = write(
+            dir,
+            "openapi-typo.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: openapi-typo\ndatta:\n  a: b\n",
+        )?;
+        let strict = server.fails(v, &["apply", "--validate=strict", "-f", &typo])?;
+        ensure!(
+            strict.contains("strict decoding error: unknown field \"datta\"")
+                && !strict.contains("ValidationError"),
+            "kubectl {v}: {strict}"
+        );
+
+        // Client-side apply computes its strategic merge patch from the v2 patch metadata:
+        // a container dropped from the file is deleted by its merge key, and a strategy
+        // switched to Recreate drops rollingUpdate (retainKeys).
+        let deployment = |containers: &str, strategy: &str| {
+            format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: patched-{tag}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: patched}}\n  strategy: {strategy}\n  template:\n    metadata:\n      labels: {{app: patched}}\n    spec:\n      containers:\n{containers}")
+        };
+        let both = "      - {name: a, image: corten.local/busybox:1}\n      - {name: b, image: corten.local/busybox:1}\n";
+        let one = "      - {name: a, image: corten.local/busybox:1}\n";
+        let file = write(
+            dir,
+            &format!("patched-{tag}.yaml"),
+            &deployment(both, "{type: RollingUpdate, rollingUpdate: {maxSurge: 2}}"),
+        )?;
+        server.ok(v, &["apply", "-f", &file])?;
+        let file = write(
+            dir,
+            &format!("patched-{tag}.yaml"),
+            &deployment(one, "{type: Recreate}"),
+        )?;
+        server.ok(v, &["apply", "-f", &file])?;
+        let applied = json(&server.ok(
+            v,
+            &["get", "deploy", &format!("patched-{tag}"), "-o", "json"],
+        )?)?;
+        let names: Vec<&str> = applied["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|c| c["name"].as_str()).collect())
+            .unwrap_or_default();
+        ensure!(names == ["a"], "kubectl {v}: containers {names:?}");
+        ensure!(
+            applied["spec"]["strategy"] == serde_json::json!({"type": "Recreate"}),
+            "kubectl {v}: strategy {}",
+            applied["spec"]["strategy"]
+        );
+        server.ok(v, &["delete", "-f", &file])?;
+    }
+
+    // The document follows the CRDs: gone with its CRD.
+    server.ok("1.33", &["delete", "-f", &crd])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let doc = json(&server.ok("1.33", &["get", "--raw", "/openapi/v2"])?)?;
+        if doc["definitions"]
+            .get("io.corten.openapi.v1.CronTab")
+            .is_none()
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the CRD's definition outlived the CRD"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// kubectl 1.32+ sends its typed writes (`kubectl create namespace|configmap|secret|...`)
+/// as Kubernetes protobuf; each object must be stored as the JSON kubectl would have sent,
+/// checked here field by field after reading it back.
+fn protobuf_bodies(server: &Server, dir: &Path) -> Result<()> {
+    let v = "1.33";
+    let ns = "pb-bodies";
+    let get = |args: &[&str]| -> Result<Value> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend(["-n", ns, "-o", "json"]);
+        json(&server.ok(v, &all)?)
+    };
+    // The body really is protobuf (kubectl logs its request headers at -v=8).
+    let created = server.kubectl(v, &["create", "namespace", ns, "-v=8"])?;
+    let log = String::from_utf8_lossy(&created.stderr);
+    ensure!(
+        created.status.success()
+            && log.contains("Content-Type: application/vnd.kubernetes.protobuf"),
+        "{log}"
+    );
+    let namespace = json(&server.ok(v, &["get", "namespace", ns, "-o", "json"])?)?;
+    ensure!(
+        namespace["metadata"]["name"] == ns
+            && namespace["metadata"].get("namespace").is_none()
+            && namespace["metadata"]["creationTimestamp"].is_string()
+            && namespace["spec"]["finalizers"] == serde_json::json!(["kubernetes"])
+            && namespace["status"]["phase"] == "Active",
+        "{namespace}"
+    );
+
+    server.ok(
+        v,
+        &[
+            "create",
+            "configmap",
+            "settings",
+            "-n",
+            ns,
+            "--from-literal=a=1",
+            "--from-literal=b=two",
+        ],
+    )?;
+    let cm = get(&["configmap", "settings"])?;
+    ensure!(
+        cm["data"] == serde_json::json!({"a": "1", "b": "two"})
+            && cm["metadata"]["namespace"] == ns
+            && cm.get("binaryData").is_none()
+            && cm["metadata"]["resourceVersion"]
+                .as_str()
+                .is_some_and(|rv| !rv.is_empty()),
+        "{cm}"
+    );
+
+    let blob = dir.join("blob.bin");
+    std::fs::write(&blob, [0u8, 1, 2, 255])?;
+    let blob = format!("--from-file=blob={}", blob.display());
+    server.ok(
+        v,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "-n",
+            ns,
+            "--from-literal=user=admin",
+            &blob,
+        ],
+    )?;
+    let secret = get(&["secret", "creds"])?;
+    ensure!(
+        secret["data"] == serde_json::json!({"user": "YWRtaW4=", "blob": "AAEC/w=="})
+            && secret["type"] == "Opaque",
+        "{secret}"
+    );
+
+    server.ok(
+        v,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "-n",
+            ns,
+            "--image=corten.local/busybox:1",
+            "--replicas=3",
+            "--port=8080",
+        ],
+    )?;
+    let deployment = get(&["deployment", "web"])?;
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    ensure!(
+        deployment["spec"]["replicas"] == 3
+            && deployment["spec"]["selector"]["matchLabels"] == serde_json::json!({"app": "web"})
+            && deployment["spec"]["template"]["metadata"]["labels"]["app"] == "web"
+            && container["name"] == "busybox"
+            && container["image"] == "corten.local/busybox:1"
+            && container["ports"][0]["containerPort"] == 8080
+            && container["ports"][0].get("hostPort").is_none()
+            && container["ports"][0].get("name").is_none(),
+        "{deployment}"
+    );
+    // A pointer set to zero is kept, not defaulted (replicas would become 1).
+    server.ok(
+        v,
+        &[
+            "create",
+            "deployment",
+            "idle",
+            "-n",
+            ns,
+            "--image=corten.local/busybox:1",
+            "--replicas=0",
+        ],
+    )?;
+    let idle = get(&["deployment", "idle"])?;
+    ensure!(idle["spec"]["replicas"] == 0, "{idle}");
+
+    server.ok(
+        v,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            "front",
+            "-n",
+            ns,
+            "--tcp=80:8080",
+            "--tcp=443:8443",
+        ],
+    )?;
+    let service = get(&["service", "front"])?;
+    let ports = &service["spec"]["ports"];
+    ensure!(
+        service["spec"]["type"] == "ClusterIP"
+            && service["spec"]["selector"] == serde_json::json!({"app": "front"})
+            && service["spec"]["clusterIP"]
+                .as_str()
+                .is_some_and(|ip| ip.starts_with("10.43."))
+            && ports[0]["name"] == "80-8080"
+            && ports[0]["port"] == 80
+            && ports[0]["targetPort"] == 8080
+            && ports[0]["protocol"] == "TCP"
+            && ports[1]["port"] == 443
+            && ports[1]["targetPort"] == 8443,
+        "{service}"
+    );
+
+    server.ok(
+        v,
+        &[
+            "create",
+            "job",
+            "once",
+            "-n",
+            ns,
+            "--image=corten.local/busybox:1",
+            "--",
+            "echo",
+            "hi",
+        ],
+    )?;
+    let job = get(&["job", "once"])?;
+    let pod_spec = &job["spec"]["template"]["spec"];
+    ensure!(
+        pod_spec["containers"][0]["command"] == serde_json::json!(["echo", "hi"])
+            && pod_spec["containers"][0]["name"] == "once"
+            && pod_spec["restartPolicy"] == "Never",
+        "{job}"
+    );
+
+    server.ok(
+        v,
+        &[
+            "create",
+            "cronjob",
+            "tick",
+            "-n",
+            ns,
+            "--image=corten.local/busybox:1",
+            "--schedule=*/5 * * * *",
+            "--",
+            "date",
+        ],
+    )?;
+    let cronjob = get(&["cronjob", "tick"])?;
+    let pod_spec = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    ensure!(
+        cronjob["spec"]["schedule"] == "*/5 * * * *"
+            && pod_spec["containers"][0]["command"] == serde_json::json!(["date"])
+            && pod_spec["restartPolicy"] == "OnFailure",
+        "{cronjob}"
+    );
+
+    server.ok(v, &["create", "serviceaccount", "robot", "-n", ns])?;
+    let account = get(&["serviceaccount", "robot"])?;
+    ensure!(
+        account["metadata"]["name"] == "robot" && account["metadata"]["namespace"] == ns,
+        "{account}"
+    );
+
+    server.ok(
+        v,
+        &[
+            "create",
+            "quota",
+            "small",
+            "-n",
+            ns,
+            "--hard=cpu=1,memory=1G,pods=2",
+            "--scopes=BestEffort",
+        ],
+    )?;
+    let quota = get(&["resourcequota", "small"])?;
+    ensure!(
+        quota["spec"]["hard"] == serde_json::json!({"cpu": "1", "memory": "1G", "pods": "2"})
+            && quota["spec"]["scopes"] == serde_json::json!(["BestEffort"]),
+        "{quota}"
+    );
+
+    server.ok(
+        v,
+        &[
+            "create",
+            "priorityclass",
+            "pb-high",
+            "--value=1000",
+            "--description=high prio",
+            "--preemption-policy=Never",
+        ],
+    )?;
+    let class = json(&server.ok(v, &["get", "priorityclass", "pb-high", "-o", "json"])?)?;
+    ensure!(
+        class["value"] == 1000
+            && class["description"] == "high prio"
+            && class["preemptionPolicy"] == "Never"
+            && class.get("globalDefault").is_none_or(|g| g == false),
+        "{class}"
+    );
+
+    server.ok(
+        v,
+        &[
+            "create",
+            "poddisruptionbudget",
+            "guard",
+            "-n",
+            ns,
+            "--selector=app=web",
+            "--min-available=50%",
+        ],
+    )?;
+    let budget = get(&["poddisruptionbudget", "guard"])?;
+    ensure!(
+        budget["spec"]["minAvailable"] == "50%"
+            && budget["spec"]["selector"]["matchLabels"] == serde_json::json!({"app": "web"})
+            && budget["spec"].get("maxUnavailable").is_none(),
+        "{budget}"
+    );
+
+    server.ok(
+        v,
+        &[
+            "create",
+            "role",
+            "reader",
+            "-n",
+            ns,
+            "--verb=get,list",
+            "--resource=pods",
+        ],
+    )?;
+    let role = get(&["role", "reader"])?;
+    ensure!(
+        role["rules"]
+            == serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]),
+        "{role}"
+    );
+
+    server.ok(
+        v,
+        &[
+            "run",
+            "solo",
+            "-n",
+            ns,
+            "--image=corten.local/busybox:1",
+            "--port=80",
+            "--env=A=1",
+            "--env=B=two",
+            "--labels=app=solo,tier=x",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    )?;
+    let pod = get(&["pod", "solo"])?;
+    let container = &pod["spec"]["containers"][0];
+    ensure!(
+        pod["metadata"]["labels"] == serde_json::json!({"app": "solo", "tier": "x"})
+            && container["image"] == "corten.local/busybox:1"
+            && container["ports"][0]["containerPort"] == 80
+            && container["env"]
+                == serde_json::json!([{"name": "A", "value": "1"}, {"name": "B", "value": "two"}])
+            && container["args"] == serde_json::json!(["sleep", "3600"]),
+        "{pod}"
+    );
+
+    server.ok(
+        v,
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "-n",
+            ns,
+            "--port=80",
+            "--target-port=8080",
+            "--name=web-front",
+        ],
+    )?;
+    let exposed = get(&["service", "web-front"])?;
+    ensure!(
+        exposed["spec"]["selector"] == serde_json::json!({"app": "web"})
+            && exposed["spec"]["ports"][0]["port"] == 80
+            && exposed["spec"]["ports"][0]["targetPort"] == 8080,
+        "{exposed}"
+    );
+    server.ok(v, &["delete", "priorityclass", "pb-high"])?;
+    server.ok(v, &["delete", "namespace", ns, "--wait=false"])?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{bail, Context};
 
 /// The targets (`fuzz/fuzz_targets/NAME.rs`), each with a seed corpus and a dictionary.
-pub const TARGETS: &[&str] = &["request_body", "selectors"];
+pub const TARGETS: &[&str] = &["request_body", "selectors", "cni_config", "protobuf_body"];
 
 /// How long each target runs.
 const SECONDS_PER_TARGET: u64 = 30;

@@ -2,7 +2,8 @@
 //! discovery, and the REST verbs with watch over the store, so that unmodified clients
 //! (kubectl, the Python client, kube-rs) drive corten as any cluster.
 //!
-//! [`server`] owns the wire (TLS, HTTP, routing), [`rest`] the verbs, [`watch`] watch
+//! [`server`] owns the wire (TLS, HTTP, routing; [`protobuf`] turns Kubernetes protobuf
+//! request bodies into the JSON the rest reads), [`rest`] the verbs, [`watch`] watch
 //! streams, [`resources`] the table of served resources, [`discovery`] and [`table`] the
 //! documents kubectl reads, [`objects`] metadata rules, [`namespaces`] namespace lifecycle,
 //! [`status`] errors. It must not reach into the scheduler or controllers: they are API
@@ -15,6 +16,7 @@ pub mod events;
 pub mod namespaces;
 pub mod objects;
 pub mod openapi;
+pub mod protobuf;
 pub mod resources;
 pub mod rest;
 pub mod server;

@@ -2,7 +2,9 @@
 //! where it lives in the store (kube-apiserver's etcd layout), and how its objects are
 //! checked. Discovery, routing and storage all read this one table.
 //!
-//! Owns resource metadata only; handlers own behaviour.
+//! Owns resource metadata only; handlers own behaviour. It keeps the `/openapi/v2` document
+//! built from the table (by [`super::openapi`]) and counts the table's changes, so that the
+//! document is rebuilt only when CRDs change what is served.
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
@@ -283,6 +285,11 @@ pub fn builtin() -> Vec<ResourceDef> {
 pub struct Registry {
     builtin: Vec<ResourceDef>,
     custom: RwLock<BTreeMap<String, Vec<ResourceDef>>>,
+    /// Counts the changes of `custom`, so that documents derived from the table know when
+    /// to be rebuilt.
+    generation: std::sync::atomic::AtomicU64,
+    /// The `/openapi/v2` document of the current generation, built on first use.
+    openapi_v2: super::openapi::V2Cache,
 }
 
 impl Registry {
@@ -291,7 +298,20 @@ impl Registry {
         Self {
             builtin: builtin(),
             custom: RwLock::new(BTreeMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            openapi_v2: super::openapi::V2Cache::default(),
         }
+    }
+
+    /// How many times the served custom resources changed; read it before reading the
+    /// table, so that a document built from it is never newer than its generation says.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Where the `/openapi/v2` document of this table is kept ([`super::openapi::v2_document`]).
+    pub fn openapi_v2_cache(&self) -> &super::openapi::V2Cache {
+        &self.openapi_v2
     }
 
     fn custom(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<ResourceDef>>> {
@@ -300,18 +320,19 @@ impl Registry {
 
     /// Serves the resources a CRD defines (replacing what it defined before).
     pub fn set_custom(&self, crd: &str, defs: Vec<ResourceDef>) {
-        self.custom
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(crd.to_owned(), defs);
+        let mut custom = self.custom.write().unwrap_or_else(|p| p.into_inner());
+        custom.insert(crd.to_owned(), defs);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Stops serving a CRD's resources.
     pub fn remove_custom(&self, crd: &str) -> Option<Vec<ResourceDef>> {
-        self.custom
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(crd)
+        let mut custom = self.custom.write().unwrap_or_else(|p| p.into_inner());
+        let removed = custom.remove(crd);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        removed
     }
 
     /// Every served resource.

@@ -21,7 +21,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use super::{
-    discovery, openapi,
+    discovery, openapi, protobuf,
+    resources::{Check, ResourceDef},
     rest::{PatchKind, Query, Rest, ScaleChange},
     status::ApiError,
     table, watch,
@@ -203,19 +204,74 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
 }
 
+/// The media types a request body may be in (kube-apiserver's list for built-in types).
+pub const BODY_MEDIA_TYPES: &[&str] =
+    &["application/json", "application/yaml", protobuf::MEDIA_TYPE];
+
+/// The media types of a custom resource's body: custom resources have no protobuf form.
+pub const CUSTOM_BODY_MEDIA_TYPES: &[&str] = &["application/json", "application/yaml"];
+
+/// The media types of a PATCH body.
+pub const PATCH_MEDIA_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+];
+
+/// What a request body is expected to be: protobuf bodies carry no field names, so the
+/// decoder must know the type, and may leave it out of their envelope for the endpoint's.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyType<'a> {
+    /// Whatever the body names itself (no default).
+    Any,
+    /// An object of this resource; a custom resource has no protobuf form (415, as
+    /// kube-apiserver answers).
+    Object(&'a ResourceDef),
+    /// A fixed type: `(apiVersion, kind)` of `DeleteOptions`, `Eviction`, `Binding`, `Scale`.
+    Kind(&'a str, &'a str),
+}
+
 /// Decodes an untrusted request body by its Content-Type, exactly as every verb with a body
 /// does: JSON for `application/json` (and no or any type), YAML for `application/yaml` and
-/// `application/apply-patch+yaml`, 415 for anything else, 400 when the body does not decode.
+/// `application/apply-patch+yaml`, Kubernetes protobuf for
+/// `application/vnd.kubernetes.protobuf` (transcoded to the JSON value the same object
+/// would have been, see [`protobuf`]), 415 for anything else, 400 when the body does not
+/// decode.
 ///
 /// Public so the fuzz targets in `fuzz/` drive the same code as the router; patch bodies
 /// are decoded by [`super::rest::apply_patch`] instead.
 pub fn decode_body(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
-    parse_json(body, content_type)
+    decode_typed_body(body, content_type, BodyType::Any)
 }
 
-fn parse_json(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
+/// [`decode_body`] for a body of a known type (the default type of a protobuf body, and 415
+/// for protobuf on a custom resource).
+pub fn decode_typed_body(
+    body: &[u8],
+    content_type: &str,
+    expected: BodyType<'_>,
+) -> Result<Value, ApiError> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
+    let custom = matches!(expected, BodyType::Object(def) if matches!(def.check, Check::Schema(_)));
     match media {
+        protobuf::MEDIA_TYPE if !custom => {
+            let api_version;
+            let default = match expected {
+                BodyType::Any => None,
+                BodyType::Object(def) => {
+                    api_version = def.api_version();
+                    Some(protobuf::DefaultType {
+                        api_version: &api_version,
+                        kind: def.kind,
+                    })
+                }
+                BodyType::Kind(api_version, kind) => {
+                    Some(protobuf::DefaultType { api_version, kind })
+                }
+            };
+            Ok(protobuf::decode(body, default)?)
+        }
         "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
                 "the request body could not be decoded as JSON: {e}"
@@ -227,7 +283,14 @@ fn parse_json(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
                     "the request body could not be decoded as YAML: {e}"
                 ))
             }),
-        other => Err(ApiError::unsupported_media_type(other)),
+        other => Err(ApiError::unsupported_media_type(
+            other,
+            if custom {
+                CUSTOM_BODY_MEDIA_TYPES
+            } else {
+                BODY_MEDIA_TYPES
+            },
+        )),
     }
 }
 
@@ -257,17 +320,45 @@ async fn route(
     let registry = &state.rest.registry;
     match segments.as_slice() {
         ["openapi", "v2"] => {
-            let version = state.version["gitVersion"].as_str().unwrap_or("v1.33.0");
-            if openapi::wants_protobuf(&accept) {
-                let mut response = Response::new(full(openapi::v2_protobuf(version)));
-                response.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static(openapi::PROTOBUF_V2_RESPONSE),
-                );
-                response
+            let version = state.version["gitVersion"]
+                .as_str()
+                .unwrap_or("v1.33.0")
+                .to_owned();
+            let registry = state.rest.registry.clone();
+            // Built once per change of the served resources, off the executor.
+            let built =
+                tokio::task::spawn_blocking(move || openapi::v2_document(&registry, &version))
+                    .await;
+            let document = match built {
+                Ok(document) => document,
+                Err(err) => {
+                    return error(&ApiError::internal(format!(
+                        "building the OpenAPI document: {err}"
+                    )))
+                }
+            };
+            let (encoded, content_type) = if openapi::wants_protobuf(&accept) {
+                (&document.protobuf, openapi::PROTOBUF_V2_RESPONSE)
             } else {
-                ok(&openapi::v2_json(version))
+                (&document.json, "application/json")
+            };
+            // kubectl's HTTP cache revalidates with the ETag before every apply.
+            let fresh = encoded.matches(&header(&req, hyper::header::IF_NONE_MATCH));
+            let mut response = Response::new(full(if fresh {
+                Bytes::new()
+            } else {
+                encoded.body.clone()
+            }));
+            if fresh {
+                *response.status_mut() = StatusCode::NOT_MODIFIED;
             }
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            headers.insert(hyper::header::VARY, HeaderValue::from_static("Accept"));
+            if let Ok(etag) = HeaderValue::from_str(&encoded.etag) {
+                headers.insert(hyper::header::ETAG, etag);
+            }
+            response
         }
         ["openapi", "v3"] => ok(&openapi::v3_index(registry)),
         ["openapi", "v3", rest @ ..] => {
@@ -415,14 +506,14 @@ async fn resource(
             }
             (Method::POST, None) => {
                 let body = read_body(req).await?;
-                let obj = parse_json(&body, &content_type)?;
+                let obj = decode_typed_body(&body, &content_type, BodyType::Object(&def))?;
                 let created = rest.create(&def, namespace.as_deref(), obj, &query).await?;
                 Ok(json_response(201, &created, "application/json"))
             }
             (Method::PUT, Some(name)) => {
                 let name = name.to_owned();
                 let body = read_body(req).await?;
-                let obj = parse_json(&body, &content_type)?;
+                let obj = decode_typed_body(&body, &content_type, BodyType::Object(&def))?;
                 Ok(ok(&rest
                     .update(&def, namespace.as_deref(), &name, obj, &query)
                     .await?))
@@ -432,7 +523,7 @@ async fn resource(
             {
                 let name = name.to_owned();
                 let body = read_body(req).await?;
-                let config = parse_json(&body, &content_type)?;
+                let config = decode_typed_body(&body, &content_type, BodyType::Object(&def))?;
                 let (code, obj) = rest
                     .server_side_apply(&def, namespace.as_deref(), &name, config, &query)
                     .await?;
@@ -440,8 +531,9 @@ async fn resource(
             }
             (Method::PATCH, Some(name)) => {
                 let name = name.to_owned();
-                let kind = PatchKind::from_content_type(&content_type)
-                    .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                let kind = PatchKind::from_content_type(&content_type).ok_or_else(|| {
+                    ApiError::unsupported_media_type(&content_type, PATCH_MEDIA_TYPES)
+                })?;
                 let body = read_body(req).await?;
                 Ok(ok(&rest
                     .patch(&def, namespace.as_deref(), &name, kind, &body, &query)
@@ -453,7 +545,9 @@ async fn resource(
                 let options = if body.is_empty() {
                     None
                 } else {
-                    Some(parse_json(&body, &content_type)?)
+                    let api_version = def.api_version();
+                    let options = BodyType::Kind(&api_version, "DeleteOptions");
+                    Some(decode_typed_body(&body, &content_type, options)?)
                 };
                 Ok(ok(&rest
                     .delete(&def, namespace.as_deref(), &name, options, &query)
@@ -502,36 +596,44 @@ async fn subresource(
         match (sub, method) {
             ("status", Method::GET) => rest.get(def, namespace, name).await,
             ("status", Method::PUT) => {
-                let body = parse_json(&read_body(req).await?, &content_type)?;
+                let body = read_body(req).await?;
+                let body = decode_typed_body(&body, &content_type, BodyType::Object(def))?;
                 rest.update_status(def, namespace, name, body, &query).await
             }
             ("status", Method::PATCH) => {
-                let kind = PatchKind::from_content_type(&content_type)
-                    .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                let kind = PatchKind::from_content_type(&content_type).ok_or_else(|| {
+                    ApiError::unsupported_media_type(&content_type, PATCH_MEDIA_TYPES)
+                })?;
                 let body = read_body(req).await?;
                 rest.patch_status(def, namespace, name, kind, &body, &query)
                     .await
             }
             ("binding", Method::POST) => {
-                let body = parse_json(&read_body(req).await?, &content_type)?;
+                let body = read_body(req).await?;
+                let body =
+                    decode_typed_body(&body, &content_type, BodyType::Kind("v1", "Binding"))?;
                 rest.bind(def, namespace, name, body, &query).await
             }
             ("eviction", Method::POST) => {
                 let body = read_body(req).await?;
                 if !body.is_empty() {
-                    parse_json(&body, &content_type)?;
+                    let eviction = BodyType::Kind("policy/v1", "Eviction");
+                    decode_typed_body(&body, &content_type, eviction)?;
                 }
                 rest.evict(def, namespace, name, &query).await
             }
             ("scale", Method::GET) => rest.get_scale(def, namespace, name).await,
             ("scale", Method::PUT) => {
-                let body = parse_json(&read_body(req).await?, &content_type)?;
+                let body = read_body(req).await?;
+                let scale = BodyType::Kind("autoscaling/v1", "Scale");
+                let body = decode_typed_body(&body, &content_type, scale)?;
                 rest.write_scale(def, namespace, name, ScaleChange::Replace(&body), &query)
                     .await
             }
             ("scale", Method::PATCH) => {
-                let kind = PatchKind::from_content_type(&content_type)
-                    .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                let kind = PatchKind::from_content_type(&content_type).ok_or_else(|| {
+                    ApiError::unsupported_media_type(&content_type, PATCH_MEDIA_TYPES)
+                })?;
                 let body = read_body(req).await?;
                 rest.write_scale(
                     def,

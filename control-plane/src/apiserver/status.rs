@@ -156,9 +156,16 @@ impl ApiError {
         )
     }
 
-    /// 415.
-    pub fn unsupported_media_type(content_type: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {content_type:?}"))
+    /// 415, naming the media types the endpoint accepts.
+    pub fn unsupported_media_type(content_type: &str, accepted: &[&str]) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {}; got {content_type:?}",
+                accepted.join(", ")
+            ),
+        )
     }
 
     /// 422 with field causes.

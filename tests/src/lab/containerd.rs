@@ -1,6 +1,6 @@
 //! A node's own containerd: its configuration (own root, state, sockets, runc root, CNI
-//! dirs, the local pause image as sandbox image), its start inside the node, and the import
-//! of the lab's images.
+//! dirs with `loopback` and, once built, `corten-cni`; the local pause image as sandbox
+//! image), its start inside the node, and the import of the lab's images.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -18,6 +18,8 @@ pub const PAUSE_IMAGE: &str = "corten.local/pause:1";
 pub const BUSYBOX_IMAGE: &str = "corten.local/busybox:1";
 /// Where Debian's containernetworking-plugins put `loopback`, which go-cni always runs.
 const HOST_CNI_BIN: &str = "/usr/lib/cni";
+/// The name of corten's CNI plugin in a node's CNI bin dir.
+pub const CORTEN_CNI: &str = "corten-cni";
 /// How long containerd may take to serve CRI.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -68,8 +70,8 @@ disabled_plugins = [
   Root = "{run}/runc"
 
 [{cri}.cni]
-  bin_dir = "{data}/cni/bin"
-  conf_dir = "{data}/cni/net.d"
+  bin_dir = "{cni_bin}"
+  conf_dir = "{cni_conf}"
   max_conf_num = 1
 "#,
         root = data.join("containerd").display(),
@@ -77,6 +79,8 @@ disabled_plugins = [
         socket = paths.containerd_socket(i).display(),
         data = data.display(),
         run = run.display(),
+        cni_bin = paths.node_cni_bin_dir(i).display(),
+        cni_conf = paths.node_cni_conf_dir(i).display(),
     )
 }
 
@@ -85,13 +89,22 @@ disabled_plugins = [
 pub fn start(paths: &LabPaths, i: usize, detach: bool) -> anyhow::Result<Child> {
     let data = paths.node_data_dir(i);
     let run = paths.node_run_dir(i);
-    for dir in [data.join("cni/bin"), data.join("cni/net.d"), run.clone()] {
+    let cni_bin = paths.node_cni_bin_dir(i);
+    for dir in [cni_bin.clone(), paths.node_cni_conf_dir(i), run.clone()] {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let loopback = data.join("cni/bin/loopback");
+    let loopback = cni_bin.join("loopback");
     if !loopback.exists() {
         std::os::unix::fs::symlink(Path::new(HOST_CNI_BIN).join("loopback"), &loopback)
             .context("linking the loopback CNI plugin")?;
+    }
+    // corten's own plugin, when it has been built; a node runs it once a configuration in
+    // its CNI conf dir names `"type": "corten-cni"`.
+    let corten_cni = cni_bin.join(CORTEN_CNI);
+    if let Some(plugin) = super::project_cni_plugin() {
+        if fs::symlink_metadata(&corten_cni).is_err() {
+            std::os::unix::fs::symlink(plugin, &corten_cni).context("linking corten-cni")?;
+        }
     }
     let config_path = data.join("containerd.toml");
     fs::write(&config_path, config(paths, i)).context("writing containerd.toml")?;

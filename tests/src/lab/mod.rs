@@ -25,7 +25,7 @@ use std::{
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-pub use containerd::{BUSYBOX_IMAGE, PAUSE_IMAGE};
+pub use containerd::{BUSYBOX_IMAGE, CORTEN_CNI, PAUSE_IMAGE};
 pub use paths::{node_ip, validate_name, LabPaths, MAX_NODES};
 pub use teardown::{existing_labs, gc, gc_matching, leftovers};
 
@@ -99,6 +99,18 @@ pub fn project_images() -> Vec<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images"));
     archives_in(&dir)
+}
+
+/// The `corten-cni` binary the nodes' containerd can run: `$CORTEN_CNI_BIN`, else
+/// `target/debug/corten-cni` once `cargo build -p corten-cni` has made it; `None` when
+/// neither exists (the nodes then have only `loopback`).
+pub fn project_cni_plugin() -> Option<PathBuf> {
+    let path = std::env::var_os("CORTEN_CNI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/corten-cni")
+        });
+    path.is_file().then(|| path.canonicalize().unwrap_or(path))
 }
 
 /// The `.tar` files in `dir`, sorted; none if it does not exist.

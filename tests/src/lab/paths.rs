@@ -81,6 +81,16 @@ impl LabPaths {
         self.data_dir().join(format!("n{i}"))
     }
 
+    /// Node `i`'s CNI plugin directory (its containerd's `bin_dir`).
+    pub fn node_cni_bin_dir(&self, i: usize) -> PathBuf {
+        self.node_data_dir(i).join("cni/bin")
+    }
+
+    /// Node `i`'s CNI configuration directory (its containerd's `conf_dir`).
+    pub fn node_cni_conf_dir(&self, i: usize) -> PathBuf {
+        self.node_data_dir(i).join("cni/net.d")
+    }
+
     /// The lab's cgroup, relative to a hierarchy's root (v2 and every v1 controller).
     pub fn cgroup_rel(&self) -> PathBuf {
         PathBuf::from(PREFIX).join(&self.name)
