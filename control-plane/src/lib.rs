@@ -6,5 +6,8 @@
 //! first part of the API server ([`apiserver`]).
 
 pub mod apiserver;
+pub mod client;
+pub mod controllers;
 pub mod pki;
+pub mod scheduler;
 pub mod store;

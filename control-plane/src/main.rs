@@ -1,11 +1,12 @@
 //! `corten-server`: the control-plane binary. Parses flags, opens the store (embedded, or
 //! etcd with `--datastore-endpoint`) and runs the API server; no logic of its own.
-use std::{net::IpAddr, path::PathBuf, sync::Arc};
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use corten_control_plane::{
     apiserver::{self, services::ServiceNetwork, ApiServerConfig},
+    controllers::{self, ControlPlaneOptions},
     store::{
         embedded::{EmbeddedOptions, EmbeddedStore},
         etcd::{parse_endpoints, EtcdStore},
@@ -38,6 +39,27 @@ struct Args {
     /// Extra names or addresses for the serving certificate.
     #[arg(long = "tls-san")]
     tls_san: Vec<String>,
+    /// Seconds a leader Lease (scheduler, controllers) lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    leader_elect_lease_duration: u64,
+    /// Seconds a leader keeps trying to renew before it stops leading.
+    #[arg(long, default_value_t = 10)]
+    leader_elect_renew_deadline: u64,
+    /// Seconds between election attempts.
+    #[arg(long, default_value_t = 2)]
+    leader_elect_retry_period: u64,
+    /// The prefix length of each node's pod CIDR (carved from --cluster-cidr).
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// Seconds a node may go without a heartbeat before it is marked Unknown.
+    #[arg(long, default_value_t = 50)]
+    node_monitor_grace_period: u64,
+    /// Seconds between node health checks.
+    #[arg(long, default_value_t = 5)]
+    node_monitor_period: u64,
+    /// Runs the API server alone: no scheduler, no controllers.
+    #[arg(long)]
+    disable_controllers: bool,
 }
 
 /// The first usable address of an IPv4 CIDR (the `kubernetes` Service's ClusterIP).
@@ -59,6 +81,7 @@ fn first_address(cidr: &str) -> anyhow::Result<IpAddr> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -83,5 +106,30 @@ async fn main() -> anyhow::Result<()> {
         tls_sans: args.tls_san,
         service_network,
     };
-    apiserver::run(config, store).await
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "corten-server".to_owned());
+    let mut options = ControlPlaneOptions::new(format!("{host}_{}", uuid::Uuid::new_v4()));
+    options.lease_duration = Duration::from_secs(args.leader_elect_lease_duration.max(1));
+    options.renew_deadline = Duration::from_secs(args.leader_elect_renew_deadline.max(1));
+    options.retry_period = Duration::from_secs(args.leader_elect_retry_period.max(1));
+    anyhow::ensure!(
+        options.renew_deadline < options.lease_duration,
+        "--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration"
+    );
+    options.cluster_cidr = args.cluster_cidr.clone();
+    options.node_cidr_mask_size = args.node_cidr_mask_size;
+    options.node_monitor_grace_period = Duration::from_secs(args.node_monitor_grace_period.max(1));
+    options.node_monitor_period = Duration::from_secs(args.node_monitor_period.max(1));
+    corten_control_plane::controllers::nodeipam::CidrSet::new(
+        &options.cluster_cidr,
+        options.node_cidr_mask_size,
+    )
+    .context("--cluster-cidr / --node-cidr-mask-size")?;
+    options.scheduler = !args.disable_controllers;
+    options.controllers = !args.disable_controllers;
+    apiserver::run(config, store, |rest| {
+        controllers::start(rest, &options).context("starting the scheduler and controllers")
+    })
+    .await
 }

@@ -53,7 +53,8 @@ pub fn run() -> anyhow::Result<()> {
         Ok(())
     })?;
     step("etcd tests", &mut || {
-        // The store conformance suite against a real etcd, and the 3-member cluster test;
+        // The store conformance suite against a real etcd, the 3-member cluster test and
+        // two servers' leader election on one etcd;
         // the embedded half of the suite ran with the unit tests.
         counts.add(cargo_test(&[
             "test",
@@ -65,6 +66,8 @@ pub fn run() -> anyhow::Result<()> {
             "store_conformance",
             "--test",
             "etcd_cluster",
+            "--test",
+            "leader_election",
             "--",
             "--skip",
             "embedded",

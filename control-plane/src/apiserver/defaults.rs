@@ -148,8 +148,8 @@ fn pod_spec(spec: &mut Map<String, Value>) {
     ensure(spec, "securityContext", json!({}));
     ensure(spec, "schedulerName", json!("default-scheduler"));
     ensure(spec, "enableServiceLinks", json!(true));
-    ensure(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
-    ensure(spec, "priority", json!(0));
+    // priority and preemptionPolicy come from the Priority admission (`priority.rs`), on
+    // pods only, never in templates.
     for list in ["containers", "initContainers"] {
         if let Some(Value::Array(containers)) = spec.get_mut(list) {
             for container in containers.iter_mut().filter_map(Value::as_object_mut) {

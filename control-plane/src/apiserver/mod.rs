@@ -16,6 +16,7 @@ pub mod events;
 pub mod namespaces;
 pub mod objects;
 pub mod openapi;
+pub mod priority;
 pub mod protobuf;
 pub mod resources;
 pub mod rest;
@@ -24,6 +25,7 @@ pub mod services;
 pub mod status;
 pub mod strategic;
 pub mod table;
+pub mod tolerations;
 pub mod watch;
 
 use std::{
@@ -67,9 +69,14 @@ fn client_address(bind: IpAddr) -> IpAddr {
     }
 }
 
-/// Sets up PKI and kubeconfig, creates the system namespaces, and serves until the process
-/// ends. Returns once listening only through the error path.
-pub async fn run(config: ApiServerConfig, store: Arc<dyn Store>) -> anyhow::Result<()> {
+/// Sets up PKI and kubeconfig, creates the system namespaces, hands the REST layer to
+/// `clients` (the in-process scheduler and controllers start there), and serves until the
+/// process ends. Returns only through the error path.
+pub async fn run(
+    config: ApiServerConfig,
+    store: Arc<dyn Store>,
+    clients: impl FnOnce(&rest::Rest) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let (tls, listener, address) = prepare(&config).await?;
     let rest = rest::Rest {
         store,
@@ -79,6 +86,9 @@ pub async fn run(config: ApiServerConfig, store: Arc<dyn Store>) -> anyhow::Resu
     namespaces::bootstrap(&rest)
         .await
         .map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
+    priority::bootstrap(&rest)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the system PriorityClasses: {}", e.message))?;
     services::bootstrap_kubernetes_service(
         &rest,
         client_address(config.bind_address),
@@ -91,6 +101,7 @@ pub async fn run(config: ApiServerConfig, store: Arc<dyn Store>) -> anyhow::Resu
         .await
         .map_err(|e| anyhow::anyhow!("loading the CRDs: {}", e.message))?;
     crds::run(rest.clone(), revision);
+    clients(&rest)?;
     let state = Arc::new(server::ServerState {
         rest,
         address,

@@ -2,8 +2,8 @@
 //! new namespace, and deletion (a namespace being deleted is `Terminating`, refuses new
 //! content, and goes once everything in it is gone).
 //!
-//! The emptying of a terminating namespace runs here, in the API server, until the
-//! controllers exist; it must stay the only code that deletes a namespace's contents.
+//! The namespace controller (`controllers/namespace.rs`) empties a terminating namespace
+//! and then calls [`finalize`]; this file must not delete a namespace's contents itself.
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
@@ -38,51 +38,55 @@ pub async fn bootstrap(rest: &Rest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Empties a terminating namespace and then removes it.
-pub fn finalize_in_background(rest: Rest, namespace: String) {
-    tokio::spawn(async move {
-        if let Err(err) = finalize(&rest, &namespace).await {
-            warn!(namespace, "emptying the namespace failed: {}", err.message);
-        }
-    });
-}
-
-async fn finalize(rest: &Rest, namespace: &str) -> Result<(), ApiError> {
-    let defs: Vec<_> = rest
-        .registry
-        .all()
-        .iter()
-        .filter(|d| d.namespaced)
-        .cloned()
-        .collect();
-    for def in &defs {
-        let list = rest.list(def, Some(namespace), &Default::default()).await?;
-        for item in list["items"].as_array().cloned().unwrap_or_default() {
-            let name = objects::name(&item).unwrap_or_default().to_owned();
-            match rest
-                .delete(def, Some(namespace), &name, None, &Default::default())
-                .await
-            {
-                Ok(_) => {}
-                Err(err) if err.code == 404 => {}
-                Err(err) => return Err(err),
+/// The `finalize` subresource: sets a namespace's `spec.finalizers`; a terminating
+/// namespace whose finalizers (spec and metadata) are all gone is removed. The namespace
+/// controller calls this once the namespace is empty.
+pub async fn finalize(
+    rest: &Rest,
+    namespace: &str,
+    finalizers: &[String],
+) -> Result<Value, ApiError> {
+    let key = format!("/registry/namespaces/{namespace}");
+    for _ in 0..8 {
+        let Some(current) = rest.store.get(key.as_bytes()).await? else {
+            return Err(ApiError::not_found("", "namespaces", namespace));
+        };
+        let mut obj = super::rest::decode(&current)?;
+        obj["spec"]["finalizers"] = json!(finalizers);
+        let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+        let meta_finalizers = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        let op = if deleting && finalizers.is_empty() && !meta_finalizers {
+            TxnOp::delete(key.as_bytes())
+        } else {
+            TxnOp::put(key.as_bytes(), super::rest::encode(&obj)?)
+        };
+        let removed = matches!(op, TxnOp::Delete { .. });
+        let txn = Txn {
+            compare: vec![Compare::mod_revision(
+                key.as_bytes(),
+                CompareOp::Equal,
+                current.mod_revision,
+            )],
+            success: vec![op],
+            failure: Vec::new(),
+        };
+        let response = rest.store.txn(txn).await?;
+        if response.succeeded {
+            if removed {
+                info!(namespace, "deleted");
             }
+            objects::set_resource_version(&mut obj, response.revision);
+            return Ok(obj);
         }
     }
-    let key = format!("/registry/namespaces/{namespace}");
-    let Some(current) = rest.store.get(key.as_bytes()).await? else {
-        return Ok(());
-    };
-    let txn = Txn {
-        compare: vec![Compare::mod_revision(
-            key.as_bytes(),
-            CompareOp::Equal,
-            current.mod_revision,
-        )],
-        success: vec![TxnOp::delete(key.as_bytes())],
-        failure: Vec::new(),
-    };
-    rest.store.txn(txn).await?;
-    info!(namespace, "deleted");
-    Ok(())
+    warn!(namespace, "finalizing kept conflicting with other writes");
+    Err(ApiError::conflict(
+        "",
+        "namespaces",
+        namespace,
+        "too many concurrent writes; try again",
+    ))
 }

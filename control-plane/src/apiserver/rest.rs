@@ -140,7 +140,7 @@ fn stored(def: &ResourceDef, obj: &Value) -> Value {
 
 /// The stored form of an object: JSON with `metadata` first and without resourceVersion, so
 /// that reads can stamp the revision in without parsing ([`stamped`]).
-fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
     let internal = |e: serde_json::Error| ApiError::internal(e.to_string());
     let Some(map) = obj.as_object() else {
         return serde_json::to_vec(obj).map_err(internal);
@@ -471,6 +471,10 @@ impl Rest {
             self.check_namespace(def, namespace.unwrap_or("default"), &name)
                 .await?;
         }
+        if def.kind == "Pod" && def.group.is_empty() {
+            super::priority::admit(self, &mut obj).await?;
+            super::tolerations::admit(&mut obj);
+        }
         let ns = objects::namespace(&obj).map(str::to_owned);
         let key = def.key(ns.as_deref(), &name);
         if dry_run(query) {
@@ -754,9 +758,6 @@ impl Rest {
                         continue;
                     }
                 }
-                if is_namespace {
-                    super::namespaces::finalize_in_background(self.clone(), name.to_owned());
-                }
                 return Ok(obj);
             }
             if dry_run(query) {
@@ -978,6 +979,9 @@ impl Rest {
                 }
                 let mut new = old.clone();
                 new["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                // The disruption controller keeps the pod out of the healthy count until
+                // it is gone (upstream's DisruptedPods).
+                new["status"]["disruptedPods"][name] = json!(objects::now());
                 Ok(new)
             })
             .await?;

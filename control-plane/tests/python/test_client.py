@@ -57,10 +57,13 @@ def namespace(core):
 
 
 def pod(name, labels):
-    """A Pod with one busybox container (it stays Pending: there is no kubelet)."""
+    """A Pod with one busybox container. It stays Pending and untouched: it asks for a
+    scheduler nobody runs (so the watch tests see exactly the test's own changes), and there
+    is no kubelet."""
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, labels=labels),
         spec=client.V1PodSpec(
+            scheduler_name="nobody",
             containers=[
                 client.V1Container(
                     name="main", image="busybox", command=["sleep", "3600"]

@@ -7,3 +7,4 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod server;

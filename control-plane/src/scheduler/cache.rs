@@ -1,0 +1,343 @@
+//! The scheduler's picture of the cluster: per node, the Node object and what the pods
+//! bound (or assumed) to it take — requests, host ports, labels for affinity. Assumed pods
+//! are those the scheduler chose a node for whose binding is still in flight, so the next
+//! pod already sees their requests (kube-scheduler's assume/forget).
+//!
+//! Owns that bookkeeping; it is fed by informer events and by the scheduling loop alone
+//! (one task), so it needs no locks. It must not decide placement.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+use super::resources::{allocatable, pod_requests, Resources};
+
+/// CPU counted for a container without a CPU request, for scoring only (upstream's 100m).
+pub const DEFAULT_MILLI_CPU: i64 = 100;
+/// Memory counted for a container without a memory request, for scoring only (200 MB).
+pub const DEFAULT_MEMORY: i64 = 200 * 1024 * 1024;
+
+/// A host port a pod takes: protocol, host IP ("0.0.0.0" for any), port.
+pub type HostPort = (String, String, i32);
+
+/// What the scheduler needs of a pod, computed once.
+#[derive(Debug, Clone)]
+pub struct PodInfo {
+    /// The pod.
+    pub pod: Arc<Pod>,
+    /// `namespace/name`.
+    pub key: String,
+    /// Effective requests.
+    pub requests: Resources,
+    /// CPU and memory with upstream's non-zero defaults, for scoring.
+    pub non_zero: (i64, i64),
+    /// Host ports it asks for.
+    pub host_ports: Vec<HostPort>,
+}
+
+impl PodInfo {
+    /// Computes the pod's scheduling facts.
+    pub fn new(pod: Arc<Pod>) -> Self {
+        let meta = &pod.metadata;
+        let key = format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        );
+        let requests = pod_requests(&pod);
+        let mut non_zero = (0i64, 0i64);
+        let mut host_ports = Vec::new();
+        if let Some(spec) = pod.spec.as_ref() {
+            for container in &spec.containers {
+                let r = Resources::from_list(
+                    container
+                        .resources
+                        .as_ref()
+                        .and_then(|r| r.requests.as_ref()),
+                );
+                let requested = container
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.requests.as_ref());
+                let has = |name: &str| requested.is_some_and(|m| m.contains_key(name));
+                non_zero.0 += if has("cpu") {
+                    r.milli_cpu
+                } else {
+                    DEFAULT_MILLI_CPU
+                };
+                non_zero.1 += if has("memory") {
+                    r.memory
+                } else {
+                    DEFAULT_MEMORY
+                };
+                for port in container.ports.iter().flatten() {
+                    if let Some(host_port) = port.host_port.filter(|p| *p > 0) {
+                        host_ports.push((
+                            port.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                            port.host_ip
+                                .clone()
+                                .filter(|ip| !ip.is_empty())
+                                .unwrap_or_else(|| "0.0.0.0".to_owned()),
+                            host_port,
+                        ));
+                    }
+                }
+            }
+        }
+        Self {
+            pod,
+            key,
+            requests,
+            non_zero,
+            host_ports,
+        }
+    }
+
+    /// The pod's priority (0 when unset).
+    pub fn priority(&self) -> i32 {
+        self.pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+    }
+}
+
+/// One node and what its pods take.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    /// The Node (None while only pods bound to it are known).
+    pub node: Option<Arc<Node>>,
+    /// Allocatable resources.
+    pub allocatable: Resources,
+    /// How many pods it takes.
+    pub allowed_pods: i64,
+    /// The sum of its pods' requests.
+    pub requested: Resources,
+    /// CPU and memory with non-zero defaults, for scoring.
+    pub non_zero_requested: (i64, i64),
+    /// Its pods, by key.
+    pub pods: HashMap<String, PodInfo>,
+    /// Host ports in use.
+    pub used_ports: HashMap<HostPort, u32>,
+    /// Image names present (from `status.images`), with sizes.
+    pub images: HashMap<String, i64>,
+}
+
+impl NodeInfo {
+    /// The node's name ("" when unknown).
+    pub fn name(&self) -> &str {
+        self.node
+            .as_ref()
+            .and_then(|n| n.metadata.name.as_deref())
+            .unwrap_or_default()
+    }
+
+    fn set_node(&mut self, node: Arc<Node>) {
+        let (allocatable, pods) = allocatable(&node);
+        self.allocatable = allocatable;
+        self.allowed_pods = pods;
+        self.images = node
+            .status
+            .as_ref()
+            .and_then(|s| s.images.as_ref())
+            .into_iter()
+            .flatten()
+            .flat_map(|image| {
+                let size = image.size_bytes.unwrap_or(0);
+                image
+                    .names
+                    .iter()
+                    .flatten()
+                    .map(move |name| (name.clone(), size))
+            })
+            .collect();
+        self.node = Some(node);
+    }
+
+    /// Counts a pod on this node.
+    pub fn add_pod(&mut self, info: PodInfo) {
+        self.requested.add(&info.requests);
+        self.non_zero_requested.0 += info.non_zero.0;
+        self.non_zero_requested.1 += info.non_zero.1;
+        for port in &info.host_ports {
+            *self.used_ports.entry(port.clone()).or_insert(0) += 1;
+        }
+        if let Some(old) = self.pods.insert(info.key.clone(), info) {
+            self.forget_usage(&old);
+        }
+    }
+
+    fn forget_usage(&mut self, info: &PodInfo) {
+        self.requested.sub(&info.requests);
+        self.non_zero_requested.0 -= info.non_zero.0;
+        self.non_zero_requested.1 -= info.non_zero.1;
+        for port in &info.host_ports {
+            if let Some(count) = self.used_ports.get_mut(port) {
+                *count -= 1;
+                if *count == 0 {
+                    self.used_ports.remove(port);
+                }
+            }
+        }
+    }
+
+    /// Stops counting a pod on this node.
+    pub fn remove_pod(&mut self, key: &str) -> bool {
+        match self.pods.remove(key) {
+            Some(info) => {
+                self.forget_usage(&info);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn forget_image(counts: &mut HashMap<String, usize>, image: &str) {
+    if let Some(count) = counts.get_mut(image) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(image);
+        }
+    }
+}
+
+/// Whether a pod holds resources on its node: bound and not finished.
+pub fn occupies_node(pod: &Pod) -> bool {
+    let bound = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    bound && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// Every node and every bound or assumed pod.
+#[derive(Debug, Default)]
+pub struct Cache {
+    nodes: BTreeMap<String, NodeInfo>,
+    /// Pod key → node it is on (bound or assumed).
+    pod_nodes: HashMap<String, String>,
+    /// Pods assumed on a node, binding in flight.
+    assumed: HashSet<String>,
+    /// Image name → how many nodes have it.
+    image_nodes: HashMap<String, usize>,
+    /// Nodes with a Node object.
+    node_total: usize,
+}
+
+impl Cache {
+    /// Adds or updates a node.
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let info = self.nodes.entry(name).or_default();
+        for image in info.images.keys() {
+            forget_image(&mut self.image_nodes, image);
+        }
+        if info.node.is_none() {
+            self.node_total += 1;
+        }
+        info.set_node(node);
+        for image in info.images.keys() {
+            *self.image_nodes.entry(image.clone()).or_insert(0) += 1;
+        }
+    }
+
+    /// The fraction of nodes that have an image (ImageLocality's spread factor).
+    pub fn image_spread(&self, image: &str) -> f64 {
+        let total = self.node_count().max(1) as f64;
+        let count = self
+            .image_nodes
+            .get(image)
+            .or_else(|| {
+                self.image_nodes
+                    .get(&super::scores::normalized_image(image))
+            })
+            .copied()
+            .unwrap_or(0);
+        count as f64 / total
+    }
+
+    /// Removes a node (its pods stay known until they go).
+    pub fn remove_node(&mut self, name: &str) {
+        if let Some(info) = self.nodes.get_mut(name) {
+            for image in info.images.keys() {
+                forget_image(&mut self.image_nodes, image);
+            }
+            info.images.clear();
+            if info.node.take().is_some() {
+                self.node_total -= 1;
+            }
+            if info.pods.is_empty() {
+                self.nodes.remove(name);
+            }
+        }
+    }
+
+    /// Records a pod as the informer sees it: bound pods take their node's resources; a
+    /// pod that finished or was unbound gives them back. An assumed pod is confirmed.
+    pub fn set_pod(&mut self, pod: Arc<Pod>) {
+        let info = PodInfo::new(pod);
+        let key = info.key.clone();
+        self.assumed.remove(&key);
+        self.remove_pod(&key);
+        if !occupies_node(&info.pod) {
+            return;
+        }
+        let node = info
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        self.pod_nodes.insert(key, node.clone());
+        self.nodes.entry(node).or_default().add_pod(info);
+    }
+
+    /// Forgets a pod (deleted, or its assumption failed).
+    pub fn remove_pod(&mut self, key: &str) {
+        self.assumed.remove(key);
+        if let Some(node) = self.pod_nodes.remove(key) {
+            if let Some(info) = self.nodes.get_mut(&node) {
+                info.remove_pod(key);
+                if info.node.is_none() && info.pods.is_empty() {
+                    self.nodes.remove(&node);
+                }
+            }
+        }
+    }
+
+    /// Puts a pod on a node before its binding is written.
+    pub fn assume(&mut self, info: PodInfo, node: &str) {
+        let key = info.key.clone();
+        self.remove_pod(&key);
+        self.pod_nodes.insert(key.clone(), node.to_owned());
+        self.assumed.insert(key);
+        self.nodes.entry(node.to_owned()).or_default().add_pod(info);
+    }
+
+    /// Whether the pod is assumed (binding in flight) or bound.
+    pub fn is_placed(&self, key: &str) -> bool {
+        self.pod_nodes.contains_key(key)
+    }
+
+    /// Whether the pod is assumed but not yet seen bound.
+    pub fn is_assumed(&self, key: &str) -> bool {
+        self.assumed.contains(key)
+    }
+
+    /// Nodes that exist (have a Node object), in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.values().filter(|n| n.node.is_some())
+    }
+
+    /// How many nodes exist.
+    pub fn node_count(&self) -> usize {
+        self.node_total
+    }
+
+    /// One node.
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.get(name).filter(|n| n.node.is_some())
+    }
+}
