@@ -1,5 +1,6 @@
 //! The controllers (DESIGN.md §6) and the wiring that runs them with the scheduler inside
-//! corten-server: one [`Informers`] factory for the process, two Lease elections
+//! corten-server: one [`Informers`] factory for the process (the scheduler and every
+//! controller share its caches), two Lease elections
 //! (`kube-system/kube-scheduler` and `kube-system/kube-controller-manager`, as upstream), and
 //! a worker pool per controller that only takes keys while this process leads.
 //!
@@ -85,9 +86,11 @@ impl ControlPlaneOptions {
 
 /// Starts the scheduler and the controllers in the background.
 pub fn start(rest: &Rest, options: &ControlPlaneOptions) -> Result<(), ClientError> {
+    // One cache per resource for the whole process: the scheduler and the controllers read
+    // the same pods and nodes (informers only read, so the reader's name does not matter).
+    let informers = Informers::new(Client::new(rest.clone(), "informers"));
     if options.scheduler {
         let client = Client::new(rest.clone(), "kube-scheduler");
-        let informers = Informers::new(client.clone());
         let leadership = leader::campaign(&client, options.election("kube-scheduler"))?;
         let config = SchedulerConfig {
             identity: options.identity.clone(),
@@ -97,7 +100,6 @@ pub fn start(rest: &Rest, options: &ControlPlaneOptions) -> Result<(), ClientErr
     }
     if options.controllers {
         let client = Client::new(rest.clone(), "kube-controller-manager");
-        let informers = Informers::new(client.clone());
         let leadership = leader::campaign(&client, options.election("kube-controller-manager"))?;
         let recorder =
             |component: &'static str| Recorder::new(client.clone(), component, &options.identity);
