@@ -4,7 +4,10 @@
 //! Owns everything that runs on a node. It must never link the control plane: the agent is
 //! a Kubernetes API client and meets the server only at the API (ARCHITECTURE.md).
 //!
-//! Today this holds the service datapath's first piece, the socket-LB loader ([`proxy`]);
-//! the kubelet, the pod network and cluster DNS are still to come (README status table).
+//! Today this holds the kubelet ([`kubelet`]: node registration, Lease, images, pods through
+//! CRI), the CNI config writer ([`network`]) and the service datapath's first piece, the
+//! socket-LB loader ([`proxy`]); cluster DNS and routes between nodes are still to come.
 
+pub mod kubelet;
+pub mod network;
 pub mod proxy;

@@ -1,20 +1,88 @@
 //! `corten-agent`: the node agent binary. Parses flags and wires the library's components;
 //! no logic of its own.
-use anyhow::bail;
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Parser;
+use corten_agent::kubelet::{self, KubeletConfig};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// corten's node agent.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Args {}
+struct Args {
+    /// The API server URL (overrides the kubeconfig's).
+    #[arg(long)]
+    server: Option<String>,
+    /// The node's kubeconfig (a `system:node:NAME` client certificate).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// This node's name.
+    #[arg(long)]
+    node_name: String,
+    /// The CRI socket, `unix:///run/containerd/containerd.sock`.
+    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+    container_runtime_endpoint: String,
+    /// The agent's state directory.
+    #[arg(long, default_value = "/var/lib/corten/agent")]
+    data_dir: PathBuf,
+    /// OCI image-layout tarballs to import into the runtime.
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
+    /// The cgroup pods are placed under.
+    #[arg(long, default_value = "/")]
+    cgroup_root: String,
+    /// This node's IP (reported as InternalIP and as the pods' hostIP).
+    #[arg(long)]
+    node_ip: String,
+    /// Where CNI plugins are (the runtime reads this from its own config; kept for
+    /// compatibility with the lab's command line).
+    #[arg(long)]
+    cni_bin_dir: Option<PathBuf>,
+    /// Where the CNI config is written.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The pod interface MTU.
+    #[arg(long, default_value_t = 1450)]
+    mtu: u32,
+}
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .init();
-    let _args = Args::parse();
-    bail!(
-        "corten-agent cannot run a node yet: only its socket-LB loader exists \
-         (see the status table in README.md)"
+    let args = Args::parse();
+    let socket = args
+        .container_runtime_endpoint
+        .strip_prefix("unix://")
+        .context("--container-runtime-endpoint must be a unix:// URL")?;
+    let kubeconfig = Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .context("loading the kubeconfig")?;
+    if let Some(server) = &args.server {
+        config.cluster_url = server.parse().context("--server is not a URL")?;
+    }
+    let client = kube::Client::try_from(config).context("building the API client")?;
+    kubelet::run(
+        client,
+        KubeletConfig {
+            node_name: args.node_name,
+            node_ip: args.node_ip,
+            runtime_socket: PathBuf::from(socket),
+            data_dir: args.data_dir,
+            image_dir: args.image_dir,
+            cgroup_root: args.cgroup_root,
+            cni_conf_dir: args.cni_conf_dir,
+            mtu: args.mtu,
+        },
     )
+    .await
 }

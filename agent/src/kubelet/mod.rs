@@ -1,0 +1,140 @@
+//! The kubelet (DESIGN.md §7): registers the node and keeps its Lease and status
+//! ([`node`]), imports images from the image directory ([`images`]), writes the CNI config
+//! once the node has a pod CIDR, and runs the pods bound to the node through CRI
+//! ([`pods`], deciding with [`plan`], reporting with [`status`], configuring with
+//! [`runtime_config`]).
+//!
+//! Owns everything between the API's pods and the runtime's containers on this node. It
+//! talks to the cluster only through the Kubernetes API (kube-rs) and to containers only
+//! through CRI.
+pub mod images;
+pub mod node;
+pub mod observed;
+pub mod plan;
+pub mod pods;
+pub mod runtime_config;
+pub mod status;
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use corten_cri::runtime::CriClient;
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+use crate::network::cni_config;
+
+/// How the kubelet runs (corten-agent's flags).
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// This node's IP.
+    pub node_ip: String,
+    /// The CRI socket.
+    pub runtime_socket: PathBuf,
+    /// The agent's data directory.
+    pub data_dir: PathBuf,
+    /// Image tarballs to import.
+    pub image_dir: Option<PathBuf>,
+    /// The cgroup pods go under.
+    pub cgroup_root: String,
+    /// Where the CNI config is written.
+    pub cni_conf_dir: PathBuf,
+    /// The pod interface MTU.
+    pub mtu: u32,
+}
+
+/// Connects to the runtime, retrying while it starts (at most a minute).
+async fn connect_runtime(socket: &std::path::Path) -> anyhow::Result<CriClient> {
+    let mut last = None;
+    for _ in 0..120 {
+        match CriClient::connect(socket).await {
+            Ok(mut client) => match client.version().await {
+                Ok(_) => return Ok(client),
+                Err(e) => last = Some(e.to_string()),
+            },
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!(
+        "the container runtime at {} did not answer: {}",
+        socket.display(),
+        last.unwrap_or_default()
+    )
+}
+
+/// Waits for the node's pod CIDR and writes the CNI config for it.
+async fn write_cni_config_when_ready(client: Client, config: KubeletConfig) {
+    let nodes: Api<Node> = Api::all(client);
+    for _ in 0..3600 {
+        match nodes.get(&config.node_name).await {
+            Ok(node) => {
+                if let Some(cidr) = node.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()) {
+                    let state = config.data_dir.join("cni");
+                    match cni_config::write(&config.cni_conf_dir, &cidr, config.mtu, &state) {
+                        Ok(path) => info!(%cidr, path = %path.display(), "wrote the CNI config"),
+                        Err(e) => warn!(error = %e, "writing the CNI config failed"),
+                    }
+                    return;
+                }
+            }
+            Err(e) => warn!(error = %e, "reading this node failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Runs the kubelet until the process ends.
+pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
+    crate::network::enable_forwarding().context("enabling IPv4 forwarding on the node")?;
+    let mut cri = connect_runtime(&config.runtime_socket).await?;
+    let version = cri
+        .version()
+        .await
+        .context("asking the runtime its version")?;
+    let identity = node::NodeIdentity {
+        name: config.node_name.clone(),
+        ip: config.node_ip.clone(),
+        runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
+    };
+    let mut seen = HashMap::new();
+    if let Some(dir) = &config.image_dir {
+        let imported = images::import_new(&config.runtime_socket, dir, &mut seen).await;
+        info!(archives = imported, dir = %dir.display(), "imported image archives");
+    }
+    let registered = node::register(&client, &identity, images::node_images(&mut cri).await)
+        .await
+        .context("registering the node")?;
+    tokio::spawn(node::renew_lease_forever(client.clone(), registered));
+    tokio::spawn(node::report_status_forever(
+        client.clone(),
+        identity,
+        cri.clone(),
+    ));
+    if let Some(dir) = config.image_dir.clone() {
+        tokio::spawn(images::watch_dir_forever(
+            config.runtime_socket.clone(),
+            dir,
+            seen,
+        ));
+    }
+    tokio::spawn(write_cni_config_when_ready(client.clone(), config.clone()));
+    let log_root = config.data_dir.join("pods");
+    std::fs::create_dir_all(&log_root)
+        .with_context(|| format!("creating {}", log_root.display()))?;
+    pods::run(
+        client,
+        cri,
+        pods::PodWorkerConfig {
+            node_name: config.node_name,
+            host_ip: config.node_ip,
+            cgroup_root: config.cgroup_root,
+            log_root: log_root.to_string_lossy().into_owned(),
+        },
+    )
+    .await;
+    Ok(())
+}

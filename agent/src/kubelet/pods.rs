@@ -1,0 +1,630 @@
+//! The pod worker: follows the pods bound to this node (a watch with
+//! `spec.nodeName=<node>`), and for each one observes the runtime, carries out the
+//! [`plan`](super::plan) (sandbox, images, containers), reports the
+//! [`status`](super::status), and on deletion stops the containers within the grace period,
+//! removes the sandbox and then removes the pod from the API (the kubelet's final delete).
+//! Sandboxes of pods that no longer exist are removed.
+//!
+//! Owns the CRI calls for pods; decisions are in `plan`, shapes in `runtime_config`.
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use corten_cri::runtime::CriClient;
+use futures::{StreamExt, TryStreamExt};
+use k8s_cri::v1::{
+    ContainerFilter, ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
+    ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxFilter,
+    PodSandboxState, PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    runtime::{reflector, watcher, WatchStreamExt},
+    Api, Client,
+};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::{
+    observed::{ContainerObservation, Observed, RunState, SandboxObservation},
+    plan::{self, Action},
+    runtime_config::{self, PodFields, CONTAINER_NAME_LABEL, POD_UID_LABEL},
+    status,
+};
+
+/// How often every pod is looked at even without a change.
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// Where pods go on this node.
+#[derive(Debug, Clone)]
+pub struct PodWorkerConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// This node's IP (the pods' hostIP).
+    pub host_ip: String,
+    /// The cgroup under which pod cgroups are made.
+    pub cgroup_root: String,
+    /// Where pod log directories go.
+    pub log_root: String,
+}
+
+/// What the kubelet remembers about a pod between passes.
+#[derive(Debug, Default)]
+struct Memory {
+    waiting: HashMap<String, (String, String)>,
+    started_at: i64,
+    reported: Option<Value>,
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn uid_of(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+/// Runs the pod worker forever.
+pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let (reader, writer) = reflector::store::<Pod>();
+    let changed = Arc::new(Notify::new());
+    let watch_config =
+        watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
+    let stream = reflector(writer, watcher(pods, watch_config))
+        .default_backoff()
+        .touched_objects();
+    {
+        let changed = changed.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(_)) => changed.notify_one(),
+                    Ok(None) => return,
+                    Err(e) => warn!(error = %e, "pod watch error"),
+                }
+            }
+        });
+    }
+    let worker = Arc::new(Worker {
+        client,
+        cri,
+        config,
+        memory: Mutex::new(HashMap::new()),
+    });
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+        let pods = reader.state();
+        let live: HashSet<String> = pods.iter().map(|p| uid_of(p)).collect();
+        futures::stream::iter(pods)
+            .for_each_concurrent(16, |pod| {
+                let worker = worker.clone();
+                async move {
+                    if let Err(e) = worker.sync(&pod).await {
+                        warn!(pod = ?pod.metadata.name, error = %e, "pod sync failed");
+                    }
+                }
+            })
+            .await;
+        if let Err(e) = worker.remove_orphans(&live).await {
+            warn!(error = %e, "removing orphaned sandboxes failed");
+        }
+    }
+}
+
+/// A failure of one pod pass (retried on the next).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A CRI call failed.
+    #[error("CRI {call}: {status}")]
+    Cri {
+        /// The call.
+        call: &'static str,
+        /// What the runtime said.
+        status: tonic::Status,
+    },
+    /// An API call failed.
+    #[error("API: {0}")]
+    Api(#[from] kube::Error),
+}
+
+fn cri(call: &'static str) -> impl FnOnce(tonic::Status) -> SyncError {
+    move |status| SyncError::Cri { call, status }
+}
+
+struct Worker {
+    client: Client,
+    cri: CriClient,
+    config: PodWorkerConfig,
+    memory: Mutex<HashMap<String, Memory>>,
+}
+
+impl Worker {
+    fn memory<T>(&self, uid: &str, f: impl FnOnce(&mut Memory) -> T) -> T {
+        let mut all = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        f(all.entry(uid.to_owned()).or_default())
+    }
+
+    /// Reads the runtime's view of a pod.
+    async fn observe(&self, uid: &str) -> Result<Observed, SyncError> {
+        let mut cri = self.cri.clone();
+        let labels: HashMap<String, String> = [(POD_UID_LABEL.to_owned(), uid.to_owned())].into();
+        let sandboxes = cri
+            .runtime()
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: Some(PodSandboxFilter {
+                    label_selector: labels.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(cri_err("ListPodSandbox"))?
+            .into_inner()
+            .items;
+        let newest = sandboxes.iter().max_by_key(|s| s.created_at);
+        let mut observed = Observed::default();
+        if let Some(sandbox) = newest {
+            let ready = sandbox.state == PodSandboxState::SandboxReady as i32;
+            let ip = if ready {
+                cri.runtime()
+                    .pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: sandbox.id.clone(),
+                        verbose: false,
+                    })
+                    .await
+                    .map_err(cri_err("PodSandboxStatus"))?
+                    .into_inner()
+                    .status
+                    .and_then(|s| s.network)
+                    .map(|n| n.ip)
+                    .filter(|ip| !ip.is_empty())
+            } else {
+                None
+            };
+            observed.sandbox = Some(SandboxObservation {
+                id: sandbox.id.clone(),
+                ready,
+                ip,
+                attempt: sandbox.metadata.as_ref().map_or(0, |m| m.attempt),
+            });
+        }
+        let containers = cri
+            .runtime()
+            .list_containers(ListContainersRequest {
+                filter: Some(ContainerFilter {
+                    label_selector: labels,
+                    pod_sandbox_id: observed
+                        .sandbox
+                        .as_ref()
+                        .map(|s| s.id.clone())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(cri_err("ListContainers"))?
+            .into_inner()
+            .containers;
+        for container in containers {
+            let name = container
+                .labels
+                .get(CONTAINER_NAME_LABEL)
+                .cloned()
+                .unwrap_or_default();
+            let attempt = container.metadata.as_ref().map_or(0, |m| m.attempt);
+            if observed
+                .containers
+                .get(&name)
+                .is_some_and(|c| c.attempt >= attempt)
+            {
+                continue;
+            }
+            let status = cri
+                .runtime()
+                .container_status(ContainerStatusRequest {
+                    container_id: container.id.clone(),
+                    verbose: false,
+                })
+                .await
+                .map_err(cri_err("ContainerStatus"))?
+                .into_inner()
+                .status
+                .unwrap_or_default();
+            let state = match ContainerState::try_from(status.state) {
+                Ok(ContainerState::ContainerCreated) => RunState::Created,
+                Ok(ContainerState::ContainerRunning) => RunState::Running,
+                Ok(ContainerState::ContainerExited) => RunState::Exited,
+                _ => RunState::Unknown,
+            };
+            observed.containers.insert(
+                name,
+                ContainerObservation {
+                    id: container.id.clone(),
+                    state,
+                    exit_code: status.exit_code,
+                    reason: status.reason.clone(),
+                    message: status.message.clone(),
+                    started_at: status.started_at / 1_000_000_000,
+                    finished_at: status.finished_at / 1_000_000_000,
+                    attempt,
+                    image: status.image.map(|i| i.image).unwrap_or_default(),
+                    image_ref: status.image_ref.clone(),
+                },
+            );
+        }
+        Ok(observed)
+    }
+
+    async fn sync(&self, pod: &Pod) -> Result<(), SyncError> {
+        let uid = uid_of(pod);
+        if pod.metadata.deletion_timestamp.is_some() {
+            return self.terminate(pod).await;
+        }
+        let now = now_seconds();
+        self.memory(&uid, |m| {
+            if m.started_at == 0 {
+                m.started_at = now;
+            }
+        });
+        let observed = self.observe(&uid).await?;
+        for action in plan::plan(pod, &observed, now) {
+            self.carry_out(pod, &observed, action).await?;
+        }
+        let mut observed = self.observe(&uid).await?;
+        let (waiting, started_at) = self.memory(&uid, |m| (m.waiting.clone(), m.started_at));
+        observed.waiting = waiting;
+        let status = status::pod_status(
+            pod,
+            &observed,
+            &self.config.host_ip,
+            started_at,
+            now_seconds(),
+        );
+        let changed = self.memory(&uid, |m| m.reported.as_ref() != Some(&status));
+        if changed {
+            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status.clone()})),
+            )
+            .await?;
+            self.memory(&uid, |m| m.reported = Some(status));
+        }
+        Ok(())
+    }
+
+    fn fields(&self, observed: &Observed) -> PodFields {
+        PodFields {
+            pod_ip: observed
+                .sandbox
+                .as_ref()
+                .and_then(|s| s.ip.clone())
+                .unwrap_or_default(),
+            host_ip: self.config.host_ip.clone(),
+        }
+    }
+
+    async fn carry_out(
+        &self,
+        pod: &Pod,
+        observed: &Observed,
+        action: Action,
+    ) -> Result<(), SyncError> {
+        let uid = uid_of(pod);
+        let mut cri = self.cri.clone();
+        match action {
+            Action::CreateSandbox { attempt } => {
+                let config = runtime_config::sandbox_config(
+                    pod,
+                    attempt,
+                    &self.config.cgroup_root,
+                    &self.config.log_root,
+                );
+                std::fs::create_dir_all(&config.log_directory).ok();
+                info!(pod = ?pod.metadata.name, attempt, "creating the pod sandbox");
+                cri.runtime()
+                    .run_pod_sandbox(RunPodSandboxRequest {
+                        config: Some(config),
+                        runtime_handler: String::new(),
+                    })
+                    .await
+                    .map_err(cri_err("RunPodSandbox"))?;
+            }
+            Action::Start {
+                name,
+                init,
+                attempt,
+            } => {
+                let spec = pod.spec.clone().unwrap_or_default();
+                let container = if init {
+                    spec.init_containers
+                        .iter()
+                        .flatten()
+                        .find(|c| c.name == name)
+                        .cloned()
+                } else {
+                    spec.containers.iter().find(|c| c.name == name).cloned()
+                };
+                let (Some(container), Some(sandbox)) = (container, observed.sandbox.as_ref())
+                else {
+                    return Ok(());
+                };
+                if !self.ensure_image(&uid, &container).await? {
+                    return Ok(());
+                }
+                let sandbox_config = runtime_config::sandbox_config(
+                    pod,
+                    sandbox.attempt,
+                    &self.config.cgroup_root,
+                    &self.config.log_root,
+                );
+                let config = runtime_config::container_config(
+                    pod,
+                    &container,
+                    attempt,
+                    &self.fields(observed),
+                );
+                let created = cri
+                    .runtime()
+                    .create_container(CreateContainerRequest {
+                        pod_sandbox_id: sandbox.id.clone(),
+                        config: Some(config),
+                        sandbox_config: Some(sandbox_config),
+                    })
+                    .await;
+                let id = match created {
+                    Ok(r) => r.into_inner().container_id,
+                    Err(status) => {
+                        self.memory(&uid, |m| {
+                            m.waiting.insert(
+                                name.clone(),
+                                (
+                                    "CreateContainerError".to_owned(),
+                                    status.message().to_owned(),
+                                ),
+                            )
+                        });
+                        return Ok(());
+                    }
+                };
+                if let Err(status) = cri
+                    .runtime()
+                    .start_container(StartContainerRequest { container_id: id })
+                    .await
+                {
+                    self.memory(&uid, |m| {
+                        m.waiting.insert(
+                            name.clone(),
+                            ("RunContainerError".to_owned(), status.message().to_owned()),
+                        )
+                    });
+                    return Ok(());
+                }
+                debug!(pod = ?pod.metadata.name, container = %name, attempt, "started");
+                self.memory(&uid, |m| m.waiting.remove(&name));
+            }
+            Action::Backoff { name, until } => {
+                let delay = (until - now_seconds()).max(0);
+                let message = format!(
+                    "back-off {delay}s restarting failed container={name} pod={}_{}({uid})",
+                    pod.metadata.name.as_deref().unwrap_or_default(),
+                    pod.metadata.namespace.as_deref().unwrap_or_default(),
+                );
+                self.memory(&uid, |m| {
+                    m.waiting
+                        .insert(name, ("CrashLoopBackOff".to_owned(), message))
+                });
+            }
+            Action::StopSandbox => {
+                if let Some(sandbox) = &observed.sandbox {
+                    cri.runtime()
+                        .stop_pod_sandbox(StopPodSandboxRequest {
+                            pod_sandbox_id: sandbox.id.clone(),
+                        })
+                        .await
+                        .map_err(cri_err("StopPodSandbox"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure the container's image is there, as its pull policy says; false (with a
+    /// waiting reason recorded) when it is not.
+    async fn ensure_image(
+        &self,
+        uid: &str,
+        container: &k8s_openapi::api::core::v1::Container,
+    ) -> Result<bool, SyncError> {
+        let mut cri = self.cri.clone();
+        let image = container.image.clone().unwrap_or_default();
+        let policy = container
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".to_owned());
+        let spec = ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        };
+        let present = cri
+            .images()
+            .image_status(ImageStatusRequest {
+                image: Some(spec.clone()),
+                verbose: false,
+            })
+            .await
+            .map_err(cri_err("ImageStatus"))?
+            .into_inner()
+            .image
+            .is_some();
+        let name = container.name.clone();
+        if present && policy != "Always" {
+            return Ok(true);
+        }
+        if policy == "Never" {
+            let message =
+                format!("Container image \"{image}\" is not present with pull policy of Never");
+            self.memory(uid, |m| {
+                m.waiting
+                    .insert(name, ("ErrImageNeverPull".to_owned(), message))
+            });
+            return Ok(false);
+        }
+        match cri
+            .images()
+            .pull_image(PullImageRequest {
+                image: Some(spec),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(status) => {
+                let message = format!("Failed to pull image \"{image}\": {}", status.message());
+                self.memory(uid, |m| {
+                    m.waiting.insert(name, ("ErrImagePull".to_owned(), message))
+                });
+                Ok(false)
+            }
+        }
+    }
+
+    /// Graceful termination: stop containers within the grace period, remove the sandbox,
+    /// then the kubelet's own delete with grace 0.
+    async fn terminate(&self, pod: &Pod) -> Result<(), SyncError> {
+        let uid = uid_of(pod);
+        let observed = self.observe(&uid).await?;
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30)
+            .max(0);
+        let running: Vec<String> = observed
+            .containers
+            .values()
+            .filter(|c| c.state == RunState::Running)
+            .map(|c| c.id.clone())
+            .collect();
+        futures::future::join_all(running.into_iter().map(|id| {
+            let mut cri = self.cri.clone();
+            async move {
+                let stopped = cri
+                    .runtime()
+                    .stop_container(StopContainerRequest {
+                        container_id: id,
+                        timeout: grace,
+                    })
+                    .await;
+                if let Err(e) = stopped {
+                    warn!(error = %e, "stopping a container failed");
+                }
+            }
+        }))
+        .await;
+        self.remove_sandboxes(&uid).await?;
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => info!(pod = %name, "terminated and removed"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
+        Ok(())
+    }
+
+    async fn remove_sandboxes(&self, uid: &str) -> Result<(), SyncError> {
+        let mut cri = self.cri.clone();
+        let labels: HashMap<String, String> = [(POD_UID_LABEL.to_owned(), uid.to_owned())].into();
+        let sandboxes = cri
+            .runtime()
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: Some(PodSandboxFilter {
+                    label_selector: labels,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(cri_err("ListPodSandbox"))?
+            .into_inner()
+            .items;
+        for sandbox in sandboxes {
+            cri.runtime()
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: sandbox.id.clone(),
+                })
+                .await
+                .map_err(cri_err("StopPodSandbox"))?;
+            cri.runtime()
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: sandbox.id,
+                })
+                .await
+                .map_err(cri_err("RemovePodSandbox"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes sandboxes whose pods are gone from the API.
+    async fn remove_orphans(&self, live: &HashSet<String>) -> Result<(), SyncError> {
+        let mut cri = self.cri.clone();
+        let sandboxes = cri
+            .runtime()
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .map_err(cri_err("ListPodSandbox"))?
+            .into_inner()
+            .items;
+        let orphans: HashSet<String> = sandboxes
+            .iter()
+            .filter_map(|s| s.labels.get(POD_UID_LABEL))
+            .filter(|uid| !live.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in orphans {
+            info!(%uid, "removing the sandbox of a pod that no longer exists");
+            self.remove_sandboxes(&uid).await?;
+            self.memory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
+        }
+        Ok(())
+    }
+}
+
+fn cri_err(call: &'static str) -> impl FnOnce(tonic::Status) -> SyncError {
+    cri(call)
+}
