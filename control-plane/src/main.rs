@@ -1,12 +1,19 @@
 //! `corten-server`: the control-plane binary. Parses flags, opens the store (embedded, or
-//! etcd with `--datastore-endpoint`) and runs the API server; no logic of its own.
-use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+//! etcd with `--datastore-endpoint`) and runs the API server; `issue-kubeconfig` writes a
+//! node's kubeconfig from the data directory's CA instead. No logic of its own.
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use corten_control_plane::{
     apiserver::{self, services::ServiceNetwork, ApiServerConfig},
     controllers::{self, ControlPlaneOptions},
+    pki,
     store::{
         embedded::{EmbeddedOptions, EmbeddedStore},
         etcd::{parse_endpoints, EtcdStore},
@@ -19,8 +26,11 @@ use corten_control_plane::{
 #[command(version, about)]
 struct Args {
     /// Where the server keeps its state (store, PKI, admin kubeconfig).
-    #[arg(long, default_value = "/var/lib/corten/server")]
+    #[arg(long, global = true, default_value = "/var/lib/corten/server")]
     data_dir: PathBuf,
+    /// Without a command, the server runs; with one, only --data-dir counts.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to serve the API on.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
@@ -62,6 +72,46 @@ struct Args {
     disable_controllers: bool,
 }
 
+/// What `corten-server` can do besides serving.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a kubeconfig for a node's agent (offline): a new client certificate for
+    /// `system:node:NAME` in group `system:nodes`, signed by the CA in --data-dir.
+    IssueKubeconfig(IssueKubeconfig),
+}
+
+/// The flags of `issue-kubeconfig`.
+#[derive(Debug, clap::Args)]
+struct IssueKubeconfig {
+    /// The node's name (its Node object's name).
+    #[arg(long)]
+    node_name: String,
+    /// The API server URL the node uses, e.g. `https://10.0.0.1:6443`.
+    #[arg(long)]
+    server: String,
+    /// Where to write the kubeconfig (mode 0600; replaced if it exists).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `issue-kubeconfig`: the PKI's node kubeconfig, written to `--out`.
+fn issue_kubeconfig(data_dir: &Path, issue: &IssueKubeconfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        issue.server.starts_with("https://"),
+        "--server must be an https:// URL, not {:?}",
+        issue.server
+    );
+    let ca = pki::ClusterCa::load(&pki::tls_dir(data_dir))?;
+    let kubeconfig = pki::node_kubeconfig(&ca, &issue.node_name, &issue.server)?;
+    pki::write_kubeconfig(&issue.out, &kubeconfig)?;
+    tracing::info!(
+        user = %pki::node_user(&issue.node_name),
+        kubeconfig = %issue.out.display(),
+        "issued a node kubeconfig"
+    );
+    Ok(())
+}
+
 /// The first usable address of an IPv4 CIDR (the `kubernetes` Service's ClusterIP).
 fn first_address(cidr: &str) -> anyhow::Result<IpAddr> {
     let (base, bits) = cidr
@@ -88,6 +138,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(Command::IssueKubeconfig(issue)) = &args.command {
+        return issue_kubeconfig(&args.data_dir, issue);
+    }
     first_address(&args.cluster_cidr).context("--cluster-cidr")?;
     let service_network = ServiceNetwork::parse(&args.service_cidr).with_context(|| {
         format!(
@@ -132,4 +185,55 @@ async fn main() -> anyhow::Result<()> {
         controllers::start(rest, &options).context("starting the scheduler and controllers")
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_command_the_server_flags_parse_as_before() -> anyhow::Result<()> {
+        let args = Args::try_parse_from([
+            "corten-server",
+            "--data-dir",
+            "/d",
+            "--bind-address",
+            "127.0.0.1",
+            "--https-port",
+            "7443",
+            "--tls-san",
+            "a.example",
+        ])?;
+        assert!(args.command.is_none());
+        assert_eq!(args.data_dir, Path::new("/d"));
+        assert_eq!(args.https_port, 7443);
+        assert_eq!(args.tls_san, ["a.example"]);
+        Ok(())
+    }
+
+    #[test]
+    fn issue_kubeconfig_takes_the_data_dir_before_or_after_it() -> anyhow::Result<()> {
+        for argv in [
+            &["corten-server", "--data-dir", "/d", "issue-kubeconfig"][..],
+            &["corten-server", "issue-kubeconfig", "--data-dir", "/d"][..],
+        ] {
+            let mut argv = argv.to_vec();
+            argv.extend([
+                "--node-name",
+                "n0",
+                "--server",
+                "https://172.30.0.10:6443",
+                "--out",
+                "/k",
+            ]);
+            let args = Args::try_parse_from(&argv)?;
+            assert_eq!(args.data_dir, Path::new("/d"));
+            let Some(Command::IssueKubeconfig(issue)) = args.command else {
+                anyhow::bail!("{argv:?} parsed without its command");
+            };
+            assert_eq!(issue.node_name, "n0");
+            assert_eq!(issue.out, Path::new("/k"));
+        }
+        Ok(())
+    }
 }

@@ -1,6 +1,6 @@
 //! The cluster's PKI: a CA made on first start, the API server's serving certificate (made
-//! anew on every start so its names follow the flags), client certificates (the admin's,
-//! and later the nodes'), and the kubeconfig files that carry them.
+//! anew on every start so its names follow the flags), client certificates (the admin's and
+//! the nodes' `system:node:NAME` identities), and the kubeconfig files that carry them.
 //!
 //! Owns `DATA_DIR/tls/` and the kubeconfigs it writes. Keys are ECDSA P-256. It must not
 //! decide who may do what: identities are names in certificates; authorization reads them.
@@ -37,6 +37,23 @@ pub enum PkiError {
         #[source]
         source: rcgen::Error,
     },
+    /// There is no CA to issue from: the server has not run with this data directory.
+    #[error(
+        "no cluster CA in {}: start corten-server once with this --data-dir first",
+        dir.display()
+    )]
+    NoCa {
+        /// The directory that should hold `ca.crt` and `ca.key`.
+        dir: PathBuf,
+    },
+    /// A node name that cannot be a Node object's name.
+    #[error("node name {name:?} is not a DNS-1123 subdomain ({reason})")]
+    InvalidNodeName {
+        /// The name given.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 /// A PEM certificate with its PEM private key.
@@ -56,6 +73,19 @@ pub struct ClusterCa {
 }
 
 const CA_CN: &str = "corten-ca";
+
+/// The group of every node's identity (as upstream: the Node authorizer keys on it).
+pub const NODES_GROUP: &str = "system:nodes";
+
+/// The PKI directory of a server data directory.
+pub fn tls_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls")
+}
+
+/// The user name a node authenticates as: `system:node:NAME`.
+pub fn node_user(node_name: &str) -> String {
+    format!("system:node:{node_name}")
+}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |source| PkiError::Io {
@@ -102,21 +132,12 @@ impl ClusterCa {
     /// Loads the CA from `dir`, creating it on first start.
     pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        match Self::load(dir) {
+            Err(PkiError::NoCa { .. }) => {}
+            loaded => return loaded,
+        }
         let cert_path = dir.join("ca.crt");
         let key_path = dir.join("ca.key");
-        if cert_path.exists() && key_path.exists() {
-            let pair = CertPair {
-                cert_pem: std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?,
-                key_pem: std::fs::read_to_string(&key_path).map_err(io(&key_path))?,
-            };
-            // Parse now, so a damaged CA is reported at start.
-            let key = KeyPair::from_pem(&pair.key_pem).map_err(crypto("reading ca.key"))?;
-            Issuer::from_ca_cert_pem(&pair.cert_pem, key).map_err(crypto("reading ca.crt"))?;
-            return Ok(Self {
-                dir: dir.to_path_buf(),
-                pair,
-            });
-        }
         let key = KeyPair::generate().map_err(crypto("generating the CA key"))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(CA_CN, &[]);
@@ -134,6 +155,29 @@ impl ClusterCa {
         };
         std::fs::write(&cert_path, &pair.cert_pem).map_err(io(&cert_path))?;
         write_private(&key_path, &pair.key_pem)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            pair,
+        })
+    }
+
+    /// Loads the CA that a server made in `dir`; never makes one (issuing from a CA nobody
+    /// serves with would give certificates no server accepts).
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let cert_path = dir.join("ca.crt");
+        let key_path = dir.join("ca.key");
+        if !(cert_path.exists() && key_path.exists()) {
+            return Err(PkiError::NoCa {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let pair = CertPair {
+            cert_pem: std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?,
+            key_pem: std::fs::read_to_string(&key_path).map_err(io(&key_path))?,
+        };
+        // Parse now, so a damaged CA is reported at once.
+        let key = KeyPair::from_pem(&pair.key_pem).map_err(crypto("reading ca.key"))?;
+        Issuer::from_ca_cert_pem(&pair.cert_pem, key).map_err(crypto("reading ca.crt"))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             pair,
@@ -212,6 +256,20 @@ impl ClusterCa {
     }
 }
 
+/// A kubeconfig for node `node_name`'s agent: a new client certificate for
+/// `system:node:NAME` in group `system:nodes`, signed by `ca`, for the API at `server`.
+pub fn node_kubeconfig(ca: &ClusterCa, node_name: &str, server: &str) -> Result<String, PkiError> {
+    if let Some(reason) = crate::apiserver::objects::check_subdomain(node_name) {
+        return Err(PkiError::InvalidNodeName {
+            name: node_name.to_owned(),
+            reason,
+        });
+    }
+    let user = node_user(node_name);
+    let client = ca.issue_client(&user, &[NODES_GROUP])?;
+    Ok(kubeconfig(server, ca.cert_pem(), &user, &client))
+}
+
 /// A kubeconfig for `server` trusting `ca_pem`, authenticating with `client`.
 pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, client: &CertPair) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
@@ -264,6 +322,100 @@ mod tests {
             &std::fs::metadata(dir.path().join("ca.key"))?.permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+        Ok(())
+    }
+
+    /// The value of `key: VALUE` on the first line of a kubeconfig that has it.
+    fn kubeconfig_field<'a>(kubeconfig: &'a str, key: &str) -> Option<&'a str> {
+        kubeconfig
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(key)?.strip_prefix(": "))
+    }
+
+    #[test]
+    fn a_node_kubeconfig_names_the_node_and_is_signed_by_the_cluster_ca(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let ca = ClusterCa::load_or_create(dir.path())?;
+        let server = "https://172.30.0.10:6443";
+        let text = node_kubeconfig(&ca, "worker-1", server)?;
+        // It parses as a kubeconfig and points at the server given.
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&text)?;
+        assert_eq!(
+            parsed["clusters"][0]["cluster"]["server"].as_str(),
+            Some(server)
+        );
+        assert_eq!(
+            parsed["users"][0]["name"].as_str(),
+            Some("system:node:worker-1")
+        );
+
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let cert_pem = b64.decode(
+            kubeconfig_field(&text, "client-certificate-data").ok_or("no client certificate")?,
+        )?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&cert_pem)?;
+        let cert = pem.parse_x509()?;
+        let subject = cert.subject();
+        let cn: Vec<&str> = subject
+            .iter_common_name()
+            .filter_map(|c| c.as_str().ok())
+            .collect();
+        assert_eq!(cn, ["system:node:worker-1"]);
+        let orgs: Vec<&str> = subject
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok())
+            .collect();
+        assert_eq!(orgs, [NODES_GROUP]);
+        let usage = cert.extended_key_usage()?.ok_or("no extended key usage")?;
+        assert!(usage.value.client_auth && !usage.value.server_auth);
+
+        // Signed by this CA: its signature verifies with the CA's key.
+        let (_, ca_pem) = x509_parser::pem::parse_x509_pem(ca.cert_pem().as_bytes())?;
+        let ca_cert = ca_pem.parse_x509()?;
+        assert_eq!(cert.issuer(), ca_cert.subject());
+        cert.verify_signature(Some(ca_cert.public_key()))?;
+
+        // The key in the kubeconfig is the certificate's.
+        let key_pem =
+            b64.decode(kubeconfig_field(&text, "client-key-data").ok_or("no client key")?)?;
+        let key = KeyPair::from_pem(std::str::from_utf8(&key_pem)?)?;
+        assert_eq!(
+            key.public_key_raw(),
+            cert.public_key().subject_public_key.data.as_ref()
+        );
+
+        // The CA in it is the cluster's.
+        let ca_in_config =
+            b64.decode(kubeconfig_field(&text, "certificate-authority-data").ok_or("no CA")?)?;
+        assert_eq!(ca_in_config, ca.cert_pem().as_bytes());
+        Ok(())
+    }
+
+    #[test]
+    fn node_names_must_be_object_names() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let ca = ClusterCa::load_or_create(dir.path())?;
+        for bad in ["", "Upper", "a_b", "-x", "x:y"] {
+            let err = node_kubeconfig(&ca, bad, "https://127.0.0.1:6443");
+            assert!(
+                matches!(err, Err(PkiError::InvalidNodeName { .. })),
+                "{bad:?} was accepted"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn loading_never_makes_a_ca() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let err = ClusterCa::load(dir.path());
+        assert!(matches!(err, Err(PkiError::NoCa { .. })));
+        assert!(!dir.path().join("ca.crt").exists());
+        assert!(!dir.path().join("ca.key").exists());
+        let made = ClusterCa::load_or_create(dir.path())?;
+        let loaded = ClusterCa::load(dir.path())?;
+        assert_eq!(made.cert_pem(), loaded.cert_pem());
         Ok(())
     }
 }

@@ -88,14 +88,30 @@ pub fn apply(def: &ResourceDef, obj: &mut Value) {
             }
         }
         ("batch", "Job") => {
+            let name = obj
+                .pointer("/metadata/name")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
             if let Some(spec) = map(obj, "spec") {
                 ensure(spec, "backoffLimit", json!(6));
                 ensure(spec, "completionMode", json!("NonIndexed"));
                 ensure(spec, "suspend", json!(false));
-                let completions = spec.get("completions").cloned().unwrap_or(Value::Null);
-                ensure(spec, "parallelism", json!(1));
-                if completions.is_null() && spec.get("parallelism") == Some(&json!(1)) {
+                // Both unset: one pod, once. Parallelism alone: a work queue (no completions).
+                let unset =
+                    |spec: &Map<String, Value>, key: &str| spec.get(key).is_none_or(Value::is_null);
+                if unset(spec, "completions") && unset(spec, "parallelism") {
                     spec.insert("completions".into(), json!(1));
+                }
+                ensure(spec, "parallelism", json!(1));
+                let replacement = if unset(spec, "podFailurePolicy") {
+                    "TerminatingOrFailed"
+                } else {
+                    "Failed"
+                };
+                ensure(spec, "podReplacementPolicy", json!(replacement));
+                if spec.get("manualSelector") != Some(&json!(true)) && uid.is_string() {
+                    job_selector(spec, &name, &uid);
                 }
                 if let Some(template) = spec.get_mut("template").and_then(|t| map(t, "spec")) {
                     pod_spec(template);
@@ -130,6 +146,36 @@ pub fn apply(def: &ResourceDef, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// The selector kube-apiserver generates for a Job without `manualSelector`: the Job's uid,
+/// with the uid and name labels on the pod template (current and legacy keys).
+fn job_selector(spec: &mut Map<String, Value>, name: &Value, uid: &Value) {
+    if let Some(labels) = spec
+        .get_mut("template")
+        .and_then(|t| map(t, "metadata"))
+        .map(|m| ensure(m, "labels", json!({})))
+        .and_then(Value::as_object_mut)
+    {
+        for (key, value) in [
+            ("job-name", name),
+            ("batch.kubernetes.io/job-name", name),
+            ("controller-uid", uid),
+            ("batch.kubernetes.io/controller-uid", uid),
+        ] {
+            ensure(labels, key, value.clone());
+        }
+    }
+    let selector = ensure(spec, "selector", json!({}));
+    if let Some(selector) = selector.as_object_mut() {
+        if let Some(match_labels) = ensure(selector, "matchLabels", json!({})).as_object_mut() {
+            ensure(
+                match_labels,
+                "batch.kubernetes.io/controller-uid",
+                uid.clone(),
+            );
+        }
     }
 }
 
@@ -225,6 +271,44 @@ mod tests {
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");
         assert_eq!(c["ports"][0]["protocol"], "TCP");
         assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    }
+
+    #[test]
+    fn jobs_get_a_selector_on_their_uid() {
+        let registry = Registry::new();
+        let Some(def) = registry.find("batch", "v1", "jobs") else {
+            panic!("jobs are served");
+        };
+        let mut job = json!({"metadata": {"name": "pi", "uid": "u-1"},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}], "restartPolicy": "Never"}}}});
+        apply(&def, &mut job);
+        assert_eq!(
+            job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u-1"
+        );
+        let labels = &job["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
+        assert_eq!(labels["job-name"], "pi");
+        assert_eq!(labels["controller-uid"], "u-1");
+        assert_eq!(job["spec"]["completions"], 1);
+        assert_eq!(job["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
+        // Idempotent on update; a work queue keeps no completions.
+        let again = job.clone();
+        apply(&def, &mut job);
+        assert_eq!(job, again);
+        let mut queue = json!({"metadata": {"name": "q", "uid": "u-2"}, "spec": {"parallelism": 2,
+            "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        apply(&def, &mut queue);
+        assert!(queue["spec"].get("completions").is_none());
+        // A manual selector is left alone.
+        let mut manual = json!({"metadata": {"name": "m", "uid": "u-3"}, "spec": {"manualSelector": true,
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        apply(&def, &mut manual);
+        assert_eq!(
+            manual["spec"]["selector"],
+            json!({"matchLabels": {"a": "b"}})
+        );
     }
 
     #[test]

@@ -190,7 +190,8 @@ fn kind_checks(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
             }
         }
     }
-    if def.group == "apps" {
+    // Workloads only: ControllerRevisions (also apps/v1) have no selector.
+    if def.group == "apps" && def.kind != "ControllerRevision" {
         let selector = obj
             .pointer("/spec/selector/matchLabels")
             .and_then(Value::as_object);

@@ -80,6 +80,29 @@ impl Expectations {
     }
 }
 
+/// The informer handler of an owner kind: every change queues the owner; a deleted owner's
+/// expectations are forgotten.
+pub fn owner_handler<K>(
+    queue: crate::client::WorkQueue,
+    expectations: Expectations,
+) -> crate::client::informer::Handler<K>
+where
+    K: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>
+        + Send
+        + Sync
+        + 'static,
+{
+    Box::new(move |old, new| match (old, new) {
+        (_, Some(owner)) => queue.add(crate::client::informer::key_of(owner.as_ref())),
+        (Some(owner), None) => {
+            let key = crate::client::informer::key_of(owner.as_ref());
+            expectations.forget(&key);
+            queue.add(key);
+        }
+        (None, None) => {}
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

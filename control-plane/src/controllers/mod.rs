@@ -7,10 +7,17 @@
 //! Each controller is a file: it registers informer handlers that enqueue keys, and a
 //! reconcile function that reads the caches and writes through the API. Controllers must
 //! not share state except through the API and the informers' caches.
+pub mod claim;
+pub mod cron;
+pub mod cronjob;
+pub mod daemonset;
+pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod expectations;
 pub mod garbagecollector;
+pub mod history;
+pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -19,6 +26,7 @@ pub mod replicaset;
 pub mod resourcequota;
 pub mod runner;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::time::Duration;
 
@@ -108,6 +116,36 @@ pub fn start(rest: &Rest, options: &ControlPlaneOptions) -> Result<(), ClientErr
             &informers,
             leadership.clone(),
             recorder("replicaset-controller"),
+        )?;
+        deployment::start(
+            &client,
+            &informers,
+            leadership.clone(),
+            recorder("deployment-controller"),
+        )?;
+        daemonset::start(
+            &client,
+            &informers,
+            leadership.clone(),
+            recorder("daemonset-controller"),
+        )?;
+        statefulset::start(
+            &client,
+            &informers,
+            leadership.clone(),
+            recorder("statefulset-controller"),
+        )?;
+        job::start(
+            &client,
+            &informers,
+            leadership.clone(),
+            recorder("job-controller"),
+        )?;
+        cronjob::start(
+            &client,
+            &informers,
+            leadership.clone(),
+            recorder("cronjob-controller"),
         )?;
         garbagecollector::start(rest, leadership.clone());
         endpoints::start(&client, &informers, leadership.clone())?;

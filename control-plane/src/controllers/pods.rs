@@ -2,7 +2,8 @@
 //! available; controller references and adoption; pods stamped from a template; the order
 //! in which surplus pods are deleted.
 //!
-//! Owns these pod facts and the pod-from-template recipe; it must not write to the API.
+//! Owns these pod facts, the pod-from-template recipe and the slow-start creation of pods
+//! ([`create_slow_start`]), the one place workload controllers create pods.
 use std::{cmp::Ordering, collections::BTreeMap};
 
 use k8s_openapi::{
@@ -156,6 +157,62 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
             let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map_or(0, seconds);
             created(b).cmp(&created(a))
         })
+}
+
+/// Creates `pods` as upstream's controllers do (slow start: batches of 1, 2, 4, ... and no
+/// further batch after one with a failure), recording `SuccessfulCreate` / `FailedCreate`
+/// on `owner` and telling `expectations` about every creation that failed or was never
+/// tried, since the informer will never see those. Returns how many were created and the
+/// first error.
+pub async fn create_slow_start(
+    api: &crate::client::Api<Pod>,
+    pods: Vec<Pod>,
+    owner: &k8s_openapi::api::core::v1::ObjectReference,
+    recorder: &crate::client::events::Recorder,
+    expectations: &super::expectations::Expectations,
+    key: &str,
+) -> (usize, Option<crate::client::ClientError>) {
+    use crate::client::events::EventType;
+    let mut created = 0;
+    let mut remaining = pods.as_slice();
+    let mut batch = 1usize;
+    while !remaining.is_empty() {
+        let (now, later) = remaining.split_at(batch.min(remaining.len()));
+        let results = futures::future::join_all(now.iter().map(|pod| api.create(pod))).await;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(pod) => {
+                    created += 1;
+                    recorder.record(
+                        owner.clone(),
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", pod.metadata.name.unwrap_or_default()),
+                    );
+                }
+                Err(e) => {
+                    expectations.creation_observed(key);
+                    recorder.record(
+                        owner.clone(),
+                        EventType::Warning,
+                        "FailedCreate",
+                        format!("Error creating: {e}"),
+                    );
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        remaining = later;
+        if first_error.is_some() {
+            for _ in remaining {
+                expectations.creation_observed(key);
+            }
+            return (created, first_error);
+        }
+        batch *= 2;
+    }
+    (created, None)
 }
 
 /// Whether a label map contains every key/value of `wanted`.

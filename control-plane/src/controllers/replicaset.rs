@@ -24,7 +24,7 @@ use crate::{
     apiserver::rest::PatchKind,
     client::{
         events::{reference_to, EventType, Recorder},
-        informer::{key_of, split_key},
+        informer::split_key,
         labels::selector_matches,
         leader::Leadership,
         Client, ClientError, Informer, Informers, WorkQueue,
@@ -45,19 +45,10 @@ pub fn start(
     let pods = informers.get::<Pod>()?;
     let queue = WorkQueue::new();
     let expectations = Expectations::new();
-    {
-        let queue = queue.clone();
-        let expectations = expectations.clone();
-        sets.on_change(Box::new(move |old, new| match (old, new) {
-            (_, Some(set)) => queue.add(key_of(set.as_ref())),
-            (Some(set), None) => {
-                let key = key_of(set.as_ref());
-                expectations.forget(&key);
-                queue.add(key);
-            }
-            (None, None) => {}
-        }));
-    }
+    sets.on_change(super::expectations::owner_handler(
+        queue.clone(),
+        expectations.clone(),
+    ));
     {
         let queue = queue.clone();
         let expectations = expectations.clone();
@@ -82,14 +73,7 @@ pub fn start(
 
 /// The key of the ReplicaSet controlling a pod.
 fn owner_key(pod: &Pod) -> Option<String> {
-    let owner = controller_of(&pod.metadata)?;
-    (owner.kind == "ReplicaSet" && owner.api_version == "apps/v1").then(|| {
-        format!(
-            "{}/{}",
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-            owner.name
-        )
-    })
+    super::claim::controller_key(&pod.metadata, "apps/v1", "ReplicaSet")
 }
 
 fn on_pod_change(
@@ -139,16 +123,9 @@ fn on_pod_change(
 
 /// Orphans: every ReplicaSet in the namespace whose selector matches may adopt.
 fn enqueue_matching(queue: &WorkQueue, sets: &Informer<ReplicaSet>, pod: &Pod) {
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    for set in sets.list_namespace(namespace) {
-        let matches = set
-            .spec
-            .as_ref()
-            .is_some_and(|s| selector_matches(&s.selector, pod.metadata.labels.as_ref()));
-        if matches {
-            queue.add(key_of(set.as_ref()));
-        }
-    }
+    super::claim::enqueue_selecting(queue, sets, &pod.metadata, |s| {
+        s.spec.as_ref().map(|s| &s.selector)
+    });
 }
 
 struct Controller {
@@ -284,46 +261,23 @@ impl Controller {
             .unwrap_or_default();
         let pods_api = self.client.namespaced::<Pod>(namespace)?;
         self.expectations.expect(key, count as i64, Vec::new());
-        let owner = controller_reference(set);
-        let mut remaining = count;
-        let mut batch = 1usize;
-        while remaining > 0 {
-            let size = batch.min(remaining);
-            let pod =
-                pods::pod_from_template(&template, namespace, &format!("{name}-"), owner.clone());
-            let results = futures::future::join_all((0..size).map(|_| pods_api.create(&pod))).await;
-            let mut first_error = None;
-            for result in results {
-                match result {
-                    Ok(created) => self.recorder.record(
-                        reference_to(set),
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        format!("Created pod: {}", created.metadata.name.unwrap_or_default()),
-                    ),
-                    Err(e) => {
-                        self.expectations.creation_observed(key);
-                        if first_error.is_none() {
-                            first_error = Some(e);
-                        }
-                    }
-                }
-            }
-            remaining -= size;
-            if let Some(e) = first_error {
-                // The pods that were never attempted will not be observed either.
-                for _ in 0..remaining {
-                    self.expectations.creation_observed(key);
-                }
-                self.recorder.record(
-                    reference_to(set),
-                    EventType::Warning,
-                    "FailedCreate",
-                    format!("Error creating: {e}"),
-                );
-                return Err(e);
-            }
-            batch *= 2;
+        let pod = pods::pod_from_template(
+            &template,
+            namespace,
+            &format!("{name}-"),
+            controller_reference(set),
+        );
+        let (_, error) = pods::create_slow_start(
+            &pods_api,
+            vec![pod; count],
+            &reference_to(set),
+            &self.recorder,
+            &self.expectations,
+            key,
+        )
+        .await;
+        if let Some(e) = error {
+            return Err(e);
         }
         Ok(())
     }

@@ -1,0 +1,476 @@
+//! The DaemonSet controller's decisions, as plain functions (upstream's `daemon_controller.go`
+//! `podsShouldBeOnNode`, `NodeShouldRunDaemonPod`, `update.go` and `updateDaemonSetStatus`):
+//! which nodes should run a daemon pod, the pod for a node, which pods to create and delete,
+//! which old pods a rolling update replaces now, and the status.
+//!
+//! Owns these decisions; it must not do I/O.
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, DaemonSetStatus},
+        core::v1::{
+            Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+            Pod, PodSpec, Toleration,
+        },
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+
+use crate::{
+    controllers::{deployment::rollout::scaled_value, pods},
+    scheduler::{cache::NodeInfo, filters},
+};
+
+/// The pod label with the DaemonSet's generation when the pod was made (deprecated upstream,
+/// still written).
+pub const TEMPLATE_GENERATION_LABEL: &str = "pod-template-generation";
+
+/// Tolerations every daemon pod gets, so node problems neither keep it off nor evict it.
+fn default_tolerations(host_network: bool) -> Vec<Toleration> {
+    let toleration = |key: &str, effect: &str| Toleration {
+        key: Some(key.to_owned()),
+        operator: Some("Exists".to_owned()),
+        effect: Some(effect.to_owned()),
+        ..Toleration::default()
+    };
+    let mut list = vec![
+        toleration("node.kubernetes.io/not-ready", "NoExecute"),
+        toleration("node.kubernetes.io/unreachable", "NoExecute"),
+        toleration("node.kubernetes.io/disk-pressure", "NoSchedule"),
+        toleration("node.kubernetes.io/memory-pressure", "NoSchedule"),
+        toleration("node.kubernetes.io/pid-pressure", "NoSchedule"),
+        toleration("node.kubernetes.io/unschedulable", "NoSchedule"),
+    ];
+    if host_network {
+        list.push(toleration(
+            "node.kubernetes.io/network-unavailable",
+            "NoSchedule",
+        ));
+    }
+    list
+}
+
+/// Adds the default tolerations a pod spec lacks.
+pub fn add_default_tolerations(spec: &mut PodSpec) {
+    let host_network = spec.host_network.unwrap_or(false);
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for wanted in default_tolerations(host_network) {
+        let present = tolerations.iter().any(|t| {
+            t.key == wanted.key && t.operator == wanted.operator && t.effect == wanted.effect
+        });
+        if !present {
+            tolerations.push(wanted);
+        }
+    }
+}
+
+/// Whether the DaemonSet should run a pod on the node, and whether a pod already there may
+/// keep running (it tolerates the node's NoExecute taints), as upstream's
+/// `NodeShouldRunDaemonPod`: nodeName, nodeSelector and required node affinity decide both;
+/// NoSchedule taints keep new pods off only.
+pub fn node_should_run(node: &Arc<Node>, ds: &DaemonSet) -> (bool, bool) {
+    let node_name = node.metadata.name.as_deref().unwrap_or_default();
+    let template = ds
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let mut spec = template.spec.unwrap_or_default();
+    if spec
+        .node_name
+        .as_deref()
+        .is_some_and(|n| !n.is_empty() && n != node_name)
+    {
+        return (false, false);
+    }
+    spec.node_name = Some(node_name.to_owned());
+    add_default_tolerations(&mut spec);
+    let pod = Pod {
+        metadata: template.metadata.unwrap_or_default(),
+        spec: Some(spec),
+        status: None,
+    };
+    let info = NodeInfo {
+        node: Some(node.clone()),
+        ..NodeInfo::default()
+    };
+    if filters::node_affinity(&pod, &info).is_err() {
+        return (false, false);
+    }
+    if filters::taint_toleration(&pod, &info).is_ok() {
+        return (true, true);
+    }
+    let tolerations = filters::tolerations(&pod);
+    let evicted = filters::taints(&info)
+        .iter()
+        .filter(|t| t.effect == "NoExecute")
+        .any(|taint| !tolerations.iter().any(|t| filters::tolerates(t, taint)));
+    (false, !evicted)
+}
+
+/// The node a daemon pod is for: its `spec.nodeName`, or the single node its required
+/// affinity names by `metadata.name`.
+pub fn target_node(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(name) = spec.node_name.as_ref().filter(|n| !n.is_empty()) {
+        return Some(name.clone());
+    }
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms.iter().find_map(|term| {
+        term.match_fields.iter().flatten().find_map(|r| {
+            let values = r.values.as_deref().unwrap_or_default();
+            (r.key == "metadata.name" && r.operator == "In" && values.len() == 1)
+                .then(|| values[0].clone())
+        })
+    })
+}
+
+/// Pins a pod to one node the way the scheduler understands: a required node affinity term
+/// on `metadata.name` replaces the template's terms (upstream's
+/// `ReplaceDaemonSetPodNodeNameNodeAffinity`).
+fn pin_to_node(affinity: Option<Affinity>, node: &str) -> Affinity {
+    let term = NodeSelectorTerm {
+        match_fields: Some(vec![NodeSelectorRequirement {
+            key: "metadata.name".to_owned(),
+            operator: "In".to_owned(),
+            values: Some(vec![node.to_owned()]),
+        }]),
+        match_expressions: None,
+    };
+    let mut affinity = affinity.unwrap_or_default();
+    let node_affinity = affinity
+        .node_affinity
+        .get_or_insert_with(NodeAffinity::default);
+    node_affinity.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
+        node_selector_terms: vec![term],
+    });
+    affinity
+}
+
+/// The daemon pod for a node (created with `generateName: <ds>-`).
+pub fn pod_for_node(ds: &DaemonSet, hash: &str, node: &str) -> Pod {
+    let name = ds.metadata.name.clone().unwrap_or_default();
+    let template = ds
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let template_meta = template.metadata.unwrap_or_default();
+    let mut labels = template_meta.labels.unwrap_or_default();
+    labels.insert(
+        super::super::history::POD_REVISION_LABEL.to_owned(),
+        hash.to_owned(),
+    );
+    if let Some(generation) = ds.metadata.generation {
+        labels.insert(TEMPLATE_GENERATION_LABEL.to_owned(), generation.to_string());
+    }
+    let mut spec = template.spec.unwrap_or_default();
+    add_default_tolerations(&mut spec);
+    spec.affinity = Some(pin_to_node(spec.affinity.take(), node));
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}-")),
+            namespace: ds.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: template_meta.annotations,
+            finalizers: template_meta.finalizers,
+            owner_references: Some(vec![pods::controller_reference(ds)]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// Daemon pods by the node they are for (pods finished and being deleted are gone already).
+pub fn pods_by_node(pods: &[Arc<Pod>]) -> BTreeMap<String, Vec<Arc<Pod>>> {
+    let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
+    for pod in pods {
+        if pods::is_terminal(pod) && pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if let Some(node) = target_node(pod) {
+            by_node.entry(node).or_default().push(pod.clone());
+        }
+    }
+    for list in by_node.values_mut() {
+        list.sort_by(|a, b| oldest_first(a, b));
+    }
+    by_node
+}
+
+/// Creation order, running before others among equals.
+fn oldest_first(a: &Pod, b: &Pod) -> std::cmp::Ordering {
+    let created = |p: &Pod| {
+        p.metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second())
+    };
+    created(a)
+        .cmp(&created(b))
+        .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+}
+
+/// What the manage loop does: nodes that need a pod, and pods to delete.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NodePlan {
+    /// Nodes to create a daemon pod on.
+    pub create_on: Vec<String>,
+    /// Pods (by name) to delete.
+    pub delete: Vec<String>,
+}
+
+/// Compares every node's daemon pods with what should run there (upstream's
+/// `podsShouldBeOnNode` and `getUnscheduledPodsWithoutNode`): a missing pod is created, a
+/// failed or finished one is replaced, extra ones (all but the oldest) and those on nodes
+/// where the DaemonSet may no longer run are deleted, and unscheduled pods for nodes that no
+/// longer exist go too.
+pub fn plan_nodes(
+    ds: &DaemonSet,
+    nodes: &[Arc<Node>],
+    by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+) -> NodePlan {
+    let mut plan = NodePlan::default();
+    let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
+    for node in nodes {
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        let (should_run, should_continue) = node_should_run(node, ds);
+        let daemon_pods = by_node.get(&node_name);
+        match daemon_pods {
+            None if should_run => plan.create_on.push(node_name),
+            Some(list) if should_continue => {
+                let mut running = Vec::new();
+                for pod in list {
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        continue;
+                    }
+                    if pods::is_terminal(pod) {
+                        plan.delete.push(name(pod));
+                    } else {
+                        running.push(pod);
+                    }
+                }
+                // Pods are sorted oldest first: the oldest stays.
+                plan.delete.extend(running.iter().skip(1).map(|p| name(p)));
+            }
+            Some(list) if !should_continue => plan.delete.extend(
+                list.iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .map(|p| name(p)),
+            ),
+            _ => {}
+        }
+    }
+    let known: HashMap<&str, ()> = nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref().map(|name| (name, ())))
+        .collect();
+    for (node, list) in by_node {
+        if known.contains_key(node.as_str()) {
+            continue;
+        }
+        plan.delete.extend(
+            list.iter()
+                .filter(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.spec
+                            .as_ref()
+                            .and_then(|s| s.node_name.as_deref())
+                            .is_none_or(str::is_empty)
+                })
+                .map(|p| name(p)),
+        );
+    }
+    plan
+}
+
+/// Whether a pod runs the current template.
+pub fn is_updated(pod: &Pod, hash: &str, generation: Option<i64>) -> bool {
+    let label = |key: &str| {
+        pod.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .map(String::as_str)
+    };
+    (!hash.is_empty() && label(super::super::history::POD_REVISION_LABEL) == Some(hash))
+        || generation
+            .is_some_and(|g| label(TEMPLATE_GENERATION_LABEL) == Some(g.to_string().as_str()))
+}
+
+fn min_ready(ds: &DaemonSet) -> i32 {
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0)
+}
+
+/// How many nodes should run the DaemonSet.
+pub fn desired_count(ds: &DaemonSet, nodes: &[Arc<Node>]) -> i32 {
+    nodes.iter().filter(|n| node_should_run(n, ds).0).count() as i32
+}
+
+/// maxUnavailable for `desired` nodes (percentages round up; zero with no surge becomes one).
+pub fn max_unavailable(ds: &DaemonSet, desired: i32) -> i32 {
+    let rolling = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref());
+    let one = IntOrString::Int(1);
+    let zero = IntOrString::Int(0);
+    let unavailable = scaled_value(
+        rolling
+            .and_then(|r| r.max_unavailable.as_ref())
+            .unwrap_or(&one),
+        desired,
+        true,
+    )
+    .unwrap_or(1);
+    let surge = scaled_value(
+        rolling.and_then(|r| r.max_surge.as_ref()).unwrap_or(&zero),
+        desired,
+        true,
+    )
+    .unwrap_or(0);
+    if desired > 0 && unavailable == 0 && surge == 0 {
+        1
+    } else {
+        unavailable
+    }
+}
+
+/// Whether the update strategy is RollingUpdate (the default) rather than OnDelete.
+pub fn is_rolling(ds: &DaemonSet) -> bool {
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.type_.as_deref())
+        .is_none_or(|t| t != "OnDelete")
+}
+
+/// The old pods a rolling update deletes now (upstream's `rollingUpdate` without surge):
+/// unavailable old pods always, available ones only while fewer than maxUnavailable nodes
+/// are unavailable. `maxSurge` (a new pod before the old one goes) is not implemented: a
+/// surge is treated as 0.
+pub fn rolling_deletions(
+    ds: &DaemonSet,
+    by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    hash: &str,
+    max_unavailable: i32,
+    now: i64,
+) -> Vec<String> {
+    let generation = ds.metadata.generation;
+    let mut unavailable = 0;
+    let mut replace_now = Vec::new();
+    let mut candidates = Vec::new();
+    for list in by_node.values() {
+        // At most one current and one old pod per node; anything else is the manage loop's
+        // to sort out and counts as unavailable meanwhile.
+        let mut new = None;
+        let mut old = None;
+        let mut sorted = true;
+        for pod in list
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+        {
+            let slot = if is_updated(pod, hash, generation) {
+                &mut new
+            } else {
+                &mut old
+            };
+            if slot.is_some() {
+                sorted = false;
+                break;
+            }
+            *slot = Some(pod);
+        }
+        match (sorted, new, old) {
+            (false, _, _) | (true, None, None) | (true, Some(_), Some(_)) => unavailable += 1,
+            (true, Some(new), None) => {
+                if !pods::is_available(new, min_ready(ds), now) {
+                    unavailable += 1;
+                }
+            }
+            (true, None, Some(old)) => {
+                let name = old.metadata.name.clone().unwrap_or_default();
+                if !pods::is_available(old, min_ready(ds), now) {
+                    replace_now.push(name);
+                } else if unavailable < max_unavailable {
+                    candidates.push(name);
+                }
+            }
+        }
+    }
+    let room = (max_unavailable - unavailable).max(0) as usize;
+    replace_now.extend(candidates.into_iter().take(room));
+    replace_now
+}
+
+/// The status the nodes and pods add up to.
+pub fn status(
+    ds: &DaemonSet,
+    nodes: &[Arc<Node>],
+    by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    hash: &str,
+    now: i64,
+) -> DaemonSetStatus {
+    let mut desired = 0;
+    let mut current = 0;
+    let mut misscheduled = 0;
+    let mut ready = 0;
+    let mut available = 0;
+    let mut updated = 0;
+    for node in nodes {
+        let node_name = node.metadata.name.as_deref().unwrap_or_default();
+        let (should_run, _) = node_should_run(node, ds);
+        let first = by_node.get(node_name).and_then(|list| list.first());
+        if !should_run {
+            if first.is_some() {
+                misscheduled += 1;
+            }
+            continue;
+        }
+        desired += 1;
+        let Some(pod) = first else {
+            continue;
+        };
+        current += 1;
+        if pods::is_ready(pod) {
+            ready += 1;
+            if pods::is_available(pod, min_ready(ds), now) {
+                available += 1;
+            }
+        }
+        if is_updated(pod, hash, ds.metadata.generation) {
+            updated += 1;
+        }
+    }
+    DaemonSetStatus {
+        desired_number_scheduled: desired,
+        current_number_scheduled: current,
+        number_misscheduled: misscheduled,
+        number_ready: ready,
+        number_available: Some(available),
+        number_unavailable: Some(desired - available),
+        updated_number_scheduled: Some(updated),
+        observed_generation: ds.metadata.generation,
+        collision_count: ds.status.as_ref().and_then(|s| s.collision_count),
+        conditions: ds.status.as_ref().and_then(|s| s.conditions.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
