@@ -9,13 +9,20 @@ use clap::Subcommand;
 /// The lab subcommands; see `corten-lab --help` for their flags.
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    /// Build a lab and leave it running: --name NAME --nodes K [--network vxlan|bgp|host-gw].
+    /// Build a lab and leave it running: --name NAME --nodes K [--network vxlan|bgp|host-gw]
+    /// [--control-plane] (the control plane's binaries are built first).
     Up {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Run a command in a node: --name NAME [--node I] -- CMD ARGS...
     Exec {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run kubectl inside a node of a lab with a control plane: --name NAME [--node I] --
+    /// ARGS...
+    Kubectl {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -36,9 +43,13 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
         LabCommand::Up { args } => {
             crate::deps::ensure()?;
             crate::images::build(&crate::images::default_dir())?;
+            if args.iter().any(|arg| arg == "--control-plane") {
+                crate::up::build_cluster_binaries()?;
+            }
             prefixed("up", args)
         }
         LabCommand::Exec { args } => exec_args(args),
+        LabCommand::Kubectl { args } => prefixed("kubectl", args),
         LabCommand::Down { args } => prefixed("down", args),
         LabCommand::Gc => vec!["gc".to_owned()],
         LabCommand::List => vec!["list".to_owned()],

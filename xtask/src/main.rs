@@ -51,6 +51,11 @@ enum Command {
     },
     /// Bring up a one-node cluster in a lab and say how to use it.
     Up,
+    /// Run kubectl against the cluster `up` made (inside its lab): cargo xtask kubectl -- ARGS.
+    Kubectl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench { name } => bench::run(&name),
         Command::Up => up::run(),
+        Command::Kubectl { args } => up::kubectl(args),
     }
 }
 

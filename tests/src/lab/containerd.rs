@@ -196,7 +196,5 @@ pub fn import_images(paths: &LabPaths, i: usize, archives: &[PathBuf]) -> anyhow
 
 /// The last lines of a log, for error messages.
 fn tail(log: &Path) -> String {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+    super::process::tail(log, 20)
 }

@@ -6,27 +6,39 @@
 //! into it, so nothing a test sends can leave the machine. Each node also has a cgroup v2
 //! subtree (its processes run there; socket-LB programs attach there), its own bpffs mount,
 //! and its own containerd (own root, state, sockets, runc root and CNI dirs) with the lab's
-//! images imported.
+//! images imported. With [`LabSpec::control_plane`], node 0 also runs corten-server on
+//! `172.30.0.10:6443` and every node runs corten-agent against it; kubectl reaches the API
+//! only from inside the lab ([`Lab::kubectl`]).
 //!
 //! [`Lab`] tears everything down when dropped, also while a test panics; a run that was
 //! killed leaves things that [`gc`] removes. Teardown finds every piece from the name alone.
+mod agent;
+mod binaries;
 mod containerd;
+mod control_plane;
 mod host;
 mod paths;
+mod process;
 mod teardown;
 
 use std::{
+    collections::BTreeSet,
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+pub use binaries::{
+    build_project_binaries, kubectl as project_kubectl, project_agent, project_cni_plugin,
+    project_server, AGENT_BIN_ENV, CNI_BIN_ENV, KUBECTL_ENV, SERVER_BIN_ENV,
+};
 pub use containerd::{BUSYBOX_IMAGE, CORTEN_CNI, PAUSE_IMAGE};
-pub use paths::{node_ip, validate_name, LabPaths, MAX_NODES};
+pub use paths::{node_ip, node_name, server_url, validate_name, LabPaths, API_PORT, MAX_NODES};
 pub use teardown::{existing_labs, gc, gc_matching, leftovers};
 
 /// How pods on different nodes reach each other (used once the agent exists).
@@ -78,6 +90,9 @@ pub struct LabSpec {
     pub images: Vec<PathBuf>,
     /// Whether the lab's processes must outlive this process (`cargo xtask lab up`).
     pub detach: bool,
+    /// Whether node 0 runs corten-server and every node corten-agent (the binaries come
+    /// from [`project_server`] and [`project_agent`]).
+    pub control_plane: bool,
 }
 
 impl LabSpec {
@@ -89,6 +104,7 @@ impl LabSpec {
             network: NetworkMode::default(),
             images: project_images(),
             detach: false,
+            control_plane: false,
         }
     }
 }
@@ -99,18 +115,6 @@ pub fn project_images() -> Vec<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images"));
     archives_in(&dir)
-}
-
-/// The `corten-cni` binary the nodes' containerd can run: `$CORTEN_CNI_BIN`, else
-/// `target/debug/corten-cni` once `cargo build -p corten-cni` has made it; `None` when
-/// neither exists (the nodes then have only `loopback`).
-pub fn project_cni_plugin() -> Option<PathBuf> {
-    let path = std::env::var_os("CORTEN_CNI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/corten-cni")
-        });
-    path.is_file().then(|| path.canonicalize().unwrap_or(path))
 }
 
 /// The `.tar` files in `dir`, sorted; none if it does not exist.
@@ -134,6 +138,40 @@ struct LabState {
     name: String,
     nodes: usize,
     network: NetworkMode,
+    /// Set once the control plane serves; absent in labs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    control_plane: Option<ControlPlaneState>,
+}
+
+/// What [`Lab::attach`] needs to reach a lab's control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ControlPlaneState {
+    /// The API server's URL (reachable only from inside the lab's namespaces).
+    server_url: String,
+    /// The admin kubeconfig on the host.
+    admin_kubeconfig: PathBuf,
+    /// Node `i`'s name is `node_names[i]`.
+    node_names: Vec<String>,
+    /// Node `i`'s kubeconfig is `node_kubeconfigs[i]`.
+    node_kubeconfigs: Vec<PathBuf>,
+}
+
+/// The programs a lab with a control plane runs, found before anything is built.
+#[derive(Debug)]
+struct ControlPlaneBinaries {
+    server: PathBuf,
+    agent: PathBuf,
+    kubectl: PathBuf,
+}
+
+impl ControlPlaneBinaries {
+    fn find() -> anyhow::Result<Self> {
+        Ok(Self {
+            server: project_server()?,
+            agent: project_agent()?,
+            kubectl: binaries::kubectl()?,
+        })
+    }
 }
 
 /// A running lab. Dropping it tears it down unless [`Lab::keep_running`] was called or it
@@ -154,6 +192,11 @@ impl Lab {
             bail!("a lab has 1 to {MAX_NODES} nodes, not {}", spec.nodes);
         }
         require_root()?;
+        let binaries = if spec.control_plane {
+            Some(ControlPlaneBinaries::find()?)
+        } else {
+            None
+        };
         let paths = LabPaths::new(&spec.name);
         let left = leftovers(&paths);
         if !left.is_empty() {
@@ -170,21 +213,29 @@ impl Lab {
                 name: spec.name.clone(),
                 nodes: spec.nodes,
                 network: spec.network,
+                control_plane: None,
             },
             children: Vec::new(),
             owned: true,
         };
         // On error `lab` is dropped here, which tears down the part that was built.
         lab.build(&spec)?;
+        if let Some(binaries) = &binaries {
+            lab.start_control_plane(binaries, spec.detach)?;
+        }
         Ok(lab)
+    }
+
+    fn write_state(&self) -> anyhow::Result<()> {
+        let state = serde_json::to_vec_pretty(&self.state).context("encoding lab state")?;
+        fs::write(self.paths.state_file(), state).context("writing lab.json")
     }
 
     fn build(&mut self, spec: &LabSpec) -> anyhow::Result<()> {
         let paths = self.paths.clone();
         fs::create_dir_all(paths.run_dir()).context("creating the lab's run dir")?;
         fs::create_dir_all(paths.data_dir()).context("creating the lab's data dir")?;
-        let state = serde_json::to_vec_pretty(&self.state).context("encoding lab state")?;
-        fs::write(paths.state_file(), state).context("writing lab.json")?;
+        self.write_state()?;
 
         let fabric = paths.fabric_netns();
         host::ip(&["netns", "add", &fabric])?;
@@ -199,6 +250,39 @@ impl Lab {
                 .with_context(|| format!("starting containerd on node {i}"))?;
             self.children.push(child);
             containerd::import_images(&paths, i, &spec.images)?;
+        }
+        Ok(())
+    }
+
+    /// corten-server in node 0, then each node's kubeconfig and agent. An agent that exits
+    /// does not fail this: [`Lab::check_agents`] and [`Lab::wait_for_nodes_ready`] report it.
+    fn start_control_plane(
+        &mut self,
+        binaries: &ControlPlaneBinaries,
+        detach: bool,
+    ) -> anyhow::Result<()> {
+        let paths = self.paths.clone();
+        let server = control_plane::start_server(&paths, &binaries.server, detach)?;
+        self.children.push(server);
+        if let Some(server) = self.children.last_mut() {
+            control_plane::wait_ready(&paths, server, &binaries.kubectl)?;
+        }
+        for i in 0..self.nodes() {
+            control_plane::issue_node_kubeconfig(&paths, &binaries.server, i)?;
+        }
+        self.state.control_plane = Some(ControlPlaneState {
+            server_url: server_url(),
+            admin_kubeconfig: paths.admin_kubeconfig(),
+            node_names: (0..self.nodes()).map(node_name).collect(),
+            node_kubeconfigs: (0..self.nodes())
+                .map(|i| paths.agent_kubeconfig(i))
+                .collect(),
+        });
+        self.write_state()?;
+        for i in 0..self.nodes() {
+            let agent = agent::start(&paths, i, &binaries.agent, detach)
+                .with_context(|| format!("starting corten-agent on node {i}"))?;
+            self.children.push(agent);
         }
         Ok(())
     }
@@ -348,6 +432,111 @@ impl Lab {
         let cgroup = in_cgroup.then_some(cgroup.as_path());
         host::enter(&mut command, &self.paths.node_netns(i), cgroup, false)?;
         Ok(command)
+    }
+
+    /// Whether this lab runs corten-server and agents.
+    pub fn has_control_plane(&self) -> bool {
+        self.state.control_plane.is_some()
+    }
+
+    fn control_plane(&self) -> anyhow::Result<&ControlPlaneState> {
+        self.state.control_plane.as_ref().with_context(|| {
+            format!(
+                "lab {} has no control plane (LabSpec::control_plane, `--control-plane`)",
+                self.name()
+            )
+        })
+    }
+
+    /// The API server's URL; it answers only inside the lab's namespaces.
+    pub fn server_url(&self) -> anyhow::Result<String> {
+        Ok(self.control_plane()?.server_url.clone())
+    }
+
+    /// The admin kubeconfig (`system:masters`), for kubectl inside a node.
+    pub fn admin_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.control_plane()?.admin_kubeconfig.clone())
+    }
+
+    /// Node `i`'s kubeconfig (`system:node:NAME`), the one its agent uses.
+    pub fn node_kubeconfig(&self, i: usize) -> anyhow::Result<PathBuf> {
+        self.check_node(i)?;
+        self.control_plane()?
+            .node_kubeconfigs
+            .get(i)
+            .cloned()
+            .with_context(|| format!("lab.json has no kubeconfig for node {i}"))
+    }
+
+    /// Node `i`'s name in the cluster.
+    pub fn node_name(&self, i: usize) -> String {
+        self.state
+            .control_plane
+            .as_ref()
+            .and_then(|cp| cp.node_names.get(i).cloned())
+            .unwrap_or_else(|| node_name(i))
+    }
+
+    /// kubectl with the admin kubeconfig, inside node 0; add the arguments and run it.
+    pub fn kubectl(&self) -> anyhow::Result<Command> {
+        self.kubectl_with(0, &self.admin_kubeconfig()?)
+    }
+
+    /// kubectl with `kubeconfig`, inside node `i`.
+    pub fn kubectl_with(&self, i: usize, kubeconfig: &Path) -> anyhow::Result<Command> {
+        self.check_node(i)?;
+        control_plane::kubectl(&self.paths, i, &binaries::kubectl()?, kubeconfig)
+    }
+
+    /// One message per node whose agent is not running, each with the end of its log.
+    pub fn agent_failures(&self) -> Vec<String> {
+        if !self.has_control_plane() {
+            return Vec::new();
+        }
+        (0..self.nodes())
+            .filter_map(|i| agent::not_running(&self.paths, i))
+            .collect()
+    }
+
+    /// Fails, with the ends of their logs, if any node's agent is not running.
+    pub fn check_agents(&self) -> anyhow::Result<()> {
+        let failures = self.agent_failures();
+        if !failures.is_empty() {
+            bail!("{}", failures.join("\n\n"));
+        }
+        Ok(())
+    }
+
+    /// Waits until every node's Node object is Ready. Fails at once if an agent stops
+    /// running (with its log), else after `timeout` naming the nodes that are not Ready.
+    pub fn wait_for_nodes_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let names: BTreeSet<String> = (0..self.nodes()).map(|i| self.node_name(i)).collect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_agents()?;
+            let out = self
+                .kubectl()?
+                .args(["get", "nodes", "-o", "json", "--request-timeout", "5s"])
+                .output()
+                .context("running kubectl get nodes")?;
+            let waiting = if out.status.success() {
+                let list: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).context("reading kubectl's node list")?;
+                control_plane::not_ready(&list, &names)
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            } else {
+                control_plane::describe(&out)
+            };
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nodes not Ready after {timeout:?}: {waiting}");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 
     /// A command in the fabric namespace.

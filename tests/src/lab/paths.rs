@@ -21,6 +21,8 @@ pub const FABRIC_NET: [u8; 3] = [172, 30, 0];
 pub const NODE_HOST_BASE: u8 = 10;
 /// Most nodes a lab may have (addresses `.10`–`.209`).
 pub const MAX_NODES: usize = 200;
+/// HTTPS port of a lab's API server, on node 0's address.
+pub const API_PORT: u16 = 6443;
 
 /// The paths of one lab.
 #[derive(Debug, Clone)]
@@ -115,6 +117,63 @@ impl LabPaths {
     pub fn containerd_socket(&self, i: usize) -> PathBuf {
         self.node_run_dir(i).join("containerd.sock")
     }
+
+    /// Node `i`'s cgroup as a path inside any hierarchy (`/corten-lab/NAME/nI`): what the
+    /// agent's `--cgroup-root` takes, and what `/proc/PID/cgroup` shows for its processes.
+    pub fn node_cgroup_path(&self, i: usize) -> String {
+        format!("/{}", self.node_cgroup_rel(i).display())
+    }
+
+    /// corten-server's data directory (store, PKI, the admin kubeconfig it writes).
+    pub fn server_data_dir(&self) -> PathBuf {
+        self.data_dir().join("server")
+    }
+
+    /// corten-server's log (it runs in node 0).
+    pub fn server_log(&self) -> PathBuf {
+        self.node_run_dir(0).join("corten-server.log")
+    }
+
+    /// corten-server's pid file.
+    pub fn server_pid_file(&self) -> PathBuf {
+        self.node_run_dir(0).join("corten-server.pid")
+    }
+
+    /// The admin kubeconfig, copied here once the server is ready; it works only from
+    /// inside the lab's namespaces.
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.run_dir().join("admin.kubeconfig")
+    }
+
+    /// Node `i`'s kubeconfig (`system:node:NAME`), issued by corten-server.
+    pub fn agent_kubeconfig(&self, i: usize) -> PathBuf {
+        self.node_run_dir(i).join("agent.kubeconfig")
+    }
+
+    /// Node `i`'s agent data directory.
+    pub fn agent_data_dir(&self, i: usize) -> PathBuf {
+        self.node_data_dir(i).join("agent")
+    }
+
+    /// Node `i`'s agent log.
+    pub fn agent_log(&self, i: usize) -> PathBuf {
+        self.node_run_dir(i).join("corten-agent.log")
+    }
+
+    /// Node `i`'s agent pid file.
+    pub fn agent_pid_file(&self, i: usize) -> PathBuf {
+        self.node_run_dir(i).join("corten-agent.pid")
+    }
+}
+
+/// Node `i`'s name in the cluster (its Node object).
+pub fn node_name(i: usize) -> String {
+    format!("n{i}")
+}
+
+/// The URL of a lab's API server: node 0's address, reachable only inside the lab.
+pub fn server_url() -> String {
+    format!("https://{}:{API_PORT}", node_ip(0))
 }
 
 /// Node `i`'s address on the fabric.
@@ -170,5 +229,35 @@ mod tests {
             .starts_with("/sys/fs/cgroup/unified/corten-lab/t"));
         assert!(p.node_netns(3).starts_with(&p.netns_prefix()));
         assert!(p.fabric_netns().starts_with(&p.netns_prefix()));
+        for dir in [p.server_data_dir(), p.agent_data_dir(2)] {
+            assert!(
+                dir.starts_with("/var/lib/corten-lab/t"),
+                "{}",
+                dir.display()
+            );
+        }
+        for file in [
+            p.server_log(),
+            p.server_pid_file(),
+            p.admin_kubeconfig(),
+            p.agent_kubeconfig(2),
+            p.agent_log(2),
+            p.agent_pid_file(2),
+        ] {
+            assert!(file.starts_with("/run/corten-lab/t"), "{}", file.display());
+        }
+    }
+
+    #[test]
+    fn the_control_plane_lives_on_node_0() {
+        let p = LabPaths::new("t");
+        assert_eq!(server_url(), "https://172.30.0.10:6443");
+        assert_eq!(p.node_cgroup_path(1), "/corten-lab/t/n1");
+        assert_eq!(
+            PathBuf::from(CGROUP2_ROOT).join(p.node_cgroup_path(1).trim_start_matches('/')),
+            p.node_cgroup2(1)
+        );
+        assert!(p.server_log().starts_with(p.node_run_dir(0)));
+        assert_eq!(node_name(3), "n3");
     }
 }
