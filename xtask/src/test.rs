@@ -75,7 +75,9 @@ pub fn run() -> anyhow::Result<()> {
         Ok(())
     })?;
     step("api tests", &mut || {
-        // A real corten-server driven by real kubectl 1.33 and 1.27 on loopback.
+        // A real corten-server driven by real kubectl 1.33 and 1.27 on loopback: the API,
+        // and the workload controllers (rollouts, DaemonSets, StatefulSets, Jobs, CronJobs,
+        // cascading deletes).
         counts.add(cargo_test(&[
             "test",
             "--package",
@@ -84,6 +86,8 @@ pub fn run() -> anyhow::Result<()> {
             "kubectl-tests",
             "--test",
             "apiserver_kubectl",
+            "--test",
+            "controllers_kubectl",
         ])?);
         Ok(())
     })?;
