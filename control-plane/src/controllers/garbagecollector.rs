@@ -25,7 +25,7 @@ use super::runner::{run_workers, Requeue};
 use crate::{
     apiserver::{
         resources::ResourceDef,
-        rest::{decode, PatchKind, Query, Rest},
+        rest::{PatchKind, Query, Rest},
     },
     client::{leader::Leadership, ClientError, WorkQueue},
     store::{EventKind, KeyValue, Range, StoreError, WatchRequest},
@@ -120,51 +120,59 @@ pub fn start(rest: &Rest, leadership: Leadership) {
     });
 }
 
-fn vertex_of(key: &str, object: &Value) -> Option<(String, Vertex)> {
-    let meta = object.get("metadata")?;
-    let uid = meta.get("uid")?.as_str()?.to_owned();
+/// The part of a stored object the graph needs; the rest of the JSON is skipped unparsed
+/// (the collector reads every write of the cluster, so this is its hot path).
+#[derive(Debug, serde::Deserialize)]
+struct StoredObject {
+    #[serde(default)]
+    metadata: StoredMeta,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct StoredMeta {
+    uid: Option<String>,
+    owner_references: Vec<StoredOwner>,
+    finalizers: Vec<String>,
+    deletion_timestamp: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredOwner {
+    uid: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    block_owner_deletion: Option<bool>,
+}
+
+/// The graph vertex of a stored object (`None` for objects without a UID or not JSON).
+fn vertex_of(kv: &KeyValue) -> Option<(String, Vertex)> {
+    let object: StoredObject = serde_json::from_slice(&kv.value).ok()?;
+    let meta = object.metadata;
+    let uid = meta.uid?;
     let owners = meta
-        .get("ownerReferences")
-        .and_then(Value::as_array)
+        .owner_references
         .into_iter()
-        .flatten()
-        .filter_map(|r| {
-            Some(OwnerRef {
-                uid: r.get("uid")?.as_str()?.to_owned(),
-                kind: r
-                    .get("kind")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                name: r
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                block: r.get("blockOwnerDeletion") == Some(&json!(true)),
-            })
+        .map(|r| OwnerRef {
+            uid: r.uid,
+            kind: r.kind,
+            name: r.name,
+            block: r.block_owner_deletion == Some(true),
         })
-        .collect();
-    let finalizers = meta
-        .get("finalizers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f.as_str().map(str::to_owned))
         .collect();
     Some((
         uid,
         Vertex {
-            key: key.to_owned(),
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
             owners,
-            deleting: meta.get("deletionTimestamp").is_some_and(|t| !t.is_null()),
-            finalizers,
+            deleting: meta.deletion_timestamp.is_some(),
+            finalizers: meta.finalizers,
         },
     ))
-}
-
-fn decode_object(kv: &KeyValue) -> Option<Value> {
-    decode(kv).ok()
 }
 
 /// Queues what an object's appearance or change calls for.
@@ -212,8 +220,7 @@ async fn follow(rest: Rest, graph: Arc<Mutex<Graph>>, queue: WorkQueue) {
             let mut graph = graph.lock().unwrap_or_else(|e| e.into_inner());
             let mut seen = HashSet::new();
             for kv in &listed.kvs {
-                let key = String::from_utf8_lossy(&kv.key).into_owned();
-                if let Some((uid, vertex)) = decode_object(kv).and_then(|o| vertex_of(&key, &o)) {
+                if let Some((uid, vertex)) = vertex_of(kv) {
                     seen.insert(uid.clone());
                     on_object(&mut graph, &queue, uid, vertex);
                 }
@@ -256,9 +263,7 @@ async fn follow(rest: Rest, graph: Arc<Mutex<Graph>>, queue: WorkQueue) {
                 let key = String::from_utf8_lossy(&event.kv.key).into_owned();
                 match event.kind {
                     EventKind::Put => {
-                        if let Some((uid, vertex)) =
-                            decode_object(&event.kv).and_then(|o| vertex_of(&key, &o))
-                        {
+                        if let Some((uid, vertex)) = vertex_of(&event.kv) {
                             // A new object under an old key: the old one is gone.
                             if let Some(old) = graph.by_key.get(&key).cloned() {
                                 if old != uid {
