@@ -1,8 +1,8 @@
 //! `cargo xtask bench NAME`: benchmarks are programs that print figures and write
 //! `target/bench/NAME.json`, comparing corten with an anchor measured in the same run or with
 //! the targets it must meet. They are never timed tests. This module starts or builds what a
-//! benchmark needs (a real etcd for the store, the release `corten-server` for the API) and
-//! runs the benchmark program.
+//! benchmark needs (a real etcd for the store, the release `corten-server` for the API and the
+//! scheduler) and runs the benchmark program.
 use std::{
     net::TcpListener,
     path::PathBuf,
@@ -17,8 +17,9 @@ pub fn run(name: &str) -> anyhow::Result<()> {
     crate::deps::ensure()?;
     match name {
         "store" => store(),
-        "api" => api(),
-        other => bail!("unknown benchmark {other:?}; known: store, api"),
+        "api" => server_bench("api", "the API benchmark"),
+        "scheduler" => server_bench("scheduler", "the scheduler benchmark"),
+        other => bail!("unknown benchmark {other:?}; known: store, api, scheduler"),
     }
 }
 
@@ -44,9 +45,11 @@ fn store() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The API benchmark: a release `corten-server` on the embedded store, driven over HTTPS on
-/// loopback by `control-plane/benches/api.rs`, which starts and kills the server itself.
-fn api() -> anyhow::Result<()> {
+/// A benchmark of a release `corten-server` on the embedded store, driven over HTTPS on
+/// loopback by `control-plane/benches/NAME.rs`, which starts and kills its servers itself:
+/// `api` (the API server's latencies and memory) and `scheduler` (scheduler_perf's
+/// workloads on 5000 nodes).
+fn server_bench(bench: &str, what: &str) -> anyhow::Result<()> {
     let root = crate::workspace_root();
     let status = Command::new(crate::lab::cargo())
         .current_dir(&root)
@@ -74,13 +77,13 @@ fn api() -> anyhow::Result<()> {
             "--package",
             "corten-control-plane",
             "--bench",
-            "api",
+            bench,
         ])
         .env("CORTEN_BENCH_SERVER", &server)
         .status()
-        .context("running the API benchmark")?;
+        .with_context(|| format!("running {what}"))?;
     if !status.success() {
-        bail!("the API benchmark failed: {status}");
+        bail!("{what} failed: {status}");
     }
     Ok(())
 }

@@ -97,7 +97,37 @@ fn node_label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a str> {
 }
 
 /// Counts per (topology key, value).
-type DomainCounts = HashMap<(String, String), i64>;
+/// Topology key → domain value → count (grouped by key so that a node is checked with one
+/// lookup per key, not one per domain).
+#[derive(Debug, Default)]
+struct DomainCounts(HashMap<String, HashMap<String, i64>>);
+
+impl DomainCounts {
+    fn add(&mut self, key: &str, value: &str, amount: i64) {
+        let values = match self.0.get_mut(key) {
+            Some(values) => values,
+            None => self.0.entry(key.to_owned()).or_default(),
+        };
+        match values.get_mut(value) {
+            Some(count) => *count += amount,
+            None => {
+                values.insert(value.to_owned(), amount);
+            }
+        }
+    }
+
+    /// The sum over the node's domains.
+    fn on(&self, node: &NodeInfo) -> i64 {
+        self.0
+            .iter()
+            .filter_map(|(key, values)| values.get(node_label(node, key)?))
+            .sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// One topology spread constraint with its per-domain counts.
 #[derive(Debug)]
@@ -191,7 +221,9 @@ fn preferred_terms(pod: &Pod, namespaces: &NamespaceLabels) -> Vec<Term> {
         .collect()
 }
 
-fn has_pod_affinity(pod: &Pod) -> bool {
+/// Whether a pod has pod affinity or anti-affinity terms (its own, which other pods must
+/// respect too).
+pub fn has_pod_affinity(pod: &Pod) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
@@ -230,6 +262,10 @@ impl Context {
             || !anti.is_empty()
             || !preferred.is_empty()
             || !spreads.is_empty();
+        if !any_pod_work && cache.pods_with_affinity() == 0 {
+            // Nothing to count: no terms of its own, and no placed pod has terms about others.
+            return context;
+        }
         let mut affinity_anywhere = false;
         for node in cache.nodes() {
             // Topology spread counts only nodes the pod could go to by affinity/selector.
@@ -237,14 +273,17 @@ impl Context {
             if eligible {
                 for spread in &mut spreads {
                     if let Some(value) = node_label(node, &spread.constraint.topology_key) {
-                        spread.counts.entry(value.to_owned()).or_insert(0);
+                        if !spread.counts.contains_key(value) {
+                            spread.counts.insert(value.to_owned(), 0);
+                        }
                     }
                 }
             }
+            if !any_pod_work && node.pods_with_affinity == 0 {
+                continue;
+            }
+            // The pod being scheduled is pending, so it is on no node: no self-check needed.
             for other in node.pods.values() {
-                if other.key == pod.key {
-                    continue;
-                }
                 let other_pod = &other.pod;
                 if any_pod_work {
                     if !affinity.is_empty() && affinity.iter().all(|t| t.matches(other_pod)) {
@@ -269,10 +308,9 @@ impl Context {
                     for term in &preferred {
                         if term.matches(other_pod) {
                             if let Some(value) = node_label(node, &term.topology_key) {
-                                *context
+                                context
                                     .preferred
-                                    .entry((term.topology_key.clone(), value.to_owned()))
-                                    .or_insert(0) += term.weight;
+                                    .add(&term.topology_key, value, term.weight);
                             }
                         }
                     }
@@ -289,7 +327,12 @@ impl Context {
                                 if let Some(value) =
                                     node_label(node, &spread.constraint.topology_key)
                                 {
-                                    *spread.counts.entry(value.to_owned()).or_insert(0) += 1;
+                                    match spread.counts.get_mut(value) {
+                                        Some(count) => *count += 1,
+                                        None => {
+                                            spread.counts.insert(value.to_owned(), 1);
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -301,20 +344,16 @@ impl Context {
                     for term in their_anti {
                         if term.matches(&pod.pod) {
                             if let Some(value) = node_label(node, &term.topology_key) {
-                                *context
-                                    .existing_anti
-                                    .entry((term.topology_key.clone(), value.to_owned()))
-                                    .or_insert(0) += 1;
+                                context.existing_anti.add(&term.topology_key, value, 1);
                             }
                         }
                     }
                     for term in preferred_terms(other_pod, namespaces) {
                         if term.matches(&pod.pod) {
                             if let Some(value) = node_label(node, &term.topology_key) {
-                                *context
+                                context
                                     .preferred
-                                    .entry((term.topology_key.clone(), value.to_owned()))
-                                    .or_insert(0) += term.weight;
+                                    .add(&term.topology_key, value, term.weight);
                             }
                         }
                     }
@@ -333,12 +372,10 @@ impl Context {
 
     /// `InterPodAffinity` and `PodTopologySpread` filters for one node.
     pub fn filter(&self, _pod: &PodInfo, node: &NodeInfo) -> Result<(), Reason> {
-        for ((key, value), count) in &self.existing_anti {
-            if *count > 0 && node_label(node, key) == Some(value.as_str()) {
-                return Err(Reason(
-                    "node(s) didn't satisfy existing pods anti-affinity rules".to_owned(),
-                ));
-            }
+        if self.existing_anti.on(node) > 0 {
+            return Err(Reason(
+                "node(s) didn't satisfy existing pods anti-affinity rules".to_owned(),
+            ));
         }
         for (i, term) in self.required_anti.iter().enumerate() {
             if let Some(value) = node_label(node, &term.topology_key) {
@@ -388,11 +425,7 @@ impl Context {
 
     /// The raw preferred inter-pod affinity score of a node (normalized by the caller).
     pub fn affinity_score(&self, node: &NodeInfo) -> i64 {
-        self.preferred
-            .iter()
-            .filter(|((key, value), _)| node_label(node, key) == Some(value.as_str()))
-            .map(|(_, weight)| *weight)
-            .sum()
+        self.preferred.on(node)
     }
 
     /// The raw topology spread score of a node: matching pods in its domains, weighted by

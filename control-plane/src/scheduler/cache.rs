@@ -120,6 +120,8 @@ pub struct NodeInfo {
     pub used_ports: HashMap<HostPort, u32>,
     /// Image names present (from `status.images`), with sizes.
     pub images: HashMap<String, i64>,
+    /// How many of its pods have pod (anti-)affinity terms.
+    pub pods_with_affinity: usize,
 }
 
 impl NodeInfo {
@@ -155,6 +157,9 @@ impl NodeInfo {
 
     /// Counts a pod on this node.
     pub fn add_pod(&mut self, info: PodInfo) {
+        if super::affinity::has_pod_affinity(&info.pod) {
+            self.pods_with_affinity += 1;
+        }
         self.requested.add(&info.requests);
         self.non_zero_requested.0 += info.non_zero.0;
         self.non_zero_requested.1 += info.non_zero.1;
@@ -167,6 +172,9 @@ impl NodeInfo {
     }
 
     fn forget_usage(&mut self, info: &PodInfo) {
+        if super::affinity::has_pod_affinity(&info.pod) {
+            self.pods_with_affinity = self.pods_with_affinity.saturating_sub(1);
+        }
         self.requested.sub(&info.requests);
         self.non_zero_requested.0 -= info.non_zero.0;
         self.non_zero_requested.1 -= info.non_zero.1;
@@ -329,6 +337,11 @@ impl Cache {
     /// Nodes that exist (have a Node object), in name order.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
         self.nodes.values().filter(|n| n.node.is_some())
+    }
+
+    /// How many placed pods have pod (anti-)affinity terms.
+    pub fn pods_with_affinity(&self) -> usize {
+        self.nodes.values().map(|n| n.pods_with_affinity).sum()
     }
 
     /// How many nodes exist.

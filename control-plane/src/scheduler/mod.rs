@@ -264,6 +264,10 @@ impl Scheduler {
             if *leadership.borrow() {
                 if let Some((key, pod)) = self.queue.pop() {
                     self.schedule_one(key, pod).await;
+                    // One pod at a time, then let the server's other tasks (API requests,
+                    // bindings, informers) run on this worker: a busy queue must not starve
+                    // the writes it depends on.
+                    tokio::task::yield_now().await;
                     continue;
                 }
             }
@@ -367,6 +371,9 @@ impl Scheduler {
     /// The node as a pod of `info`'s priority sees it: with the pods nominated to it that
     /// are at least as important (`None` when there are none).
     fn with_nominated(&self, info: &PodInfo, node: &NodeInfo) -> Option<NodeInfo> {
+        if self.nominated.is_empty() {
+            return None;
+        }
         let name = node.name();
         let mut view: Option<NodeInfo> = None;
         for (key, (nominated_node, nominated)) in &self.nominated {

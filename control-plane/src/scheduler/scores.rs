@@ -68,23 +68,46 @@ pub fn balanced_allocation(pod: &PodInfo, node: &NodeInfo) -> i64 {
 }
 
 /// `ImageLocality`: images already on the node, scaled by how widely they are spread.
-pub fn image_locality(pod: &PodInfo, node: &NodeInfo, spread: impl Fn(&str) -> f64) -> i64 {
-    let Some(spec) = pod.pod.spec.as_ref() else {
-        return 0;
-    };
+pub fn image_locality(images: &[PodImage], node: &NodeInfo) -> i64 {
     let mut sum = 0i64;
-    for container in spec.containers.iter() {
-        let Some(image) = container.image.as_deref() else {
-            continue;
-        };
-        let names = [image.to_owned(), normalized_image(image)];
-        if let Some(size) = names.iter().find_map(|n| node.images.get(n)) {
-            sum += (*size as f64 * spread(image)) as i64;
+    for image in images {
+        let size = node
+            .images
+            .get(&image.name)
+            .or_else(|| node.images.get(&image.normalized));
+        if let Some(size) = size {
+            sum += (*size as f64 * image.spread) as i64;
         }
     }
-    let max = IMAGE_MAX_PER_CONTAINER * spec.containers.len().max(1) as i64;
+    let max = IMAGE_MAX_PER_CONTAINER * images.len().max(1) as i64;
     let clamped = sum.clamp(IMAGE_MIN, max);
     MAX_SCORE * (clamped - IMAGE_MIN) / (max - IMAGE_MIN).max(1)
+}
+
+/// One container image of the pod, prepared once per scheduling attempt.
+#[derive(Debug, Clone)]
+pub struct PodImage {
+    /// As the pod names it.
+    pub name: String,
+    /// As nodes report it.
+    pub normalized: String,
+    /// The fraction of nodes that have it.
+    pub spread: f64,
+}
+
+/// The pod's container images with their spread.
+pub fn pod_images(pod: &PodInfo, spread: impl Fn(&str) -> f64) -> Vec<PodImage> {
+    pod.pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter_map(|c| c.image.clone())
+        .map(|name| PodImage {
+            normalized: normalized_image(&name),
+            spread: spread(&name),
+            name,
+        })
+        .collect()
 }
 
 /// `busybox` → `docker.io/library/busybox:latest`, the form nodes report.
@@ -163,12 +186,13 @@ pub fn score_all(
     context: &Context,
     image_spread: impl Fn(&str) -> f64,
 ) -> Vec<i64> {
+    let images = pod_images(pod, image_spread);
     let mut totals: Vec<i64> = nodes
         .iter()
         .map(|node| {
             WEIGHT_FIT * least_allocated(pod, node)
                 + WEIGHT_BALANCED * balanced_allocation(pod, node)
-                + WEIGHT_IMAGE * image_locality(pod, node, &image_spread)
+                + WEIGHT_IMAGE * image_locality(&images, node)
         })
         .collect();
     let node_affinity: Vec<i64> = nodes.iter().map(|n| node_affinity_raw(pod, n)).collect();
