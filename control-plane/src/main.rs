@@ -11,7 +11,9 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use corten_control_plane::{
-    apiserver::{self, services::ServiceNetwork, ApiServerConfig},
+    apiserver::{
+        self, serviceaccount_token::TokenOptions, services::ServiceNetwork, ApiServerConfig,
+    },
     controllers::{self, ControlPlaneOptions},
     pki,
     store::{
@@ -70,6 +72,34 @@ struct Args {
     /// Runs the API server alone: no scheduler, no controllers.
     #[arg(long)]
     disable_controllers: bool,
+    /// The `iss` of service-account tokens (and the only issuer whose tokens are accepted).
+    #[arg(long, default_value = apiserver::serviceaccount_token::DEFAULT_ISSUER)]
+    service_account_issuer: String,
+    /// Audiences the API accepts in tokens (comma-separated); the issuer when not given.
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
+    /// Longest validity of an issued service-account token (`48h`, `90m`, `3600s` or
+    /// seconds); longer requests get this. No limit when not given.
+    #[arg(long, value_parser = duration_seconds)]
+    service_account_max_token_expiration: Option<i64>,
+}
+
+/// A duration flag in seconds: a number of seconds, or a number with an `h`, `m` or `s`
+/// suffix.
+fn duration_seconds(text: &str) -> Result<i64, String> {
+    let (number, unit) = match text.char_indices().last() {
+        Some((at, 'h')) => (&text[..at], 3600),
+        Some((at, 'm')) => (&text[..at], 60),
+        Some((at, 's')) => (&text[..at], 1),
+        _ => (text, 1),
+    };
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 48h, 90m or 3600s"))?;
+    number
+        .checked_mul(unit)
+        .filter(|seconds| *seconds > 0)
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
 }
 
 /// What `corten-server` can do besides serving.
@@ -158,6 +188,15 @@ async fn main() -> anyhow::Result<()> {
         https_port: args.https_port,
         tls_sans: args.tls_san,
         service_network,
+        tokens: TokenOptions {
+            api_audiences: if args.api_audiences.is_empty() {
+                vec![args.service_account_issuer.clone()]
+            } else {
+                args.api_audiences.clone()
+            },
+            issuer: args.service_account_issuer.clone(),
+            max_expiration_seconds: args.service_account_max_token_expiration,
+        },
     };
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -208,6 +247,31 @@ mod tests {
         assert_eq!(args.data_dir, Path::new("/d"));
         assert_eq!(args.https_port, 7443);
         assert_eq!(args.tls_san, ["a.example"]);
+        Ok(())
+    }
+
+    #[test]
+    fn token_flags_default_to_upstreams_issuer_and_parse_durations() -> anyhow::Result<()> {
+        let args = Args::try_parse_from(["corten-server"])?;
+        assert_eq!(
+            args.service_account_issuer,
+            "https://kubernetes.default.svc.cluster.local"
+        );
+        assert!(args.api_audiences.is_empty());
+        assert_eq!(args.service_account_max_token_expiration, None);
+        let args = Args::try_parse_from([
+            "corten-server",
+            "--api-audiences",
+            "a,b",
+            "--service-account-max-token-expiration",
+            "48h",
+        ])?;
+        assert_eq!(args.api_audiences, ["a", "b"]);
+        assert_eq!(args.service_account_max_token_expiration, Some(48 * 3600));
+        assert_eq!(duration_seconds("90m"), Ok(5400));
+        assert_eq!(duration_seconds("600"), Ok(600));
+        assert!(duration_seconds("-5s").is_err());
+        assert!(duration_seconds("h").is_err());
         Ok(())
     }
 

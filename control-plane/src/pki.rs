@@ -2,6 +2,8 @@
 //! anew on every start so its names follow the flags), client certificates (the admin's and
 //! the nodes' `system:node:NAME` identities), and the kubeconfig files that carry them.
 //!
+//! Also the key pair that signs service-account tokens (`sa.key`, `sa.pub`).
+//!
 //! Owns `DATA_DIR/tls/` and the kubeconfigs it writes. Keys are ECDSA P-256. It must not
 //! decide who may do what: identities are names in certificates; authorization reads them.
 use std::{
@@ -256,6 +258,36 @@ impl ClusterCa {
     }
 }
 
+/// The key that signs service-account tokens: `DATA_DIR/tls/sa.key` (PKCS#8 PEM, ECDSA P-256,
+/// for ES256), made on first start with its public half in `sa.pub` (SPKI PEM), as
+/// kube-apiserver's `--service-account-signing-key-file` / `--service-account-key-file` pair.
+/// Returns the PKCS#8 DER of the private key. Every server that must accept another's tokens
+/// needs the same file.
+pub fn service_account_key(dir: &Path) -> Result<Vec<u8>, PkiError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let key_path = dir.join("sa.key");
+    let pub_path = dir.join("sa.pub");
+    let key = if key_path.exists() {
+        let pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        KeyPair::from_pem(&pem).map_err(crypto("reading sa.key"))?
+    } else {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(crypto("generating the service-account signing key"))?;
+        write_private(&key_path, &key.serialize_pem())?;
+        key
+    };
+    if key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        return Err(PkiError::Crypto {
+            what: format!("{} is not an ECDSA P-256 key", key_path.display()),
+            source: rcgen::Error::UnsupportedSignatureAlgorithm,
+        });
+    }
+    if !pub_path.exists() {
+        std::fs::write(&pub_path, key.public_key_pem()).map_err(io(&pub_path))?;
+    }
+    Ok(key.serialize_der())
+}
+
 /// A kubeconfig for node `node_name`'s agent: a new client certificate for
 /// `system:node:NAME` in group `system:nodes`, signed by `ca`, for the API at `server`.
 pub fn node_kubeconfig(ca: &ClusterCa, node_name: &str, server: &str) -> Result<String, PkiError> {
@@ -389,6 +421,25 @@ mod tests {
         let ca_in_config =
             b64.decode(kubeconfig_field(&text, "certificate-authority-data").ok_or("no CA")?)?;
         assert_eq!(ca_in_config, ca.cert_pem().as_bytes());
+        Ok(())
+    }
+
+    #[test]
+    fn the_service_account_key_is_made_once_and_kept_private(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let first = service_account_key(dir.path())?;
+        let again = service_account_key(dir.path())?;
+        assert_eq!(first, again);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("sa.key"))?.permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let public = std::fs::read_to_string(dir.path().join("sa.pub"))?;
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+        // Another directory gets another key.
+        let other = tempfile::tempdir()?;
+        assert_ne!(service_account_key(other.path())?, first);
         Ok(())
     }
 

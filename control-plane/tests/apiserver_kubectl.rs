@@ -9,7 +9,8 @@
 //! describe, explain, edit, wait, delete --wait, CRDs, Service addresses, pods' binding and
 //! eviction, and `/openapi/v2` as kubectl reads it (`explain --output=plaintext-openapiv2`,
 //! client-side validation of custom resources against their schema, the patch metadata of
-//! client-side `apply`), and the protobuf request bodies of kubectl's typed writes
+//! client-side `apply`), `kubectl create token` and its token as kubectl's credential, and
+//! the protobuf request bodies of kubectl's typed writes
 //! (`create namespace|configmap|secret|deployment|service|job|cronjob|...`), each read back
 //! field by field.
 #![cfg(feature = "kubectl-tests")]
@@ -926,6 +927,113 @@ fn bad_input(server: &Server, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The claims of a JWT printed by kubectl.
+fn jwt_claims(token: &str) -> Result<Value> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).context("not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// `kubectl create token` (a TokenRequest in kubectl's protobuf body) for the `default`
+/// ServiceAccount the controller makes, its validation errors, and the token as kubectl's
+/// only credential.
+fn service_account_tokens(server: &Server, dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server
+        .kubectl("1.33", &["get", "serviceaccount", "default"])?
+        .status
+        .success()
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the ServiceAccount controller made no default ServiceAccount"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let token = server.ok("1.33", &["create", "token", "default"])?;
+    let token = token.trim();
+    let claims = jwt_claims(token)?;
+    ensure!(
+        claims["sub"] == "system:serviceaccount:default:default"
+            && claims["aud"] == serde_json::json!(["https://kubernetes.default.svc.cluster.local"])
+            && claims["exp"]
+                .as_i64()
+                .zip(claims["iat"].as_i64())
+                .map(|(e, i)| e - i)
+                == Some(3600),
+        "{claims}"
+    );
+    let short = server.ok(
+        "1.33",
+        &[
+            "create",
+            "token",
+            "default",
+            "--duration=10m",
+            "--audience=api",
+            "--audience=vault",
+        ],
+    )?;
+    let claims = jwt_claims(short.trim())?;
+    ensure!(
+        claims["aud"] == serde_json::json!(["api", "vault"])
+            && claims["exp"]
+                .as_i64()
+                .zip(claims["iat"].as_i64())
+                .map(|(e, i)| e - i)
+                == Some(600),
+        "{claims}"
+    );
+    let too_short = server.fails("1.33", &["create", "token", "default", "--duration=5m"])?;
+    ensure!(too_short.contains("less than 10 minutes"), "{too_short}");
+    let missing = server.fails("1.33", &["create", "token", "nobody"])?;
+    ensure!(missing.contains("not found"), "{missing}");
+
+    // The token alone authenticates kubectl; a tampered one does not.
+    let admin: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(server.kubeconfig())?)?;
+    let cluster = &admin["clusters"][0]["cluster"];
+    let url = cluster["server"].as_str().context("no server")?;
+    let ca = cluster["certificate-authority-data"]
+        .as_str()
+        .context("no CA")?;
+    let kubectl_with = |token: &str| -> Result<Output> {
+        let config = write(
+            dir,
+            "token.kubeconfig",
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: sa\ncurrent-context: c\n"
+            ),
+        )?;
+        Ok(Command::new(Path::new(KUBECTL_DIR).join("kubectl.1.33"))
+            .args([
+                "--kubeconfig",
+                &config,
+                "get",
+                "configmaps",
+                "-n",
+                "default",
+            ])
+            .stdin(Stdio::null())
+            .output()?)
+    };
+    let out = kubectl_with(token)?;
+    ensure!(
+        out.status.success(),
+        "the token did not authenticate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tampered = format!("{token}x");
+    let out = kubectl_with(&tampered)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && (stderr.contains("Unauthorized") || stderr.contains("logged in")),
+        "a tampered token was accepted: {stderr}"
+    );
+    Ok(())
+}
+
 #[test]
 fn kubectl_drives_the_api_server() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -947,6 +1055,7 @@ fn kubectl_drives_the_api_server() -> Result<()> {
     apply_ownership(&server, dir.path())?;
     events_in_both_apis(&server, dir.path())?;
     bad_input(&server, dir.path())?;
+    service_account_tokens(&server, dir.path())?;
     protobuf_bodies(&server, dir.path())?;
     openapi_v2(&server, dir.path())?;
 

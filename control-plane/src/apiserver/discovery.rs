@@ -144,6 +144,10 @@ fn subresource_kind(r: &ResourceDef, sub: &str) -> (Value, Value) {
             json!({"group": "policy", "version": "v1", "kind": "Eviction"}),
             json!(["create"]),
         ),
+        "token" => (
+            json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}),
+            json!(["create"]),
+        ),
         _ => (
             json!({"group": r.group, "version": r.version, "kind": r.kind}),
             json!(["get", "patch", "update"]),
@@ -212,6 +216,32 @@ mod tests {
         let kubectl_127 = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
         assert_eq!(aggregated_version(kubectl_127), Some("v2beta1"));
         assert_eq!(aggregated_version("application/json"), None);
+    }
+
+    #[test]
+    fn the_token_subresource_is_discoverable() {
+        let registry = Registry::new();
+        let legacy = resource_list(&registry, "", "v1").unwrap_or_default();
+        let token = legacy["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == "serviceaccounts/token"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(token["kind"], "TokenRequest");
+        assert_eq!(token["group"], "authentication.k8s.io");
+        assert_eq!(token["version"], "v1");
+        assert_eq!(token["verbs"], json!(["create"]));
+        let doc = aggregated(&registry, true, "v2");
+        let sa = doc["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["resource"] == "serviceaccounts"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            sa["subresources"],
+            json!([{"subresource": "token", "verbs": ["create"], "responseKind":
+                {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}}])
+        );
     }
 
     #[test]

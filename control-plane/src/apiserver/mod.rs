@@ -3,7 +3,9 @@
 //! (kubectl, the Python client, kube-rs) drive corten as any cluster.
 //!
 //! [`server`] owns the wire (TLS, HTTP, routing; [`protobuf`] turns Kubernetes protobuf
-//! request bodies into the JSON the rest reads), [`rest`] the verbs, [`watch`] watch
+//! request bodies into the JSON the rest reads), [`serviceaccount_token`] service-account
+//! tokens (issued by the `token` subresource, accepted as bearer tokens; [`jwt`] signs and
+//! verifies them), [`rest`] the verbs, [`watch`] watch
 //! streams, [`resources`] the table of served resources, [`discovery`] and [`table`] the
 //! documents kubectl reads, [`objects`] metadata rules, [`namespaces`] namespace lifecycle,
 //! [`status`] errors. It must not reach into the scheduler or controllers: they are API
@@ -13,6 +15,7 @@ pub mod crds;
 pub mod defaults;
 pub mod discovery;
 pub mod events;
+pub mod jwt;
 pub mod namespaces;
 pub mod objects;
 pub mod openapi;
@@ -21,6 +24,7 @@ pub mod protobuf;
 pub mod resources;
 pub mod rest;
 pub mod server;
+pub mod serviceaccount_token;
 pub mod services;
 pub mod status;
 pub mod strategic;
@@ -58,6 +62,8 @@ pub struct ApiServerConfig {
     pub tls_sans: Vec<String>,
     /// The service network.
     pub service_network: services::ServiceNetwork,
+    /// How service-account tokens are issued and accepted.
+    pub tokens: serviceaccount_token::TokenOptions,
 }
 
 /// The address clients should use for a bind address (loopback for "any").
@@ -78,6 +84,10 @@ pub async fn run(
     clients: impl FnOnce(&rest::Rest) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let (tls, listener, address) = prepare(&config).await?;
+    let signing_key = pki::service_account_key(&pki::tls_dir(&config.data_dir))?;
+    let tokens =
+        serviceaccount_token::ServiceAccountTokens::new(config.tokens.clone(), &signing_key)
+            .context("loading the service-account signing key (tls/sa.key)")?;
     let rest = rest::Rest {
         store,
         registry: Arc::new(resources::Registry::new()),
@@ -106,6 +116,7 @@ pub async fn run(
         rest,
         address,
         version: version(),
+        tokens,
     });
     info!("serving the Kubernetes API");
     server::serve(state, listener, tls).await;

@@ -56,7 +56,7 @@ pub struct ResourceDef {
     pub has_spec: bool,
     /// Whether the object names must be DNS labels (63 chars) rather than subdomains.
     pub label_names: bool,
-    /// Subresources served (`status`, `scale`).
+    /// Subresources served (`status`, `scale`, `binding`, `eviction`, `token`).
     pub subresources: &'static [&'static str],
     /// How objects are checked.
     pub check: Check,
@@ -170,6 +170,7 @@ const NONE: &[&str] = &[];
 const STATUS: &[&str] = &["status"];
 const STATUS_SCALE: &[&str] = &["status", "scale"];
 const POD_SUBRESOURCES: &[&str] = &["status", "binding", "eviction"];
+const SERVICE_ACCOUNT_SUBRESOURCES: &[&str] = &["token"];
 const ALL: &[&str] = &["all"];
 
 /// The built-in resources served today.
@@ -191,7 +192,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             labels: false, sub: NONE, core::Secret),
         resource!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", namespaced: true,
             short: &["sa"], categories: NONE, storage: "serviceaccounts", spec: false,
-            labels: false, sub: NONE, core::ServiceAccount),
+            labels: false, sub: SERVICE_ACCOUNT_SUBRESOURCES, core::ServiceAccount),
         resource!("", "v1", "Event", "events", "event", namespaced: true,
             short: &["ev"], categories: NONE, storage: "events", spec: false,
             labels: false, sub: NONE, core::Event),

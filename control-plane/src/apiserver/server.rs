@@ -1,5 +1,6 @@
 //! HTTPS and routing: TLS with optional client certificates (the identity is the
-//! certificate's CN and O fields), HTTP/1.1 and HTTP/2, request parsing into the resource,
+//! certificate's CN and O fields) or service-account bearer tokens (checked by
+//! [`super::serviceaccount_token`]), HTTP/1.1 and HTTP/2, request parsing into the resource,
 //! namespace, name and verb (kube-apiserver's RequestInfo), and responses: JSON objects,
 //! Tables, watch streams, and `Status` for every failure.
 //!
@@ -24,6 +25,7 @@ use super::{
     discovery, openapi, protobuf,
     resources::{Check, ResourceDef},
     rest::{PatchKind, Query, Rest, ScaleChange},
+    serviceaccount_token,
     status::ApiError,
     table, watch,
 };
@@ -49,6 +51,9 @@ pub struct ServerState {
     pub address: String,
     /// The version document.
     pub version: Value,
+    /// Issues the `serviceaccounts/NAME/token` subresource's tokens and authenticates bearer
+    /// tokens.
+    pub tokens: super::serviceaccount_token::ServiceAccountTokens,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -308,8 +313,25 @@ async fn route(
         "/version" => return ok(&state.version),
         _ => {}
     }
-    let Some(identity) = identity else {
-        return error(&ApiError::unauthorized());
+    let bearer;
+    let identity = match identity {
+        Some(identity) => identity,
+        None => match bearer_token(&req) {
+            Some(token) => {
+                let now = serviceaccount_token::unix_now();
+                match state.tokens.authenticate(&state.rest, token, now).await {
+                    Ok(authenticated) => {
+                        bearer = authenticated;
+                        &bearer
+                    }
+                    Err(err) => {
+                        debug!(%peer, %path, "bearer token refused: {err}");
+                        return error(&ApiError::unauthorized());
+                    }
+                }
+            }
+            None => return error(&ApiError::unauthorized()),
+        },
     };
     debug!(user = %identity.user, %peer, method = %req.method(), %path, "request");
     let segments: Vec<&str> = path
@@ -319,6 +341,10 @@ async fn route(
         .collect();
     let registry = &state.rest.registry;
     match segments.as_slice() {
+        [".well-known", "openid-configuration"] => ok(&state.tokens.openid_configuration()),
+        ["openid", "v1", "jwks"] => {
+            json_response(200, &state.tokens.jwks(), "application/jwk-set+json")
+        }
         ["openapi", "v2"] => {
             let version = state.version["gitVersion"]
                 .as_str()
@@ -579,7 +605,7 @@ async fn resource(
     response
 }
 
-/// Requests on `/status` and `/scale`.
+/// Requests on `/status`, `/scale`, `/binding`, `/eviction` and `/token`.
 async fn subresource(
     state: &ServerState,
     def: &super::resources::ResourceDef,
@@ -592,6 +618,9 @@ async fn subresource(
     let rest = &state.rest;
     let content_type = header(&req, CONTENT_TYPE);
     let method = req.method().clone();
+    if sub == "token" {
+        return token_request(state, namespace, name, &content_type, req).await;
+    }
     let result: Result<Value, ApiError> = async {
         match (sub, method) {
             ("status", Method::GET) => rest.get(def, namespace, name).await,
@@ -654,6 +683,50 @@ async fn subresource(
         Ok(value) => ok(&value),
         Err(err) => error(&err),
     }
+}
+
+/// POST on `serviceaccounts/NAME/token`: a TokenRequest answered with its token (201).
+async fn token_request(
+    state: &ServerState,
+    namespace: Option<&str>,
+    name: &str,
+    content_type: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    if req.method() != Method::POST {
+        return error(&ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource: {}",
+            req.method()
+        )));
+    }
+    let namespace = namespace.unwrap_or("default").to_owned();
+    let result = async {
+        let body = read_body(req).await?;
+        let expected = BodyType::Kind("authentication.k8s.io/v1", "TokenRequest");
+        let request = decode_typed_body(&body, content_type, expected)?;
+        let now = serviceaccount_token::unix_now();
+        state
+            .tokens
+            .create(&state.rest, &namespace, name, request, now)
+            .await
+    }
+    .await;
+    match result {
+        Ok(created) => json_response(201, &created, "application/json"),
+        Err(err) => error(&err),
+    }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header, if any.
+fn bearer_token(req: &Request<Incoming>) -> Option<&str> {
+    let value = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// A chunked response of watch lines; as Tables when the client asked for them.

@@ -31,6 +31,7 @@ const PATCH: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch";
 const SCALE: &str = "io.k8s.api.autoscaling.v1.Scale";
 const BINDING: &str = "io.k8s.api.core.v1.Binding";
 const EVICTION: &str = "io.k8s.api.policy.v1.Eviction";
+const TOKEN_REQUEST: &str = "io.k8s.api.authentication.v1.TokenRequest";
 
 const API_VERSION_TEXT: &str =
     "The versioned schema of this representation of an object: `group/version`, or `version` for the core group.";
@@ -51,7 +52,10 @@ pub fn document(registry: &Registry, version: &str) -> Value {
     // The types that operations take and answer besides the served kinds.
     {
         use k8s_openapi::{
-            api::{autoscaling::v1::Scale, core::v1::Binding, policy::v1::Eviction},
+            api::{
+                authentication::v1::TokenRequest, autoscaling::v1::Scale, core::v1::Binding,
+                policy::v1::Eviction,
+            },
             apimachinery::pkg::apis::meta::v1::{DeleteOptions, ListMeta, Patch, Status},
         };
         generator.subschema_for::<ListMeta>();
@@ -61,6 +65,7 @@ pub fn document(registry: &Registry, version: &str) -> Value {
         generator.subschema_for::<Scale>();
         generator.subschema_for::<Binding>();
         generator.subschema_for::<Eviction>();
+        generator.subschema_for::<TokenRequest>();
     }
     let mut definitions: Map<String, Value> = generator
         .take_definitions(true)
@@ -90,6 +95,11 @@ pub fn document(registry: &Registry, version: &str) -> Value {
     tag(&mut definitions, SCALE, gvk("autoscaling", "v1", "Scale"));
     tag(&mut definitions, BINDING, gvk("", "v1", "Binding"));
     tag(&mut definitions, EVICTION, gvk("policy", "v1", "Eviction"));
+    tag(
+        &mut definitions,
+        TOKEN_REQUEST,
+        gvk("authentication.k8s.io", "v1", "TokenRequest"),
+    );
     tag(&mut definitions, STATUS, gvk("", "v1", "Status"));
     for (group, version) in builtin_group_versions {
         tag(
@@ -540,6 +550,10 @@ fn add_paths(paths: &mut Map<String, Value>, def: &ResourceDef, definition: &str
             "eviction" => json!({
                 "post": create(id("create", "Eviction"), "Eviction", EVICTION, true)
                     .into_json(&tag, &gvk("policy", "v1", "Eviction")),
+            }),
+            "token" => json!({
+                "post": create(id("create", "Token"), "TokenRequest", TOKEN_REQUEST, true)
+                    .into_json(&tag, &gvk("authentication.k8s.io", "v1", "TokenRequest")),
             }),
             _ => continue,
         };
