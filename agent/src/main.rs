@@ -4,7 +4,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use corten_agent::kubelet::{self, KubeletConfig};
+use corten_agent::{
+    kubelet::{self, KubeletConfig},
+    network::{
+        sync::{self as network, NetworkConfig},
+        NetworkMode,
+    },
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// corten's node agent.
@@ -45,6 +51,9 @@ struct Args {
     /// The pod interface MTU.
     #[arg(long, default_value_t = 1450)]
     mtu: u32,
+    /// How pods on different nodes reach each other: vxlan, host-gw or bgp.
+    #[arg(long, default_value = "vxlan")]
+    network: NetworkMode,
 }
 
 #[tokio::main]
@@ -71,7 +80,20 @@ async fn main() -> anyhow::Result<()> {
         config.cluster_url = server.parse().context("--server is not a URL")?;
     }
     let client = kube::Client::try_from(config).context("building the API client")?;
-    kubelet::run(
+    let node_ip: std::net::Ipv4Addr = args
+        .node_ip
+        .parse()
+        .context("--node-ip must be an IPv4 address")?;
+    let network = tokio::spawn(network::run(
+        client.clone(),
+        NetworkConfig {
+            mode: args.network,
+            node_name: args.node_name.clone(),
+            node_ip,
+        },
+        None,
+    ));
+    let kubelet = kubelet::run(
         client,
         KubeletConfig {
             node_name: args.node_name,
@@ -83,6 +105,12 @@ async fn main() -> anyhow::Result<()> {
             cni_conf_dir: args.cni_conf_dir,
             mtu: args.mtu,
         },
-    )
-    .await
+    );
+    tokio::select! {
+        result = kubelet => result,
+        joined = network => match joined {
+            Ok(result) => result.context("the pod network failed"),
+            Err(e) => Err(anyhow::anyhow!("the pod network task ended: {e}")),
+        },
+    }
 }

@@ -1,10 +1,11 @@
 //! corten's end-to-end test support: the lab ([`lab`]), a multi-node cluster inside network
 //! namespaces on one machine (DESIGN.md §9), used by the tests under `tests/tests/` and by
-//! `cargo xtask lab`.
+//! `cargo xtask lab`, and [`kubectl`], the small conveniences those tests drive it with.
 //!
 //! Owns everything a test creates on the host: namespaces, links, cgroups, bpffs mounts,
 //! containerd processes and their state. It must never touch host state it did not create:
 //! no routes in the root namespace, no programs on the root cgroup, no process it did not
 //! start.
 
+pub mod kubectl;
 pub mod lab;

@@ -28,6 +28,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bird2", "a real BGP peer for the BGP tests"),
     ("iproute2", "namespaces, links and routes of the lab"),
     (
+        "iputils-ping",
+        "ping with the don't-fragment bit, for the pod network's MTU test",
+    ),
+    (
         "iptables",
         "the kube-proxy comparison in the datapath benchmark",
     ),

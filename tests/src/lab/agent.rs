@@ -18,7 +18,13 @@ use super::{
 };
 
 /// Starts node `i`'s agent. With `detach`, it outlives the calling process.
-pub fn start(paths: &LabPaths, i: usize, agent: &Path, detach: bool) -> anyhow::Result<Child> {
+pub fn start(
+    paths: &LabPaths,
+    i: usize,
+    agent: &Path,
+    network: super::NetworkMode,
+    detach: bool,
+) -> anyhow::Result<Child> {
     let data = paths.agent_data_dir(i);
     fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let mut command = Command::new(agent);
@@ -36,6 +42,7 @@ pub fn start(paths: &LabPaths, i: usize, agent: &Path, detach: bool) -> anyhow::
         .arg("--cni-conf-dir")
         .arg(paths.node_cni_conf_dir(i))
         .args(["--node-ip", &node_ip(i).to_string()])
+        .args(["--network", &network.to_string()])
         .args(["--cgroup-root", &paths.node_cgroup_path(i)]);
     host::enter(
         &mut command,

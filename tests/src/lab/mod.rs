@@ -280,7 +280,7 @@ impl Lab {
         });
         self.write_state()?;
         for i in 0..self.nodes() {
-            let agent = agent::start(&paths, i, &binaries.agent, detach)
+            let agent = agent::start(&paths, i, &binaries.agent, self.network(), detach)
                 .with_context(|| format!("starting corten-agent on node {i}"))?;
             self.children.push(agent);
         }
@@ -496,6 +496,36 @@ impl Lab {
         (0..self.nodes())
             .filter_map(|i| agent::not_running(&self.paths, i))
             .collect()
+    }
+
+    /// Kills node `i`'s agent with SIGKILL (a crash: nothing it started is cleaned up) and
+    /// reaps it. Its containers keep running under the node's containerd.
+    pub fn kill_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        self.check_node(i)?;
+        let pid = process::running(
+            &self.paths.agent_pid_file(i),
+            &self.paths.node_cgroup_path(i),
+        )
+        .with_context(|| format!("node {i}'s agent is not running"))?;
+        host::signal(pid, libc::SIGKILL)
+            .with_context(|| format!("killing node {i}'s agent ({pid})"))?;
+        if let Some(at) = self.children.iter().position(|c| c.id() == pid) {
+            let mut child = self.children.swap_remove(at);
+            child.wait().context("reaping the agent")?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `i`'s agent again (after [`Lab::kill_agent`]), with the same flags.
+    pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        self.check_node(i)?;
+        if agent::is_running(&self.paths, i) {
+            bail!("node {i}'s agent is already running");
+        }
+        let child = agent::start(&self.paths, i, &project_agent()?, self.network(), false)
+            .with_context(|| format!("starting corten-agent on node {i}"))?;
+        self.children.push(child);
+        Ok(())
     }
 
     /// Fails, with the ends of their logs, if any node's agent is not running.

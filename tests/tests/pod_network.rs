@@ -1,0 +1,369 @@
+//! The pod network across three lab nodes, in each mode corten-agent offers (`--network
+//! vxlan` and `host-gw`): a Deployment spread over the nodes, and pods on every node reach
+//! every server pod by IP over TCP. For VXLAN, each node's kernel holds exactly the expected
+//! device, neighbours, FDB entries and routes; a 1400-byte ping with DF set crosses the
+//! overlay; a node that goes away is removed from every other node within 2 s, and one that
+//! comes (back) is added within 2 s.
+//!
+//! Safety: everything runs inside the lab's namespaces; every wait is bounded.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context};
+use corten_tests::{
+    kubectl::{apply, eventually, eventually_within, json, kubectl},
+    lab::{Lab, LabSpec, NetworkMode, BUSYBOX_IMAGE},
+};
+
+const NODES: usize = 3;
+/// The route protocol corten-agent marks its routes with (`ip` leaves it out of the lines
+/// it prints when it filters by it).
+const PROTO: &str = "78";
+const VXLAN_DEVICE: &str = "corten.vxlan";
+const VTEP_ANNOTATION: &str = "network.corten.dev/vtep-mac";
+
+/// What the control plane and the agents published about one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeFacts {
+    ip: String,
+    cidr: String,
+    vtep: Option<String>,
+}
+
+fn node_facts(lab: &Lab) -> anyhow::Result<BTreeMap<String, NodeFacts>> {
+    let nodes = json(lab, &["get", "nodes"])?;
+    let mut facts = BTreeMap::new();
+    for node in nodes["items"].as_array().into_iter().flatten() {
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        let ip = node["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str());
+        let cidr = node["spec"]["podCIDR"].as_str();
+        if let (Some(ip), Some(cidr)) = (ip, cidr) {
+            facts.insert(
+                name.to_owned(),
+                NodeFacts {
+                    ip: ip.to_owned(),
+                    cidr: cidr.to_owned(),
+                    vtep: node["metadata"]["annotations"][VTEP_ANNOTATION]
+                        .as_str()
+                        .map(str::to_owned),
+                },
+            );
+        }
+    }
+    Ok(facts)
+}
+
+/// A command's stdout inside node `i`.
+fn on_node(lab: &Lab, i: usize, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = lab
+        .command(i, program)?
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} on node {i}"))?;
+    ensure!(
+        output.status.success(),
+        "{program} {args:?} on node {i}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The network's kernel entries on node `i`, as sets of normalised lines.
+#[derive(Debug, PartialEq, Eq)]
+struct KernelEntries {
+    routes: BTreeSet<String>,
+    neighbours: BTreeSet<String>,
+    fdb: BTreeSet<String>,
+}
+
+fn kernel_entries(lab: &Lab, i: usize, vxlan: bool) -> anyhow::Result<KernelEntries> {
+    let lines = |text: String| -> BTreeSet<String> {
+        text.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    let routes = lines(on_node(lab, i, "ip", &["route", "show", "proto", PROTO])?);
+    if !vxlan {
+        return Ok(KernelEntries {
+            routes,
+            neighbours: BTreeSet::new(),
+            fdb: BTreeSet::new(),
+        });
+    }
+    let neighbours = lines(on_node(
+        lab,
+        i,
+        "ip",
+        &["neigh", "show", "dev", VXLAN_DEVICE, "nud", "permanent"],
+    )?);
+    let fdb = lines(on_node(
+        lab,
+        i,
+        "bridge",
+        &["fdb", "show", "dev", VXLAN_DEVICE],
+    )?);
+    Ok(KernelEntries {
+        routes,
+        neighbours,
+        fdb,
+    })
+}
+
+/// What node `own` must hold for the other nodes in `facts`, as `ip`/`bridge` print it.
+fn expected_entries(own: &str, facts: &BTreeMap<String, NodeFacts>, vxlan: bool) -> KernelEntries {
+    let mut expected = KernelEntries {
+        routes: BTreeSet::new(),
+        neighbours: BTreeSet::new(),
+        fdb: BTreeSet::new(),
+    };
+    for peer in facts
+        .iter()
+        .filter(|(name, _)| name.as_str() != own)
+        .map(|(_, peer)| peer)
+    {
+        if vxlan {
+            let Some(mac) = &peer.vtep else { continue };
+            let gateway = peer.cidr.trim_end_matches("/24");
+            expected.routes.insert(format!(
+                "{} via {gateway} dev {VXLAN_DEVICE} onlink",
+                peer.cidr
+            ));
+            expected
+                .neighbours
+                .insert(format!("{gateway} lladdr {mac} PERMANENT"));
+            expected
+                .fdb
+                .insert(format!("{mac} dst {} self permanent", peer.ip));
+        } else {
+            expected
+                .routes
+                .insert(format!("{} via {} dev eth0", peer.cidr, peer.ip));
+        }
+    }
+    expected
+}
+
+/// Waits until every node in `nodes` holds exactly what the current Node objects call for;
+/// returns how long that took.
+fn wait_for_exact_entries(
+    lab: &Lab,
+    nodes: &[usize],
+    vxlan: bool,
+    timeout: Duration,
+    what: &str,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    eventually_within(lab, timeout, what, || {
+        let facts = node_facts(lab)?;
+        for &i in nodes {
+            let own = lab.node_name(i);
+            let want = expected_entries(&own, &facts, vxlan);
+            let have = kernel_entries(lab, i, vxlan)?;
+            if have != want {
+                bail!("node {own} holds {have:#?}, expected {want:#?}");
+            }
+        }
+        Ok(Some(()))
+    })?;
+    Ok(started.elapsed())
+}
+
+/// A Deployment of busybox httpd, one pod per node; the pod IPs by node name.
+fn deploy_servers(lab: &Lab) -> anyhow::Result<BTreeMap<String, String>> {
+    apply(
+        lab,
+        &format!(
+            r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "web"}},
+            "spec": {{"replicas": {NODES}, "selector": {{"matchLabels": {{"app": "web"}}}},
+              "template": {{"metadata": {{"labels": {{"app": "web"}}}},
+                "spec": {{
+                  "affinity": {{"podAntiAffinity": {{"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {{"labelSelector": {{"matchLabels": {{"app": "web"}}}}, "topologyKey": "kubernetes.io/hostname"}}]}}}},
+                  "containers": [{{"name": "httpd", "image": "{BUSYBOX_IMAGE}",
+                  "command": ["httpd", "-f", "-p", "8080", "-h", "/etc"],
+                  "ports": [{{"containerPort": 8080}}]}}]}}}}}}}}"#
+        ),
+    )?;
+    eventually(lab, "a Running web pod on every node", || {
+        let pods = json(lab, &["get", "pods", "-l", "app=web"])?;
+        let running: BTreeMap<String, String> = pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .filter_map(|p| {
+                Some((
+                    p["spec"]["nodeName"].as_str()?.to_owned(),
+                    p["status"]["podIP"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        Ok((running.len() == NODES).then_some(running))
+    })
+}
+
+/// From a pod on each node, fetches a page from every server pod; every client must succeed.
+fn every_pod_reaches_every_pod(
+    lab: &Lab,
+    servers: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let targets: Vec<&str> = servers.values().map(String::as_str).collect();
+    // Debian's static busybox wget crashes on `-T`, hence `timeout`.
+    let script = format!(
+        "for ip in {}; do ok=; for try in 1 2 3 4 5; do \
+           if timeout 3 wget -q -O /dev/null http://$ip:8080/hostname; then ok=1; break; fi; sleep 1; \
+         done; [ -n \"$ok\" ] || {{ echo unreachable $ip; exit 1; }}; echo reached $ip; done",
+        targets.join(" ")
+    );
+    let names: Vec<String> = (0..NODES).map(|i| format!("client-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": lab.node_name(i), "restartPolicy": "Never",
+                "containers": [{"name": "wget", "image": BUSYBOX_IMAGE, "command": ["sh", "-c", script]}]},
+        });
+        apply(lab, &pod.to_string())?;
+    }
+    for name in &names {
+        let phase = eventually(lab, &format!("{name} to finish"), || {
+            let pod = json(lab, &["get", "pod", name])?;
+            let phase = pod["status"]["phase"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
+        })?;
+        let node = json(lab, &["get", "pod", name])?["spec"]["nodeName"].clone();
+        ensure!(
+            phase == "Succeeded",
+            "{name} on {node} could not reach every server pod {servers:?}"
+        );
+    }
+    let mut args = vec!["delete", "pod", "--wait=false"];
+    args.extend(names.iter().map(String::as_str));
+    kubectl(lab, &args)?;
+    Ok(())
+}
+
+fn three_node_lab(name: &str, network: NetworkMode) -> anyhow::Result<Lab> {
+    corten_tests::lab::build_project_binaries()?;
+    let mut spec = LabSpec::for_test(name, NODES);
+    spec.control_plane = true;
+    spec.network = network;
+    let lab = Lab::up(spec)?;
+    lab.wait_for_nodes_ready(Duration::from_secs(90))?;
+    Ok(lab)
+}
+
+fn vtep_of(facts: &BTreeMap<String, NodeFacts>, node: &str) -> Option<String> {
+    facts.get(node).and_then(|f| f.vtep.clone())
+}
+
+#[test]
+fn vxlan_overlay_connects_pods_across_three_nodes() -> anyhow::Result<()> {
+    let mut lab = three_node_lab("net-vxlan", NetworkMode::Vxlan)?;
+    let all: Vec<usize> = (0..NODES).collect();
+    eventually(&lab, "every node to publish its VTEP MAC", || {
+        let facts = node_facts(&lab)?;
+        Ok((facts.len() == NODES && facts.values().all(|f| f.vtep.is_some())).then_some(()))
+    })?;
+    wait_for_exact_entries(
+        &lab,
+        &all,
+        true,
+        Duration::from_secs(10),
+        "the VXLAN entries",
+    )?;
+
+    // The device itself: VNI 1, port 8472, no learning, MTU = 1500 - 50.
+    for i in 0..NODES {
+        let link = on_node(&lab, i, "ip", &["-d", "link", "show", VXLAN_DEVICE])?;
+        for wanted in ["mtu 1450", "vxlan id 1 ", "dstport 8472", "nolearning"] {
+            ensure!(
+                link.contains(wanted),
+                "node {i}'s {VXLAN_DEVICE} lacks {wanted:?}: {link}"
+            );
+        }
+    }
+
+    let servers = deploy_servers(&lab)?;
+    every_pod_reaches_every_pod(&lab, &servers)?;
+
+    // 1400 bytes with DF set cross the overlay (1372 bytes of ICMP payload + 28 of headers),
+    // and the pods' interfaces have the overlay's MTU.
+    let remote = servers
+        .get(&lab.node_name(1))
+        .context("no server pod on node 1")?;
+    on_node(
+        &lab,
+        0,
+        "ping",
+        &["-M", "do", "-s", "1372", "-c", "3", "-W", "2", remote],
+    )
+    .context("a 1400-byte DF ping from node 0 to a pod on node 1")?;
+    let veths = on_node(&lab, 1, "ip", &["-o", "link", "show"])?;
+    let pod_links: Vec<&str> = veths.lines().filter(|l| l.contains(": ctn")).collect();
+    ensure!(!pod_links.is_empty(), "no pod veth on node 1: {veths}");
+    for link in pod_links {
+        ensure!(
+            link.contains("mtu 1450"),
+            "a pod veth without MTU 1450: {link}"
+        );
+    }
+
+    // A node goes: its agent dies and its Node object is deleted; within 2 s the other
+    // nodes hold no entry for it.
+    let gone = lab.node_name(2);
+    lab.kill_agent(2)?;
+    kubectl(&lab, &["delete", "node", &gone])?;
+    let took = wait_for_exact_entries(&lab, &[0, 1], true, Duration::from_secs(2), "node removal")?;
+    let facts = node_facts(&lab)?;
+    ensure!(!facts.contains_key(&gone), "{gone} is still listed");
+    eprintln!("entries for a deleted node removed within {took:?}");
+
+    // It comes back: the agent registers again; once its Node has a pod CIDR and a VTEP
+    // MAC, the others hold its entries within 2 s.
+    lab.start_agent(2)?;
+    eventually(&lab, "the returning node's VTEP MAC", || {
+        Ok(vtep_of(&node_facts(&lab)?, &gone).map(|_| ()))
+    })?;
+    let took = wait_for_exact_entries(&lab, &all, true, Duration::from_secs(2), "node addition")?;
+    eprintln!("entries for a new node added within {took:?}");
+    lab.down()?;
+    Ok(())
+}
+
+#[test]
+fn host_gw_routes_connect_pods_across_three_nodes() -> anyhow::Result<()> {
+    let lab = three_node_lab("net-hostgw", NetworkMode::HostGw)?;
+    let all: Vec<usize> = (0..NODES).collect();
+    eventually(&lab, "every node to have a pod CIDR", || {
+        Ok((node_facts(&lab)?.len() == NODES).then_some(()))
+    })?;
+    wait_for_exact_entries(
+        &lab,
+        &all,
+        false,
+        Duration::from_secs(10),
+        "the host-gw routes",
+    )?;
+    for i in 0..NODES {
+        let link = on_node(&lab, i, "ip", &["link", "show"])?;
+        ensure!(
+            !link.contains(VXLAN_DEVICE),
+            "node {i} has a VXLAN device in host-gw mode"
+        );
+    }
+    let servers = deploy_servers(&lab)?;
+    every_pod_reaches_every_pod(&lab, &servers)?;
+    lab.down()?;
+    Ok(())
+}
