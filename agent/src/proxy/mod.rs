@@ -2,7 +2,16 @@
 //!
 //! Owns loading and attaching the programs embedded from `ebpf/` and writing their maps. It
 //! must not decide policy in the kernel: the programs only read what this module writes.
+//!
+//! Compute, then apply: `desired` turns Services and EndpointSlices into plain data (what the
+//! datapath should contain), `diff` compares that with what is applied and yields the minimal
+//! ordered operations (with stable service ids and backend slots), `maglev` builds the
+//! consistent-hashing tables; none of them touches the kernel. `socket_lb` loads the programs
+//! and writes the maps.
 
+pub mod desired;
+pub mod diff;
+pub mod maglev;
 mod object;
 pub mod socket_lb;
 

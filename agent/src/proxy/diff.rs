@@ -1,0 +1,1195 @@
+//! From the applied datapath contents and a new [`DesiredState`], the ordered minimal
+//! operations that turn one into the other, and the applied state that results.
+//!
+//! Owns service-id allocation (ids stay with their backend set across recomputations and,
+//! given what was read back from pinned maps, across agent restarts; an id is handed out again
+//! only after it was released), backend slot assignment (a backend keeps its slot while it
+//! stays; a freed slot is refilled instead of shifting the others) and the decision which
+//! Maglev table entries change. Work is proportional to what changed, never a full rewrite.
+//! It must not touch maps or know their layouts: an executor lowers each [`Operation`] to map
+//! writes, in the given order, and the datapath stays consistent after every single step.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::SocketAddrV4,
+};
+
+use super::{
+    desired::{
+        BackendSet, BackendSetKey, DesiredState, FrontendKey, FrontendKind, SessionAffinity,
+        WhenEmpty,
+    },
+    maglev::{MaglevError, MaglevTable, TableSize},
+};
+
+/// Identifies one backend set in the datapath (the key of its slots and Maglev table).
+/// Zero is never used, so a zeroed map value cannot name a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u32);
+
+/// How the datapath picks a backend for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendSelection {
+    /// Uniformly at random over the slots; no table.
+    Random,
+    /// Maglev consistent hashing of the flow over a table of this size.
+    Maglev(TableSize),
+}
+
+/// Settings of the planner (flags of the agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// Backend selection for every service.
+    pub selection: BackendSelection,
+    /// Highest service id; the service map's capacity.
+    pub max_service_id: u32,
+}
+
+/// Why no plan could be made. Nothing is half-planned: the applied state stays as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Every service id up to the map's capacity is in use; raise the service map size flag.
+    #[error("all {capacity} service ids are in use; raise the service map size")]
+    OutOfServiceIds { capacity: u32 },
+    /// A backend set is too large for the Maglev table; raise the Maglev table size flag.
+    #[error("Maglev table for {service:?}: {source}")]
+    Maglev {
+        service: BackendSetKey,
+        #[source]
+        source: MaglevError,
+    },
+}
+
+/// Hands out service ids: first every id never used, in increasing order, then released ids
+/// in the order they were released, so that an id is reused as late as possible (stale flow
+/// state that still names it has the longest time to expire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceIdAllocator {
+    next_fresh: u32,
+    max: u32,
+    released: VecDeque<u32>,
+}
+
+impl ServiceIdAllocator {
+    /// An allocator for ids `1..=max` with none in use.
+    pub fn new(max: u32) -> Self {
+        Self {
+            next_fresh: 1,
+            max,
+            released: VecDeque::new(),
+        }
+    }
+
+    /// An allocator that continues after a restart: `in_use` are the ids read back from the
+    /// pinned maps. Fresh ids continue above the highest of them; the gaps below it count as
+    /// released.
+    pub fn resume(max: u32, in_use: impl IntoIterator<Item = ServiceId>) -> Self {
+        let in_use: BTreeSet<u32> = in_use.into_iter().map(|id| id.0).collect();
+        let highest = in_use.iter().next_back().copied().unwrap_or(0);
+        // Gaps above `max` can never be handed out, so they are not listed (this also bounds
+        // the list if the maps held a nonsensical id).
+        let released = (1..highest.min(max.saturating_add(1)))
+            .filter(|id| !in_use.contains(id))
+            .collect();
+        Self {
+            next_fresh: highest.saturating_add(1),
+            max,
+            released,
+        }
+    }
+
+    fn allocate(&mut self) -> Result<ServiceId, PlanError> {
+        if self.next_fresh != 0 && self.next_fresh <= self.max {
+            let id = self.next_fresh;
+            self.next_fresh = self.next_fresh.checked_add(1).unwrap_or(0);
+            return Ok(ServiceId(id));
+        }
+        self.released
+            .pop_front()
+            .map(ServiceId)
+            .ok_or(PlanError::OutOfServiceIds { capacity: self.max })
+    }
+
+    fn release(&mut self, id: ServiceId) {
+        self.released.push_back(id.0);
+    }
+}
+
+/// What the datapath holds for one frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AppliedFrontend {
+    /// Why the frontend exists (the datapath treats NodePorts and ClusterIPs differently).
+    pub kind: FrontendKind,
+    /// Service used for connections from outside the node (tc).
+    pub from_outside: ServiceId,
+    /// Service used for connections made on the node (socket-LB).
+    pub from_node: ServiceId,
+}
+
+/// The per-service value the datapath reads before choosing a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServiceEntry {
+    /// Slots `0..backend_count` hold backends.
+    pub backend_count: u32,
+    /// What to do with a new connection when `backend_count` is zero.
+    pub when_empty: Option<WhenEmpty>,
+    /// ClientIP affinity.
+    pub affinity: Option<SessionAffinity>,
+}
+
+/// What the datapath holds for one service id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedService {
+    /// The backend set it was written for; unknown (None) for state read back after a
+    /// restart, when only frontends tie it to a set.
+    pub key: Option<BackendSetKey>,
+    /// Backend of each slot.
+    pub slots: Vec<SocketAddrV4>,
+    /// Terminating backends whose flows are kept.
+    pub terminating: BTreeSet<SocketAddrV4>,
+    /// The service value as written.
+    pub entry: ServiceEntry,
+}
+
+/// Everything written to the datapath, as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedState {
+    /// Frontends.
+    pub frontends: BTreeMap<FrontendKey, AppliedFrontend>,
+    /// Services by id.
+    pub services: BTreeMap<ServiceId, AppliedService>,
+    /// The id allocator that matches `services`.
+    pub ids: ServiceIdAllocator,
+}
+
+impl AppliedState {
+    /// Nothing applied yet (fresh maps).
+    pub fn empty(max_service_id: u32) -> Self {
+        Self {
+            frontends: BTreeMap::new(),
+            services: BTreeMap::new(),
+            ids: ServiceIdAllocator::new(max_service_id),
+        }
+    }
+
+    /// The state read back from pinned maps after a restart. Set keys are unknown then; the
+    /// planner recovers them through the frontends, so services keep their ids and only what
+    /// really differs is rewritten.
+    pub fn from_pinned(
+        max_service_id: u32,
+        frontends: BTreeMap<FrontendKey, AppliedFrontend>,
+        services: BTreeMap<ServiceId, AppliedService>,
+    ) -> Self {
+        let ids = ServiceIdAllocator::resume(max_service_id, services.keys().copied());
+        Self {
+            frontends,
+            services,
+            ids,
+        }
+    }
+}
+
+/// One step of a plan. Executors apply them in order; each leaves the datapath consistent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Write one slot (insert or overwrite).
+    SetBackend {
+        service: ServiceId,
+        slot: u32,
+        backend: SocketAddrV4,
+    },
+    /// Write Maglev table entries `(position, slot)`; for a new table, every position.
+    SetMaglevEntries {
+        service: ServiceId,
+        entries: Vec<(u32, u32)>,
+    },
+    /// Replace the set of terminating backends whose flows are kept.
+    SetTerminating {
+        service: ServiceId,
+        backends: BTreeSet<SocketAddrV4>,
+    },
+    /// Insert or update the service value.
+    SetService {
+        service: ServiceId,
+        entry: ServiceEntry,
+    },
+    /// Insert or update a frontend.
+    SetFrontend {
+        frontend: FrontendKey,
+        value: AppliedFrontend,
+    },
+    /// Delete a frontend: connections to it are no longer translated.
+    RemoveFrontend { frontend: FrontendKey },
+    /// Delete one slot (beyond the service's count).
+    RemoveBackend { service: ServiceId, slot: u32 },
+    /// Delete a whole Maglev table.
+    RemoveMaglevTable { service: ServiceId },
+    /// Delete a service value (no frontend names it any more).
+    RemoveService { service: ServiceId },
+    /// The backend is neither active nor terminating any more: flow state (conntrack,
+    /// affinity) that points to it for this service may be flushed.
+    ForgetBackendFlows {
+        service: ServiceId,
+        backend: SocketAddrV4,
+    },
+}
+
+/// The result of planning: the operations and the state after all of them succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// In execution order.
+    pub operations: Vec<Operation>,
+    /// Replace the applied state with this once every operation succeeded. After a failure,
+    /// keep the old state and plan again: the operations are idempotent.
+    pub next: AppliedState,
+}
+
+/// Plans the change from `applied` to `desired`.
+pub fn plan(
+    applied: &AppliedState,
+    desired: &DesiredState,
+    config: &PlanConfig,
+) -> Result<Plan, PlanError> {
+    let mut ids = applied.ids.clone();
+    let assigned = assign_ids(applied, desired, &mut ids)?;
+
+    let mut additions = Vec::new();
+    let mut shrinking = Vec::new();
+    let mut services = BTreeMap::new();
+    for (key, set) in &desired.backend_sets {
+        let Some(&id) = assigned.get(key) else {
+            continue;
+        };
+        let old = applied.services.get(&id);
+        let next = plan_service(id, key, set, old, config, &mut additions, &mut shrinking)?;
+        services.insert(id, next);
+    }
+
+    let mut frontends = BTreeMap::new();
+    let mut frontend_sets = Vec::new();
+    for (key, frontend) in &desired.frontends {
+        let (Some(&from_outside), Some(&from_node)) = (
+            assigned.get(&frontend.from_outside),
+            assigned.get(&frontend.from_node),
+        ) else {
+            continue;
+        };
+        let value = AppliedFrontend {
+            kind: frontend.kind,
+            from_outside,
+            from_node,
+        };
+        if applied.frontends.get(key) != Some(&value) {
+            frontend_sets.push(Operation::SetFrontend {
+                frontend: *key,
+                value,
+            });
+        }
+        frontends.insert(*key, value);
+    }
+    let frontend_removals = applied
+        .frontends
+        .keys()
+        .filter(|key| !frontends.contains_key(key))
+        .map(|key| Operation::RemoveFrontend { frontend: *key });
+
+    let mut removals = Vec::new();
+    for (id, old) in &applied.services {
+        if services.contains_key(id) {
+            continue;
+        }
+        removals.push(Operation::RemoveService { service: *id });
+        if matches!(config.selection, BackendSelection::Maglev(_)) && !old.slots.is_empty() {
+            removals.push(Operation::RemoveMaglevTable { service: *id });
+        }
+        for slot in 0..old.slots.len() {
+            removals.push(Operation::RemoveBackend {
+                service: *id,
+                slot: slot_number(slot),
+            });
+        }
+        for backend in old.slots.iter().chain(&old.terminating) {
+            removals.push(Operation::ForgetBackendFlows {
+                service: *id,
+                backend: *backend,
+            });
+        }
+        ids.release(*id);
+    }
+
+    let mut operations = additions;
+    operations.extend(frontend_sets);
+    operations.extend(frontend_removals);
+    operations.extend(shrinking);
+    operations.extend(removals);
+    Ok(Plan {
+        operations,
+        next: AppliedState {
+            frontends,
+            services,
+            ids,
+        },
+    })
+}
+
+/// Gives every desired backend set an id: the id it had (known set key), else the id that its
+/// frontends pointed to (state read back after a restart), else a new one.
+fn assign_ids(
+    applied: &AppliedState,
+    desired: &DesiredState,
+    ids: &mut ServiceIdAllocator,
+) -> Result<BTreeMap<BackendSetKey, ServiceId>, PlanError> {
+    let mut assigned: BTreeMap<BackendSetKey, ServiceId> = BTreeMap::new();
+    let mut claimed: BTreeSet<ServiceId> = BTreeSet::new();
+    for (id, service) in &applied.services {
+        if let Some(key) = &service.key {
+            if desired.backend_sets.contains_key(key) && !assigned.contains_key(key) {
+                assigned.insert(key.clone(), *id);
+                claimed.insert(*id);
+            }
+        }
+    }
+    for (frontend_key, frontend) in &desired.frontends {
+        let Some(old) = applied.frontends.get(frontend_key) else {
+            continue;
+        };
+        for (set_key, old_id) in [
+            (&frontend.from_node, old.from_node),
+            (&frontend.from_outside, old.from_outside),
+        ] {
+            let unknown_owner = applied
+                .services
+                .get(&old_id)
+                .is_some_and(|service| service.key.is_none());
+            if unknown_owner && !assigned.contains_key(set_key) && !claimed.contains(&old_id) {
+                assigned.insert(set_key.clone(), old_id);
+                claimed.insert(old_id);
+            }
+        }
+    }
+    for key in desired.backend_sets.keys() {
+        if !assigned.contains_key(key) {
+            assigned.insert(key.clone(), ids.allocate()?);
+        }
+    }
+    Ok(assigned)
+}
+
+/// Plans one service: its slots, Maglev entries, terminating set and value. Writes go to
+/// `additions` (before frontends change), slot deletions and flow flushes to `shrinking`
+/// (after).
+fn plan_service(
+    id: ServiceId,
+    key: &BackendSetKey,
+    set: &BackendSet,
+    old: Option<&AppliedService>,
+    config: &PlanConfig,
+    additions: &mut Vec<Operation>,
+    shrinking: &mut Vec<Operation>,
+) -> Result<AppliedService, PlanError> {
+    let old_slots: &[SocketAddrV4] = old.map(|o| o.slots.as_slice()).unwrap_or_default();
+    let slots = assign_slots(old_slots, &set.active);
+    for (slot, backend) in slots.iter().enumerate() {
+        if old_slots.get(slot) != Some(backend) {
+            additions.push(Operation::SetBackend {
+                service: id,
+                slot: slot_number(slot),
+                backend: *backend,
+            });
+        }
+    }
+    let mut table_update = None;
+    if let BackendSelection::Maglev(size) = config.selection {
+        if slots != old_slots {
+            let maglev_error = |source| PlanError::Maglev {
+                service: key.clone(),
+                source,
+            };
+            let new_table = slot_table(size, &slots).map_err(maglev_error)?;
+            if new_table.is_empty() {
+                if !old_slots.is_empty() {
+                    shrinking.push(Operation::RemoveMaglevTable { service: id });
+                }
+            } else {
+                let old_table = slot_table(size, old_slots).map_err(maglev_error)?;
+                let entries = changed_entries(&old_table, &new_table);
+                table_update = Some(Operation::SetMaglevEntries {
+                    service: id,
+                    entries,
+                });
+            }
+        }
+    }
+    let terminating = set.terminating.clone();
+    let old_terminating = old.map(|o| o.terminating.clone()).unwrap_or_default();
+    if old_terminating != terminating {
+        additions.push(Operation::SetTerminating {
+            service: id,
+            backends: terminating.clone(),
+        });
+    }
+    let entry = ServiceEntry {
+        backend_count: slot_number(slots.len()),
+        when_empty: set.when_empty,
+        affinity: set.affinity,
+    };
+    let service_update = (old.map(|o| o.entry) != Some(entry))
+        .then_some(Operation::SetService { service: id, entry });
+    // While the count is above zero, the table must be complete and point below the count: a
+    // growing service raises its count before the table points at the new slots; a new or
+    // shrinking one gets its table first (a zero count does not use it).
+    let growing = !old_slots.is_empty() && slots.len() > old_slots.len();
+    let (first, second) = if growing {
+        (service_update, table_update)
+    } else {
+        (table_update, service_update)
+    };
+    additions.extend(first);
+    additions.extend(second);
+    for slot in slots.len()..old_slots.len() {
+        shrinking.push(Operation::RemoveBackend {
+            service: id,
+            slot: slot_number(slot),
+        });
+    }
+    if let Some(old) = old {
+        let gone = old
+            .slots
+            .iter()
+            .chain(&old.terminating)
+            .filter(|b| !set.active.contains(b) && !terminating.contains(b))
+            .collect::<BTreeSet<_>>();
+        shrinking.extend(
+            gone.into_iter()
+                .map(|backend| Operation::ForgetBackendFlows {
+                    service: id,
+                    backend: *backend,
+                }),
+        );
+    }
+    Ok(AppliedService {
+        key: Some(key.clone()),
+        slots,
+        terminating,
+        entry,
+    })
+}
+
+/// New slot layout: staying backends keep their slots, new backends fill freed slots first,
+/// then go to the end; if more left than came, the last slots move into the holes so that
+/// slots stay `0..count`.
+fn assign_slots(old: &[SocketAddrV4], active: &BTreeSet<SocketAddrV4>) -> Vec<SocketAddrV4> {
+    let mut slots: Vec<Option<SocketAddrV4>> = old
+        .iter()
+        .map(|backend| active.contains(backend).then_some(*backend))
+        .collect();
+    let staying: BTreeSet<SocketAddrV4> = slots.iter().flatten().copied().collect();
+    let mut newcomers = active.difference(&staying).copied();
+    for slot in slots.iter_mut().filter(|slot| slot.is_none()) {
+        match newcomers.next() {
+            Some(backend) => *slot = Some(backend),
+            None => break,
+        }
+    }
+    slots.extend(newcomers.map(Some));
+    // Close the remaining holes with the last slots. Bounded: every pass shortens the vector.
+    loop {
+        while slots.last().is_some_and(Option::is_none) {
+            slots.pop();
+        }
+        let Some(hole) = slots.iter().position(Option::is_none) else {
+            break;
+        };
+        slots.swap_remove(hole);
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// The Maglev table of `slots`, each entry a slot number.
+fn slot_table(size: TableSize, slots: &[SocketAddrV4]) -> Result<MaglevTable, MaglevError> {
+    let keys: Vec<String> = slots.iter().map(SocketAddrV4::to_string).collect();
+    MaglevTable::build(size, &keys)
+}
+
+fn changed_entries(old: &MaglevTable, new: &MaglevTable) -> Vec<(u32, u32)> {
+    new.entries()
+        .iter()
+        .enumerate()
+        .filter(|(position, slot)| old.entries().get(*position) != Some(slot))
+        .map(|(position, slot)| (slot_number(position), *slot))
+        .collect()
+}
+
+/// Slot and table positions are bounded by the Maglev table size and by map capacities, all
+/// `u32`; saturate rather than wrap if that were ever violated.
+fn slot_number(index: usize) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::proxy::{
+        desired::{BackendScope, Frontend, FrontendAddress, ServicePortRef, ServiceRef},
+        Protocol,
+    };
+
+    const MAX_IDS: u32 = 1000;
+
+    fn maglev_config() -> PlanConfig {
+        PlanConfig {
+            selection: BackendSelection::Maglev(
+                TableSize::new(251).unwrap_or_else(|e| panic!("{e}")),
+            ),
+            max_service_id: MAX_IDS,
+        }
+    }
+
+    fn random_config() -> PlanConfig {
+        PlanConfig {
+            selection: BackendSelection::Random,
+            max_service_id: MAX_IDS,
+        }
+    }
+
+    fn set_key(name: &str) -> BackendSetKey {
+        BackendSetKey {
+            port: ServicePortRef {
+                service: ServiceRef {
+                    namespace: "default".into(),
+                    name: name.into(),
+                },
+                port_name: String::new(),
+                protocol: Protocol::Tcp,
+            },
+            scope: BackendScope::Cluster,
+        }
+    }
+
+    fn frontend_key(last_octet: u8) -> FrontendKey {
+        FrontendKey {
+            address: FrontendAddress::Ip(Ipv4Addr::new(10, 43, 0, last_octet)),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn backend(last_octet: u8) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, last_octet), 8080)
+    }
+
+    /// A ClusterIP service per `(name, clusterIP last octet, backend last octets)`.
+    fn desired(services: &[(&str, u8, &[u8])]) -> DesiredState {
+        let mut state = DesiredState::default();
+        for (name, vip, backends) in services {
+            let key = set_key(name);
+            state.frontends.insert(
+                frontend_key(*vip),
+                Frontend {
+                    kind: FrontendKind::ClusterIp,
+                    from_outside: key.clone(),
+                    from_node: key.clone(),
+                },
+            );
+            state.backend_sets.insert(
+                key,
+                BackendSet {
+                    active: backends.iter().map(|b| backend(*b)).collect(),
+                    when_empty: backends.is_empty().then_some(WhenEmpty::Reject),
+                    ..BackendSet::default()
+                },
+            );
+        }
+        state
+    }
+
+    fn plan_ok(applied: &AppliedState, desired: &DesiredState, config: &PlanConfig) -> Plan {
+        plan(applied, desired, config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn id_of(state: &AppliedState, vip: u8) -> ServiceId {
+        state
+            .frontends
+            .get(&frontend_key(vip))
+            .map(|f| f.from_node)
+            .unwrap_or_else(|| panic!("no frontend .{vip}"))
+    }
+
+    /// The maps as an executor would hold them, to check plans by applying them.
+    #[derive(Debug, Default)]
+    struct FakeMaps {
+        /// Table size when the plans use Maglev.
+        maglev_size: Option<usize>,
+        frontends: BTreeMap<FrontendKey, AppliedFrontend>,
+        services: BTreeMap<ServiceId, ServiceEntry>,
+        slots: BTreeMap<(ServiceId, u32), SocketAddrV4>,
+        tables: BTreeMap<ServiceId, BTreeMap<u32, u32>>,
+        terminating: BTreeMap<ServiceId, BTreeSet<SocketAddrV4>>,
+        forgotten: Vec<(ServiceId, SocketAddrV4)>,
+    }
+
+    impl FakeMaps {
+        fn new(config: &PlanConfig) -> Self {
+            let maglev_size = match config.selection {
+                BackendSelection::Maglev(size) => Some(size.get() as usize),
+                BackendSelection::Random => None,
+            };
+            Self {
+                maglev_size,
+                ..Self::default()
+            }
+        }
+
+        fn apply(&mut self, operation: &Operation) {
+            match operation {
+                Operation::SetBackend {
+                    service,
+                    slot,
+                    backend,
+                } => {
+                    self.slots.insert((*service, *slot), *backend);
+                }
+                Operation::SetMaglevEntries { service, entries } => {
+                    self.tables
+                        .entry(*service)
+                        .or_default()
+                        .extend(entries.iter().copied());
+                }
+                Operation::SetTerminating { service, backends } => {
+                    self.terminating.insert(*service, backends.clone());
+                }
+                Operation::SetService { service, entry } => {
+                    self.services.insert(*service, *entry);
+                }
+                Operation::SetFrontend { frontend, value } => {
+                    self.frontends.insert(*frontend, *value);
+                }
+                Operation::RemoveFrontend { frontend } => {
+                    self.frontends.remove(frontend);
+                }
+                Operation::RemoveBackend { service, slot } => {
+                    self.slots.remove(&(*service, *slot));
+                }
+                Operation::RemoveMaglevTable { service } => {
+                    self.tables.remove(service);
+                }
+                Operation::RemoveService { service } => {
+                    self.services.remove(service);
+                    self.terminating.remove(service);
+                }
+                Operation::ForgetBackendFlows { service, backend } => {
+                    self.forgotten.push((*service, *backend));
+                }
+            }
+        }
+
+        /// What the datapath needs after every single step: each frontend names services
+        /// that exist, whose slots `0..count` exist and whose table points inside them.
+        fn assert_consistent(&self, after: &Operation) {
+            for (key, frontend) in &self.frontends {
+                for id in [frontend.from_node, frontend.from_outside] {
+                    let entry = self
+                        .services
+                        .get(&id)
+                        .unwrap_or_else(|| panic!("after {after:?}: {key:?} names missing {id:?}"));
+                    for slot in 0..entry.backend_count {
+                        assert!(
+                            self.slots.contains_key(&(id, slot)),
+                            "after {after:?}: {id:?} slot {slot} missing"
+                        );
+                    }
+                    if let (Some(size), true) = (self.maglev_size, entry.backend_count > 0) {
+                        let table = self.tables.get(&id).cloned().unwrap_or_default();
+                        assert_eq!(table.len(), size, "after {after:?}: table incomplete");
+                        assert!(
+                            table.values().all(|slot| *slot < entry.backend_count),
+                            "after {after:?}: table of {id:?} points past its slots"
+                        );
+                    }
+                }
+            }
+        }
+
+        /// The maps must hold exactly what the planned state says.
+        fn assert_matches(&self, state: &AppliedState, config: &PlanConfig) {
+            assert_eq!(self.frontends, state.frontends);
+            let services: BTreeMap<_, _> = state
+                .services
+                .iter()
+                .map(|(id, s)| (*id, s.entry))
+                .collect();
+            assert_eq!(self.services, services);
+            let slots: BTreeMap<_, _> = state
+                .services
+                .iter()
+                .flat_map(|(id, s)| {
+                    s.slots
+                        .iter()
+                        .enumerate()
+                        .map(move |(slot, b)| ((*id, slot_number(slot)), *b))
+                })
+                .collect();
+            assert_eq!(self.slots, slots);
+            if let BackendSelection::Maglev(size) = config.selection {
+                for (id, service) in &state.services {
+                    let expected =
+                        slot_table(size, &service.slots).unwrap_or_else(|e| panic!("{e}"));
+                    let actual: Vec<u32> = self
+                        .tables
+                        .get(id)
+                        .map(|t| t.values().copied().collect())
+                        .unwrap_or_default();
+                    assert_eq!(actual, expected.entries(), "table of {id:?}");
+                }
+                assert!(self.tables.keys().all(|id| state.services.contains_key(id)));
+            } else {
+                assert!(self.tables.is_empty());
+            }
+        }
+
+        fn run(&mut self, plan: &Plan, config: &PlanConfig) {
+            for operation in &plan.operations {
+                self.apply(operation);
+                self.assert_consistent(operation);
+            }
+            self.assert_matches(&plan.next, config);
+        }
+    }
+
+    #[test]
+    fn first_plan_writes_everything_and_second_nothing() {
+        let config = maglev_config();
+        let desired = desired(&[("a", 1, &[1, 2, 3]), ("b", 2, &[4])]);
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &desired, &config);
+        let mut maps = FakeMaps::new(&config);
+        maps.run(&first, &config);
+        let count = |f: fn(&Operation) -> bool| first.operations.iter().filter(|o| f(o)).count();
+        assert_eq!(count(|o| matches!(o, Operation::SetBackend { .. })), 4);
+        assert_eq!(count(|o| matches!(o, Operation::SetService { .. })), 2);
+        assert_eq!(count(|o| matches!(o, Operation::SetFrontend { .. })), 2);
+        assert_eq!(
+            count(|o| matches!(o, Operation::SetMaglevEntries { .. })),
+            2
+        );
+        assert_eq!(id_of(&first.next, 1), ServiceId(1));
+        assert_eq!(id_of(&first.next, 2), ServiceId(2));
+
+        let again = plan_ok(&first.next, &desired, &config);
+        assert_eq!(again.operations, Vec::new());
+        assert_eq!(again.next, first.next);
+    }
+
+    #[test]
+    fn removing_a_backend_touches_only_its_service() {
+        let config = maglev_config();
+        let before = desired(&[("a", 1, &[1, 2, 3, 4]), ("b", 2, &[5, 6])]);
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &before, &config);
+        let mut maps = FakeMaps::new(&config);
+        maps.run(&first, &config);
+        let a = id_of(&first.next, 1);
+
+        let after = desired(&[("a", 1, &[1, 3, 4]), ("b", 2, &[5, 6])]);
+        let second = plan_ok(&first.next, &after, &config);
+        maps.run(&second, &config);
+        // The last backend moves into the freed slot 1; nothing else is rewritten.
+        let slot_ops: Vec<_> = second
+            .operations
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Operation::SetBackend { .. } | Operation::RemoveBackend { .. }
+                )
+            })
+            .collect();
+        assert_eq!(
+            slot_ops,
+            vec![
+                &Operation::SetBackend {
+                    service: a,
+                    slot: 1,
+                    backend: backend(4)
+                },
+                &Operation::RemoveBackend {
+                    service: a,
+                    slot: 3
+                },
+            ]
+        );
+        assert_eq!(
+            first.next.services[&a].slots[0],
+            second.next.services[&a].slots[0]
+        );
+        assert!(second.operations.iter().all(|o| match o {
+            Operation::SetBackend { service, .. }
+            | Operation::SetMaglevEntries { service, .. }
+            | Operation::SetService { service, .. }
+            | Operation::RemoveBackend { service, .. }
+            | Operation::ForgetBackendFlows { service, .. } => *service == a,
+            _ => false,
+        }));
+        assert!(second.operations.contains(&Operation::ForgetBackendFlows {
+            service: a,
+            backend: backend(2)
+        }));
+        // Only a part of the table changes: the removed backend's entries and the moved
+        // backend's (it changed slot), a few more at most.
+        let changed = second
+            .operations
+            .iter()
+            .find_map(|o| match o {
+                Operation::SetMaglevEntries { entries, .. } => Some(entries.len()),
+                _ => None,
+            })
+            .unwrap_or(0);
+        assert!(
+            changed > 0 && changed < 251 * 3 / 4,
+            "{changed} entries changed"
+        );
+    }
+
+    #[test]
+    fn terminating_backend_leaves_slots_but_keeps_flows() {
+        let config = random_config();
+        let before = desired(&[("a", 1, &[1, 2])]);
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &before, &config);
+        let mut after = desired(&[("a", 1, &[1])]);
+        if let Some(set) = after.backend_sets.get_mut(&set_key("a")) {
+            set.terminating.insert(backend(2));
+        }
+        let second = plan_ok(&first.next, &after, &config);
+        let a = id_of(&first.next, 1);
+        assert_eq!(
+            second.operations,
+            vec![
+                Operation::SetTerminating {
+                    service: a,
+                    backends: BTreeSet::from([backend(2)])
+                },
+                Operation::SetService {
+                    service: a,
+                    entry: ServiceEntry {
+                        backend_count: 1,
+                        when_empty: None,
+                        affinity: None
+                    }
+                },
+                Operation::RemoveBackend {
+                    service: a,
+                    slot: 1
+                },
+            ]
+        );
+        // Once it is gone entirely its flows may be forgotten.
+        let third = plan_ok(&second.next, &desired(&[("a", 1, &[1])]), &config);
+        assert!(third.operations.contains(&Operation::ForgetBackendFlows {
+            service: a,
+            backend: backend(2)
+        }));
+    }
+
+    #[test]
+    fn service_without_backends_keeps_its_entry_with_zero_count() {
+        let config = maglev_config();
+        let first = plan_ok(
+            &AppliedState::empty(MAX_IDS),
+            &desired(&[("a", 1, &[1])]),
+            &config,
+        );
+        let mut maps = FakeMaps::new(&config);
+        maps.run(&first, &config);
+        let second = plan_ok(&first.next, &desired(&[("a", 1, &[])]), &config);
+        maps.run(&second, &config);
+        let a = id_of(&second.next, 1);
+        assert_eq!(
+            maps.services
+                .get(&a)
+                .map(|e| (e.backend_count, e.when_empty)),
+            Some((0, Some(WhenEmpty::Reject)))
+        );
+        assert!(second
+            .operations
+            .contains(&Operation::RemoveMaglevTable { service: a }));
+        assert!(maps.frontends.contains_key(&frontend_key(1)));
+    }
+
+    #[test]
+    fn affinity_change_updates_only_the_service_value() {
+        let config = maglev_config();
+        let before = desired(&[("a", 1, &[1, 2])]);
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &before, &config);
+        let mut after = before.clone();
+        if let Some(set) = after.backend_sets.get_mut(&set_key("a")) {
+            set.affinity = Some(SessionAffinity {
+                timeout_seconds: 60,
+            });
+        }
+        let second = plan_ok(&first.next, &after, &config);
+        assert_eq!(second.operations.len(), 1);
+        assert!(matches!(
+            second.operations[0],
+            Operation::SetService {
+                entry: ServiceEntry {
+                    affinity: Some(_),
+                    ..
+                },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn adding_and_removing_services_keeps_other_ids() {
+        let config = maglev_config();
+        let mut applied = AppliedState::empty(MAX_IDS);
+        let mut maps = FakeMaps::new(&config);
+        let step = |applied: &mut AppliedState, maps: &mut FakeMaps, d: &DesiredState| {
+            let p = plan_ok(applied, d, &config);
+            maps.run(&p, &config);
+            *applied = p.next.clone();
+            p
+        };
+        step(
+            &mut applied,
+            &mut maps,
+            &desired(&[("a", 1, &[1]), ("b", 2, &[2])]),
+        );
+        let b = id_of(&applied, 2);
+        let removed = step(&mut applied, &mut maps, &desired(&[("b", 2, &[2])]));
+        assert!(removed.operations.contains(&Operation::RemoveFrontend {
+            frontend: frontend_key(1)
+        }));
+        assert!(removed.operations.contains(&Operation::RemoveService {
+            service: ServiceId(1)
+        }));
+        assert_eq!(id_of(&applied, 2), b);
+        // A new service gets a fresh id, not the one just released.
+        let added = step(
+            &mut applied,
+            &mut maps,
+            &desired(&[("b", 2, &[2]), ("c", 3, &[3])]),
+        );
+        assert_eq!(id_of(&applied, 2), b);
+        assert_eq!(id_of(&applied, 3), ServiceId(3));
+        assert!(added.operations.iter().all(|o| !matches!(
+            o,
+            Operation::SetBackend { service, .. } if *service == b
+        )));
+    }
+
+    #[test]
+    fn ids_are_reused_only_after_release_and_in_release_order() {
+        let mut ids = ServiceIdAllocator::new(3);
+        let allocated: Vec<_> = (0..3).map(|_| ids.allocate()).collect();
+        assert_eq!(
+            allocated,
+            vec![Ok(ServiceId(1)), Ok(ServiceId(2)), Ok(ServiceId(3))]
+        );
+        assert_eq!(
+            ids.allocate(),
+            Err(PlanError::OutOfServiceIds { capacity: 3 })
+        );
+        ids.release(ServiceId(2));
+        ids.release(ServiceId(1));
+        assert_eq!(ids.allocate(), Ok(ServiceId(2)));
+        assert_eq!(ids.allocate(), Ok(ServiceId(1)));
+        assert!(ids.allocate().is_err());
+
+        let mut resumed = ServiceIdAllocator::resume(10, [ServiceId(2), ServiceId(5)]);
+        let next: Vec<_> = (0..8).map(|_| resumed.allocate()).collect();
+        let expected: Vec<_> = [6, 7, 8, 9, 10, 1, 3, 4]
+            .into_iter()
+            .map(|id| Ok(ServiceId(id)))
+            .collect();
+        assert_eq!(next, expected);
+        assert!(resumed.allocate().is_err());
+    }
+
+    #[test]
+    fn full_id_space_is_an_error_not_a_partial_plan() {
+        let config = PlanConfig {
+            max_service_id: 1,
+            ..random_config()
+        };
+        let result = plan(
+            &AppliedState::empty(1),
+            &desired(&[("a", 1, &[1]), ("b", 2, &[2])]),
+            &config,
+        );
+        assert_eq!(
+            result.map(|p| p.operations.len()),
+            Err(PlanError::OutOfServiceIds { capacity: 1 })
+        );
+    }
+
+    /// What an agent reads back from pinned maps: everything but the set keys.
+    fn read_back(state: &AppliedState) -> AppliedState {
+        let services = state
+            .services
+            .iter()
+            .map(|(id, service)| {
+                let mut service = service.clone();
+                service.key = None;
+                (*id, service)
+            })
+            .collect();
+        AppliedState::from_pinned(MAX_IDS, state.frontends.clone(), services)
+    }
+
+    #[test]
+    fn restart_with_pinned_ids_changes_nothing_that_did_not_change() {
+        let config = maglev_config();
+        let d = desired(&[("a", 1, &[1, 2]), ("b", 2, &[3]), ("c", 3, &[])]);
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &d, &config);
+        let restarted = plan_ok(&read_back(&first.next), &d, &config);
+        assert_eq!(restarted.operations, Vec::new());
+        assert_eq!(restarted.next.frontends, first.next.frontends);
+
+        // A change made while the agent was down touches only that service.
+        let changed = desired(&[("a", 1, &[1, 2]), ("b", 2, &[3, 4]), ("c", 3, &[])]);
+        let mut maps = FakeMaps::new(&config);
+        maps.run(&first, &config);
+        let after_restart = plan_ok(&read_back(&first.next), &changed, &config);
+        maps.run(&after_restart, &config);
+        let b = id_of(&first.next, 2);
+        assert_eq!(id_of(&after_restart.next, 2), b);
+        assert!(after_restart.operations.iter().all(|o| match o {
+            Operation::SetBackend { service, .. }
+            | Operation::SetMaglevEntries { service, .. }
+            | Operation::SetService { service, .. } => *service == b,
+            _ => false,
+        }));
+        // New services after the restart never get an id that is still in use.
+        let more = desired(&[
+            ("a", 1, &[1, 2]),
+            ("b", 2, &[3]),
+            ("c", 3, &[]),
+            ("d", 4, &[5]),
+        ]);
+        let grown = plan_ok(&read_back(&first.next), &more, &config);
+        assert_eq!(id_of(&grown.next, 4), ServiceId(4));
+    }
+
+    #[test]
+    fn policy_change_fills_the_new_set_before_the_frontend_moves_and_removes_the_old() {
+        let config = maglev_config();
+        let before = desired(&[("a", 1, &[1, 2])]);
+        let mut maps = FakeMaps::new(&config);
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &before, &config);
+        maps.run(&first, &config);
+        let cluster = id_of(&first.next, 1);
+
+        // internalTrafficPolicy: Local; only backend 2 is on this node.
+        let mut after = DesiredState::default();
+        let mut local = set_key("a");
+        local.scope = BackendScope::NodeLocal;
+        after.frontends.insert(
+            frontend_key(1),
+            Frontend {
+                kind: FrontendKind::ClusterIp,
+                from_outside: local.clone(),
+                from_node: local.clone(),
+            },
+        );
+        after.backend_sets.insert(
+            local,
+            BackendSet {
+                active: BTreeSet::from([backend(2)]),
+                ..BackendSet::default()
+            },
+        );
+        let second = plan_ok(&first.next, &after, &config);
+        maps.run(&second, &config);
+        let local_id = id_of(&second.next, 1);
+        assert_ne!(local_id, cluster);
+        // The new set is complete before the frontend points to it; the old one goes after.
+        let position = |wanted: &Operation| second.operations.iter().position(|o| o == wanted);
+        let frontend_moved = second
+            .operations
+            .iter()
+            .position(|o| matches!(o, Operation::SetFrontend { .. }));
+        assert!(position(&Operation::RemoveService { service: cluster }) > frontend_moved);
+        assert!(second
+            .operations
+            .iter()
+            .take(frontend_moved.unwrap_or(0))
+            .any(|o| matches!(o, Operation::SetService { service, .. } if *service == local_id)));
+    }
+
+    #[test]
+    fn random_selection_writes_no_tables() {
+        let config = random_config();
+        let first = plan_ok(
+            &AppliedState::empty(MAX_IDS),
+            &desired(&[("a", 1, &[1, 2, 3])]),
+            &config,
+        );
+        let mut maps = FakeMaps::new(&config);
+        maps.run(&first, &config);
+        let second = plan_ok(&first.next, &desired(&[("a", 1, &[2, 3, 4])]), &config);
+        maps.run(&second, &config);
+        assert!(maps.tables.is_empty());
+    }
+
+    #[test]
+    fn slot_assignment_keeps_staying_backends_in_place() {
+        let old = [backend(1), backend(2), backend(3), backend(4)];
+        let set = |list: &[u8]| list.iter().map(|b| backend(*b)).collect::<BTreeSet<_>>();
+        // Replace 2 by 9: 9 takes slot 1.
+        assert_eq!(
+            assign_slots(&old, &set(&[1, 3, 4, 9])),
+            vec![backend(1), backend(9), backend(3), backend(4)]
+        );
+        // Remove 1 and 3: the last one fills slot 0, the trailing hole goes.
+        assert_eq!(
+            assign_slots(&old, &set(&[2, 4])),
+            vec![backend(4), backend(2)]
+        );
+        // Add two: appended in address order.
+        assert_eq!(
+            assign_slots(&old[..2], &set(&[1, 2, 7, 5])),
+            vec![backend(1), backend(2), backend(5), backend(7)]
+        );
+        assert_eq!(assign_slots(&old, &set(&[])), Vec::<SocketAddrV4>::new());
+    }
+
+    #[test]
+    fn long_random_sequence_keeps_maps_consistent_after_every_step() {
+        // A fixed pseudo-random walk over service and backend changes; after every single
+        // operation the fake maps must be usable, and after every plan exact.
+        let config = maglev_config();
+        let mut applied = AppliedState::empty(MAX_IDS);
+        let mut maps = FakeMaps::new(&config);
+        let mut seed: u64 = 0x5eed;
+        let mut next = move |bound: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % bound
+        };
+        let names = ["a", "b", "c", "d", "e", "f"];
+        for _round in 0..60 {
+            let mut services: Vec<(&str, u8, Vec<u8>)> = Vec::new();
+            for (index, name) in names.iter().enumerate() {
+                if next(4) == 0 {
+                    continue; // this service is absent in this round
+                }
+                let backends = (1..=20u8).filter(|_| next(3) == 0).collect();
+                services.push((name, u8::try_from(index + 1).unwrap_or(0), backends));
+            }
+            let view: Vec<(&str, u8, &[u8])> = services
+                .iter()
+                .map(|(n, v, b)| (*n, *v, b.as_slice()))
+                .collect();
+            let p = plan_ok(&applied, &desired(&view), &config);
+            maps.run(&p, &config);
+            // Planning again from the result is always empty.
+            assert_eq!(
+                plan_ok(&p.next, &desired(&view), &config).operations,
+                Vec::new()
+            );
+            applied = p.next;
+        }
+        assert!(applied.services.len() <= names.len());
+    }
+}
