@@ -14,6 +14,11 @@ use anyhow::{bail, Context};
 /// Runs every step; fails naming the step that failed.
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
+    if std::env::var_os("CI").is_some() && std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        // A fresh CI clone builds once: incremental caches would only take disk (a run
+        // stopped with ENOSPC), so every cargo this command starts does without them.
+        std::env::set_var("CARGO_INCREMENTAL", "0");
+    }
     let mut timings: Vec<(&str, Duration)> = Vec::new();
     let mut counts = Counts::default();
     let mut fuzzed: Vec<String> = Vec::new();
