@@ -1,8 +1,8 @@
 //! A list-and-watch cache of one resource (client-go's informer): it lists the resource's
 //! key prefix at a revision, then follows the store's watch from the next one, keeping every
-//! object decoded in memory and telling its handlers about each change. A compacted
-//! revision or a broken watch leads to a relist, and the relist is diffed against the cache
-//! so handlers see exactly the changes they missed.
+//! object decoded in memory (trimmed by [`super::compact`]) and telling its handlers about
+//! each change. A compacted revision or a broken watch leads to a relist, and the relist is
+//! diffed against the cache so handlers see exactly the changes they missed.
 //!
 //! Owns the cache and the order of notifications (one task, store order). It must not make
 //! decisions: handlers only enqueue keys; controllers read the cache from their workers.
@@ -166,16 +166,18 @@ impl<K> Shared<K> {
     }
 }
 
-/// Decodes one stored object into `K`; `None` (logged) when it cannot be.
+/// Decodes one stored object into `K` as the cache keeps it
+/// ([`compact`](super::compact::compact)); `None` (logged) when it cannot be.
 fn object_of<K>(def: &ResourceDef, kv: &KeyValue) -> Option<K>
 where
-    K: Resource + Metadata<Ty = Meta> + DeserializeOwned,
+    K: Resource + Metadata<Ty = Meta> + DeserializeOwned + 'static,
 {
     // The common case, stored in the served form: straight from the bytes into `K` (one
     // parse instead of bytes → JSON value → `K`).
     if def.conversion.is_none() {
         if let Ok(mut object) = serde_json::from_slice::<K>(&kv.value) {
             object.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
+            super::compact::compact(&mut object);
             return Some(object);
         }
     }
@@ -184,7 +186,10 @@ where
         value
     });
     match decoded.map_err(ClientError::from).and_then(from_value::<K>) {
-        Ok(object) => Some(object),
+        Ok(mut object) => {
+            super::compact::compact(&mut object);
+            Some(object)
+        }
         Err(e) => {
             warn!(key = %String::from_utf8_lossy(&kv.key), error = %e, "skipping an object the informer cannot decode");
             None
@@ -278,7 +283,7 @@ async fn relist<K>(
     shared: &Shared<K>,
 ) -> Result<i64, StoreError>
 where
-    K: Resource + Metadata<Ty = Meta> + DeserializeOwned,
+    K: Resource + Metadata<Ty = Meta> + DeserializeOwned + 'static,
 {
     let response = store
         .range(Range::prefix(prefix.as_bytes().to_vec()))

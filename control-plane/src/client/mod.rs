@@ -1,6 +1,6 @@
 //! The in-process Kubernetes client that the scheduler and the controllers use: typed verbs
-//! ([`api`]), list-and-watch caches ([`informer`]), work queues ([`queue`]) and Lease-based
-//! leader election ([`leader`]).
+//! ([`api`]), list-and-watch caches ([`informer`]) of trimmed objects ([`compact`]), work
+//! queues ([`queue`]) and Lease-based leader election ([`leader`]).
 //!
 //! It reaches the cluster through the API server's REST layer ([`crate::apiserver::rest`]),
 //! so every write takes the same validation, defaulting, admission and optimistic-concurrency
@@ -8,6 +8,7 @@
 //! into the store past what the REST layer offers for reads (informers read the store's
 //! ranges and watches, decoded exactly as the REST layer decodes them).
 pub mod api;
+pub mod compact;
 pub mod events;
 pub mod informer;
 pub mod labels;

@@ -354,7 +354,7 @@ impl Scheduler {
                     .insert(key.clone(), (node.clone(), PodInfo::new(pod.clone())));
             }
             self.queue.unschedulable(&key, Instant::now());
-            self.mark_unschedulable(&pod, message, nominated);
+            self.mark_unschedulable(&pod, message, nominated).await;
             return;
         }
         let scores = scores::score_all(&info, &feasible, &context, |image| {
@@ -428,63 +428,70 @@ impl Scheduler {
         });
     }
 
-    fn mark_unschedulable(&self, pod: &Arc<Pod>, message: String, nominated: Option<String>) {
-        let recorder = self.recorder.clone();
-        let client = self.client.clone();
-        let pod = pod.clone();
-        tokio::spawn(async move {
-            recorder.record(
-                reference_to(pod.as_ref()),
-                EventType::Warning,
-                "FailedScheduling",
-                message.clone(),
-            );
-            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            let mut conditions: Vec<serde_json::Value> = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .filter(|c| c.type_ != "PodScheduled")
-                .filter_map(|c| serde_json::to_value(c).ok())
-                .collect();
-            let previous = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .find(|c| c.type_ == "PodScheduled");
-            let transition = match previous {
-                Some(c) if c.status == "False" => c
-                    .last_transition_time
-                    .as_ref()
-                    .and_then(|t| serde_json::to_value(t).ok())
-                    .unwrap_or_else(|| json!(crate::apiserver::objects::now())),
-                _ => json!(crate::apiserver::objects::now()),
-            };
-            conditions.push(json!({
-                "type": "PodScheduled",
-                "status": "False",
-                "reason": "Unschedulable",
-                "message": message,
-                "lastProbeTime": null,
-                "lastTransitionTime": transition,
-            }));
-            let mut status = json!({"conditions": conditions});
-            if let Some(node) = nominated {
-                status["nominatedNodeName"] = json!(node);
-            }
-            let result = match client.namespaced::<Pod>(&namespace) {
-                Ok(api) => api.patch_status(&name, &json!({"status": status})).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                debug!(pod = %name, error = %e, "could not record PodScheduled=False");
-            }
+    /// Records why a pod fits nowhere: a `FailedScheduling` event (queued) and the
+    /// `PodScheduled=False` condition, written before the next pod is tried — as upstream,
+    /// so a burst of unschedulable pods costs one write at a time, not a task per pod. The
+    /// write is skipped when the pod already says the same (upstream's `updatePod` check).
+    async fn mark_unschedulable(&self, pod: &Arc<Pod>, message: String, nominated: Option<String>) {
+        self.recorder.record(
+            reference_to(pod.as_ref()),
+            EventType::Warning,
+            "FailedScheduling",
+            message.clone(),
+        );
+        let status = pod.status.as_ref();
+        let conditions = status.and_then(|s| s.conditions.as_ref());
+        let previous = conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled");
+        let same_condition = previous.is_some_and(|c| {
+            c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && c.message.as_deref() == Some(message.as_str())
         });
+        let same_nomination = match &nominated {
+            Some(node) => status.and_then(|s| s.nominated_node_name.as_ref()) == Some(node),
+            None => true,
+        };
+        if same_condition && same_nomination {
+            return;
+        }
+        let mut patched: Vec<serde_json::Value> = conditions
+            .into_iter()
+            .flatten()
+            .filter(|c| c.type_ != "PodScheduled")
+            .filter_map(|c| serde_json::to_value(c).ok())
+            .collect();
+        let transition = match previous {
+            Some(c) if c.status == "False" => c
+                .last_transition_time
+                .as_ref()
+                .and_then(|t| serde_json::to_value(t).ok())
+                .unwrap_or_else(|| json!(crate::apiserver::objects::now())),
+            _ => json!(crate::apiserver::objects::now()),
+        };
+        patched.push(json!({
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastProbeTime": null,
+            "lastTransitionTime": transition,
+        }));
+        let mut status = json!({"conditions": patched});
+        if let Some(node) = nominated {
+            status["nominatedNodeName"] = json!(node);
+        }
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let result = match self.client.namespaced::<Pod>(namespace) {
+            Ok(api) => api.patch_status(name, &json!({"status": status})).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            debug!(pod = %name, error = %e, "could not record PodScheduled=False");
+        }
     }
 }
 
