@@ -5,9 +5,11 @@
 //! a Kubernetes API client and meets the server only at the API (ARCHITECTURE.md).
 //!
 //! Today this holds the kubelet ([`kubelet`]: node registration, Lease, images, pods through
-//! CRI), the CNI config writer ([`network`]) and the service datapath's first piece, the
+//! CRI; [`kubelet_api`]: its HTTPS API on :10250 with logs, exec, attach and port-forward), the
+//! CNI config writer ([`network`]) and the service datapath's first piece, the
 //! socket-LB loader ([`proxy`]); cluster DNS and routes between nodes are still to come.
 
 pub mod kubelet;
+pub mod kubelet_api;
 pub mod network;
 pub mod proxy;

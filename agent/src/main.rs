@@ -79,6 +79,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(server) = &args.server {
         config.cluster_url = server.parse().context("--server is not a URL")?;
     }
+    // The cluster CA verifies the API server's client certificate on the kubelet API.
+    let client_cas = config.root_cert.clone().unwrap_or_default();
     let client = kube::Client::try_from(config).context("building the API client")?;
     let node_ip: std::net::Ipv4Addr = args
         .node_ip
@@ -104,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             cgroup_root: args.cgroup_root,
             cni_conf_dir: args.cni_conf_dir,
             mtu: args.mtu,
+            client_cas,
         },
     );
     tokio::select! {

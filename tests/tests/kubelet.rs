@@ -6,81 +6,12 @@
 //! (no pod veth) behind.
 //!
 //! Safety: everything runs inside the lab's namespaces; every wait is bounded.
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
-use corten_tests::lab::{Lab, LabSpec, BUSYBOX_IMAGE};
-use serde_json::Value;
-
-const WAIT: Duration = Duration::from_secs(90);
-
-fn kubectl(lab: &Lab, args: &[&str]) -> anyhow::Result<String> {
-    let output = lab
-        .kubectl()?
-        .args(args)
-        .output()
-        .context("running kubectl")?;
-    if !output.status.success() {
-        bail!(
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn apply(lab: &Lab, manifest: &str) -> anyhow::Result<()> {
-    let mut child = lab
-        .kubectl()?
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().context("kubectl's stdin")?;
-        stdin.write_all(manifest.as_bytes())?;
-    }
-    let output = child.wait_with_output()?;
-    ensure!(
-        output.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
-
-fn json(lab: &Lab, args: &[&str]) -> anyhow::Result<Value> {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    Ok(serde_json::from_str(&kubectl(lab, &all)?)?)
-}
-
-/// Polls `check` until it returns `Some`, at most [`WAIT`]; the error names `what` and
-/// carries the agents' state.
-fn eventually<T>(
-    lab: &Lab,
-    what: &str,
-    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + WAIT;
-    let mut last = String::new();
-    loop {
-        match check() {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "timed out waiting for {what} ({last}); agents: {:?}",
-                lab.agent_failures()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+use anyhow::ensure;
+use corten_tests::{
+    kubectl::{apply, eventually, json, kubectl},
+    lab::{Lab, LabSpec, BUSYBOX_IMAGE},
+};
 
 fn pod_veths(lab: &Lab) -> anyhow::Result<usize> {
     let output = lab.command(0, "ip")?.args(["-br", "link"]).output()?;

@@ -2,18 +2,28 @@
 //! ([`node`]), imports images from the image directory ([`images`]), writes the CNI config
 //! once the node has a pod CIDR, and runs the pods bound to the node through CRI
 //! ([`pods`], deciding with [`plan`], reporting with [`status`], configuring with
-//! [`runtime_config`]).
+//! [`runtime_config`]), probing containers with [`probes`] (checks in [`checks`]), running
+//! their hooks and killing them gracefully with [`lifecycle`], and recording [`events`];
+//! containers get their environment from [`env`] and their volumes from [`volumes`]
+//! (both put together by [`container_inputs`]).
 //!
 //! Owns everything between the API's pods and the runtime's containers on this node. It
 //! talks to the cluster only through the Kubernetes API (kube-rs) and to containers only
 //! through CRI.
+pub mod checks;
+pub mod container_inputs;
+pub mod env;
+pub mod events;
 pub mod images;
+pub mod lifecycle;
 pub mod node;
 pub mod observed;
 pub mod plan;
 pub mod pods;
+pub mod probes;
 pub mod runtime_config;
 pub mod status;
+pub mod volumes;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
@@ -44,6 +54,9 @@ pub struct KubeletConfig {
     pub cni_conf_dir: PathBuf,
     /// The pod interface MTU.
     pub mtu: u32,
+    /// The CAs (DER) whose client certificates the kubelet API accepts: the cluster CA from
+    /// the node kubeconfig.
+    pub client_cas: Vec<Vec<u8>>,
 }
 
 /// Connects to the runtime, retrying while it starts (at most a minute).
@@ -87,6 +100,27 @@ async fn write_cni_config_when_ready(client: Client, config: KubeletConfig) {
     }
 }
 
+/// Starts the kubelet API (:10250, healthz on :10248); a failure to start is logged, the
+/// pods still run.
+fn spawn_kubelet_api(client: &Client, cri: &CriClient, config: &KubeletConfig) {
+    let Ok(node_ip) = config.node_ip.parse() else {
+        warn!(ip = %config.node_ip, "the node IP does not parse: no kubelet API");
+        return;
+    };
+    let api = crate::kubelet_api::KubeletApiConfig::new(
+        config.node_name.clone(),
+        node_ip,
+        config.data_dir.join("pki"),
+        config.client_cas.clone(),
+    );
+    let (client, cri) = (client.clone(), cri.clone());
+    tokio::spawn(async move {
+        if let Err(err) = crate::kubelet_api::run(client, cri, api).await {
+            warn!(error = %err, "the kubelet API did not start");
+        }
+    });
+}
+
 /// Runs the kubelet until the process ends.
 pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
     crate::network::enable_forwarding().context("enabling IPv4 forwarding on the node")?;
@@ -122,6 +156,7 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(write_cni_config_when_ready(client.clone(), config.clone()));
+    spawn_kubelet_api(&client, &cri, &config);
     let log_root = config.data_dir.join("pods");
     std::fs::create_dir_all(&log_root)
         .with_context(|| format!("creating {}", log_root.display()))?;

@@ -1,7 +1,8 @@
 //! What the runtime says about one pod, reduced to plain data the kubelet's decisions read:
 //! its sandbox (ready or not, IP) and, per container name, the latest attempt (state, exit
 //! code, times, restart count), plus why a container is waiting when the kubelet itself
-//! held it back (image not present, crash-loop backoff, create error).
+//! held it back (image not present, crash-loop backoff, create error), and what the probes
+//! found about running containers.
 //!
 //! Owns the shape of observations; filling it from CRI is the pod worker's job.
 use std::collections::HashMap;
@@ -64,8 +65,22 @@ pub struct Observed {
     pub sandbox: Option<SandboxObservation>,
     /// Latest attempt per container name.
     pub containers: HashMap<String, ContainerObservation>,
+    /// The attempt before the latest, per name of a container that restarted.
+    pub previous: HashMap<String, ContainerObservation>,
     /// Containers the kubelet holds back: name → (reason, message).
     pub waiting: HashMap<String, (String, String)>,
+    /// What the probes found, per name of a running container that has probes (a running
+    /// container without probes is started and ready).
+    pub health: HashMap<String, ContainerHealth>,
+}
+
+/// What a running container's probes found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerHealth {
+    /// Its startup probe passed (or it has none).
+    pub started: bool,
+    /// It is started and its readiness probe passes (or it has none).
+    pub ready: bool,
 }
 
 impl Observed {

@@ -1,8 +1,11 @@
 //! The pod worker: follows the pods bound to this node (a watch with
 //! `spec.nodeName=<node>`), and for each one observes the runtime, carries out the
 //! [`plan`](super::plan) (sandbox, images, containers), reports the
-//! [`status`](super::status), and on deletion stops the containers within the grace period,
-//! removes the sandbox and then removes the pod from the API (the kubelet's final delete).
+//! [`status`](super::status), kills containers whose liveness or startup probe failed
+//! ([`probes`](super::probes)), runs postStart hooks, and on deletion runs preStop hooks and
+//! stops the containers within the grace period ([`lifecycle`](super::lifecycle)), removes
+//! the sandbox and only then removes the pod from the API (the kubelet's final delete). Each
+//! pod syncs in its own task.
 //! Sandboxes of pods that no longer exist are removed.
 //!
 //! Owns the CRI calls for pods; decisions are in `plan`, shapes in `runtime_config`.
@@ -13,12 +16,12 @@ use std::{
 };
 
 use corten_cri::runtime::CriClient;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use k8s_cri::v1::{
     ContainerFilter, ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
     ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxFilter,
     PodSandboxState, PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -31,10 +34,16 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::{
+    container_inputs::{self, ContainerInputs, InputsError},
+    env,
+    events::{EventRecorder, EventType},
+    lifecycle,
     observed::{ContainerObservation, Observed, RunState, SandboxObservation},
     plan::{self, Action},
+    probes::ProbeManager,
     runtime_config::{self, PodFields, CONTAINER_NAME_LABEL, POD_UID_LABEL},
     status,
+    volumes::{VolumeError, VolumeManager},
 };
 
 /// How often every pod is looked at even without a change.
@@ -95,12 +104,24 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
             }
         });
     }
+    let events = EventRecorder::new(client.clone(), config.node_name.clone());
+    let volumes = VolumeManager::new(
+        client.clone(),
+        std::path::PathBuf::from(&config.log_root),
+        env::node_allocatable(),
+    );
     let worker = Arc::new(Worker {
+        volumes,
+        allocatable: env::node_allocatable(),
+        probes: ProbeManager::new(cri.clone(), events.clone()),
+        events,
         client,
         cri,
         config,
         memory: Mutex::new(HashMap::new()),
+        busy: Mutex::new(HashMap::new()),
     });
+    let mut generation: u64 = 0;
     loop {
         tokio::select! {
             _ = changed.notified() => {}
@@ -108,16 +129,43 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
         }
         let pods = reader.state();
         let live: HashSet<String> = pods.iter().map(|p| uid_of(p)).collect();
-        futures::stream::iter(pods)
-            .for_each_concurrent(16, |pod| {
+        // Each pod syncs in its own task, so a pod that waits (a grace period, a hook, a
+        // probe kill) holds up no other; a pod still syncing is skipped this pass, unless it
+        // is now being deleted: then its sync (a postStart hook may run forever) is
+        // cancelled and termination starts, as upstream's pod workers do.
+        for pod in pods {
+            let uid = uid_of(&pod);
+            let deleting = pod.metadata.deletion_timestamp.is_some();
+            let mut busy = lock(&worker.busy);
+            match busy.get(&uid) {
+                Some(running) if running.terminating || !deleting => continue,
+                Some(running) => running.task.abort(),
+                None => {}
+            }
+            generation += 1;
+            let this = generation;
+            let task = tokio::spawn({
                 let worker = worker.clone();
+                let uid = uid.clone();
                 async move {
                     if let Err(e) = worker.sync(&pod).await {
                         warn!(pod = ?pod.metadata.name, error = %e, "pod sync failed");
                     }
+                    let mut busy = lock(&worker.busy);
+                    if busy.get(&uid).is_some_and(|r| r.generation == this) {
+                        busy.remove(&uid);
+                    }
                 }
-            })
-            .await;
+            });
+            busy.insert(
+                uid,
+                RunningSync {
+                    generation: this,
+                    terminating: deleting,
+                    task: task.abort_handle(),
+                },
+            );
+        }
         if let Err(e) = worker.remove_orphans(&live).await {
             warn!(error = %e, "removing orphaned sandboxes failed");
         }
@@ -138,6 +186,9 @@ pub enum SyncError {
     /// An API call failed.
     #[error("API: {0}")]
     Api(#[from] kube::Error),
+    /// The pod's volumes could not be removed.
+    #[error("volumes: {0}")]
+    Volumes(#[from] VolumeError),
 }
 
 fn cri(call: &'static str) -> impl FnOnce(tonic::Status) -> SyncError {
@@ -149,6 +200,25 @@ struct Worker {
     cri: CriClient,
     config: PodWorkerConfig,
     memory: Mutex<HashMap<String, Memory>>,
+    /// Pods whose sync is under way, by UID.
+    busy: Mutex<HashMap<String, RunningSync>>,
+    probes: ProbeManager,
+    events: EventRecorder,
+    volumes: VolumeManager,
+    allocatable: env::Allocatable,
+}
+
+/// A pod's sync under way.
+struct RunningSync {
+    /// Tells this sync from a later one of the same pod.
+    generation: u64,
+    /// Whether it is the pod's termination.
+    terminating: bool,
+    task: tokio::task::AbortHandle,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Worker {
@@ -217,6 +287,8 @@ impl Worker {
             .map_err(cri_err("ListContainers"))?
             .into_inner()
             .containers;
+        // The latest attempt per container name, and the one before it (its lastState).
+        let mut attempts: HashMap<String, Vec<(u32, String)>> = HashMap::new();
         for container in containers {
             let name = container
                 .labels
@@ -224,47 +296,63 @@ impl Worker {
                 .cloned()
                 .unwrap_or_default();
             let attempt = container.metadata.as_ref().map_or(0, |m| m.attempt);
-            if observed
-                .containers
-                .get(&name)
-                .is_some_and(|c| c.attempt >= attempt)
-            {
-                continue;
+            attempts
+                .entry(name)
+                .or_default()
+                .push((attempt, container.id));
+        }
+        for (name, mut list) in attempts {
+            list.sort_unstable_by_key(|(attempt, _)| std::cmp::Reverse(*attempt));
+            let mut newest_first = list.into_iter();
+            if let Some((attempt, id)) = newest_first.next() {
+                let latest = self.container_observation(id, attempt).await?;
+                observed.containers.insert(name.clone(), latest);
             }
-            let status = cri
-                .runtime()
-                .container_status(ContainerStatusRequest {
-                    container_id: container.id.clone(),
-                    verbose: false,
-                })
-                .await
-                .map_err(cri_err("ContainerStatus"))?
-                .into_inner()
-                .status
-                .unwrap_or_default();
-            let state = match ContainerState::try_from(status.state) {
-                Ok(ContainerState::ContainerCreated) => RunState::Created,
-                Ok(ContainerState::ContainerRunning) => RunState::Running,
-                Ok(ContainerState::ContainerExited) => RunState::Exited,
-                _ => RunState::Unknown,
-            };
-            observed.containers.insert(
-                name,
-                ContainerObservation {
-                    id: container.id.clone(),
-                    state,
-                    exit_code: status.exit_code,
-                    reason: status.reason.clone(),
-                    message: status.message.clone(),
-                    started_at: status.started_at / 1_000_000_000,
-                    finished_at: status.finished_at / 1_000_000_000,
-                    attempt,
-                    image: status.image.map(|i| i.image).unwrap_or_default(),
-                    image_ref: status.image_ref.clone(),
-                },
-            );
+            if let Some((attempt, id)) = newest_first.next() {
+                let previous = self.container_observation(id, attempt).await?;
+                observed.previous.insert(name, previous);
+            }
         }
         Ok(observed)
+    }
+
+    /// One container attempt as the runtime reports it.
+    async fn container_observation(
+        &self,
+        id: String,
+        attempt: u32,
+    ) -> Result<ContainerObservation, SyncError> {
+        let status = self
+            .cri
+            .clone()
+            .runtime()
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .map_err(cri_err("ContainerStatus"))?
+            .into_inner()
+            .status
+            .unwrap_or_default();
+        let state = match ContainerState::try_from(status.state) {
+            Ok(ContainerState::ContainerCreated) => RunState::Created,
+            Ok(ContainerState::ContainerRunning) => RunState::Running,
+            Ok(ContainerState::ContainerExited) => RunState::Exited,
+            _ => RunState::Unknown,
+        };
+        Ok(ContainerObservation {
+            id,
+            state,
+            exit_code: status.exit_code,
+            reason: status.reason.clone(),
+            message: status.message.clone(),
+            started_at: status.started_at / 1_000_000_000,
+            finished_at: status.finished_at / 1_000_000_000,
+            attempt,
+            image: status.image.map(|i| i.image).unwrap_or_default(),
+            image_ref: status.image_ref.clone(),
+        })
     }
 
     async fn sync(&self, pod: &Pod) -> Result<(), SyncError> {
@@ -278,13 +366,25 @@ impl Worker {
                 m.started_at = now;
             }
         });
-        let observed = self.observe(&uid).await?;
-        for action in plan::plan(pod, &observed, now) {
+        let mut observed = self.observe(&uid).await?;
+        self.probes.sync_pod(pod, &observed);
+        if self.kill_unhealthy(pod, &observed).await? {
+            observed = self.observe(&uid).await?;
+            self.probes.sync_pod(pod, &observed);
+        }
+        let actions = if self.volumes_ready(pod, &observed).await {
+            plan::plan(pod, &observed, now)
+        } else {
+            Vec::new()
+        };
+        for action in actions {
             self.carry_out(pod, &observed, action).await?;
         }
         let mut observed = self.observe(&uid).await?;
+        self.probes.sync_pod(pod, &observed);
         let (waiting, started_at) = self.memory(&uid, |m| (m.waiting.clone(), m.started_at));
         observed.waiting = waiting;
+        observed.health = self.probes.health(&uid);
         let status = status::pod_status(
             pod,
             &observed,
@@ -309,13 +409,114 @@ impl Worker {
     }
 
     fn fields(&self, observed: &Observed) -> PodFields {
+        let pod_ip = observed
+            .sandbox
+            .as_ref()
+            .and_then(|s| s.ip.clone())
+            .unwrap_or_default();
         PodFields {
-            pod_ip: observed
-                .sandbox
-                .as_ref()
-                .and_then(|s| s.ip.clone())
-                .unwrap_or_default(),
+            pod_ips: [pod_ip.clone()]
+                .into_iter()
+                .filter(|ip| !ip.is_empty())
+                .collect(),
+            pod_ip,
             host_ip: self.config.host_ip.clone(),
+            host_ips: vec![self.config.host_ip.clone()],
+        }
+    }
+
+    /// Sets up (or refreshes) the pod's volumes. When they are not ready it says why — a
+    /// `FailedMount` event, and `ContainerCreating` with the message on containers not yet
+    /// created — and returns false, so nothing starts this pass.
+    async fn volumes_ready(&self, pod: &Pod, observed: &Observed) -> bool {
+        let uid = uid_of(pod);
+        match self.volumes.ensure(pod).await {
+            Ok(_) => {
+                self.memory(&uid, |m| {
+                    m.waiting.retain(|_, (reason, message)| {
+                        !(reason == "ContainerCreating" && message.starts_with("MountVolume."))
+                    })
+                });
+                true
+            }
+            Err(e) => {
+                let message = e.to_string();
+                warn!(pod = ?pod.metadata.name, error = %message, "the pod's volumes are not ready");
+                if self.volumes.should_report(&uid, &message) {
+                    self.events
+                        .record(pod, None, EventType::Warning, "FailedMount", &message);
+                }
+                let spec = pod.spec.clone().unwrap_or_default();
+                let pending: Vec<String> = spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(spec.containers.iter())
+                    .filter(|c| observed.container(&c.name).is_none())
+                    .map(|c| c.name.clone())
+                    .collect();
+                self.memory(&uid, |m| {
+                    for name in pending {
+                        m.waiting
+                            .insert(name, ("ContainerCreating".to_owned(), message.clone()));
+                    }
+                });
+                false
+            }
+        }
+    }
+
+    /// A container's environment and mounts; `None` when they cannot be resolved, with the
+    /// container waiting (`CreateContainerConfigError` and upstream's message) and an event.
+    async fn container_inputs(
+        &self,
+        pod: &Pod,
+        container: &k8s_openapi::api::core::v1::Container,
+        observed: &Observed,
+    ) -> Result<Option<ContainerInputs>, SyncError> {
+        let uid = uid_of(pod);
+        let resolved = container_inputs::resolve(
+            &self.client,
+            &self.volumes,
+            pod,
+            container,
+            &self.fields(observed),
+            &self.allocatable,
+        )
+        .await;
+        match resolved {
+            Ok(inputs) => {
+                for warning in &inputs.warnings {
+                    self.events.record(
+                        pod,
+                        Some(&container.name),
+                        EventType::Warning,
+                        "InvalidEnvironmentVariableNames",
+                        warning,
+                    );
+                }
+                Ok(Some(inputs))
+            }
+            Err(InputsError::Api(e)) => Err(e.into()),
+            Err(e) => {
+                let reason = e.reason();
+                let message = e.to_string();
+                if self.volumes.should_report(&uid, &message) {
+                    let event = format!("Error: {message}");
+                    self.events.record(
+                        pod,
+                        Some(&container.name),
+                        EventType::Warning,
+                        "Failed",
+                        &event,
+                    );
+                }
+                self.memory(&uid, |m| {
+                    m.waiting
+                        .insert(container.name.clone(), (reason.to_owned(), message))
+                });
+                Ok(None)
+            }
         }
     }
 
@@ -373,11 +574,15 @@ impl Worker {
                     &self.config.cgroup_root,
                     &self.config.log_root,
                 );
+                let Some(inputs) = self.container_inputs(pod, &container, observed).await? else {
+                    return Ok(());
+                };
                 let config = runtime_config::container_config(
                     pod,
                     &container,
                     attempt,
-                    &self.fields(observed),
+                    inputs.env,
+                    inputs.mounts,
                 );
                 let created = cri
                     .runtime()
@@ -404,7 +609,9 @@ impl Worker {
                 };
                 if let Err(status) = cri
                     .runtime()
-                    .start_container(StartContainerRequest { container_id: id })
+                    .start_container(StartContainerRequest {
+                        container_id: id.clone(),
+                    })
                     .await
                 {
                     self.memory(&uid, |m| {
@@ -417,6 +624,24 @@ impl Worker {
                 }
                 debug!(pod = ?pod.metadata.name, container = %name, attempt, "started");
                 self.memory(&uid, |m| m.waiting.remove(&name));
+                let pod_ip = self.fields(observed).pod_ip;
+                if lifecycle::post_start(&self.cri, &self.events, pod, &container, &id, &pod_ip)
+                    .await
+                    .is_err()
+                {
+                    let kill = lifecycle::Kill {
+                        pod,
+                        container: Some(&container),
+                        name: &name,
+                        container_id: &id,
+                        pod_ip: &pod_ip,
+                        grace_seconds: lifecycle::grace_seconds(pod),
+                        reason: Some(format!("FailedPostStartHook: container {name}")),
+                    };
+                    lifecycle::kill_container(&self.cri, &self.events, kill)
+                        .await
+                        .map_err(cri_err("StopContainer"))?;
+                }
             }
             Action::Backoff { name, until } => {
                 let delay = (until - now_seconds()).max(0);
@@ -505,43 +730,78 @@ impl Worker {
         }
     }
 
-    /// Graceful termination: stop containers within the grace period, remove the sandbox,
-    /// then the kubelet's own delete with grace 0.
+    /// Kills the containers a failed liveness or startup probe asks to kill (their preStop
+    /// hooks run, within the pod's grace period or the probe's own); true when it killed one.
+    async fn kill_unhealthy(&self, pod: &Pod, observed: &Observed) -> Result<bool, SyncError> {
+        let requests = self.probes.kill_requests(pod);
+        let pod_ip = self.fields(observed).pod_ip;
+        let spec = pod.spec.clone().unwrap_or_default();
+        for request in &requests {
+            let container = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .find(|c| c.name == request.name);
+            let kill = lifecycle::Kill {
+                pod,
+                container,
+                name: &request.name,
+                container_id: &request.container_id,
+                pod_ip: &pod_ip,
+                grace_seconds: request
+                    .grace_override
+                    .unwrap_or_else(|| lifecycle::grace_seconds(pod)),
+                reason: Some(request.message.clone()),
+            };
+            lifecycle::kill_container(&self.cri, &self.events, kill)
+                .await
+                .map_err(cri_err("StopContainer"))?;
+        }
+        Ok(!requests.is_empty())
+    }
+
+    /// Graceful termination (upstream's killPod): every running container's preStop hook,
+    /// then SIGTERM and SIGKILL when the grace period runs out, all containers at once; then
+    /// the sandbox is removed, and only then the kubelet's own delete with grace 0 removes
+    /// the pod from the API.
     async fn terminate(&self, pod: &Pod) -> Result<(), SyncError> {
         let uid = uid_of(pod);
+        self.probes.forget_pod(&uid);
         let observed = self.observe(&uid).await?;
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or(pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds))
-            .unwrap_or(30)
-            .max(0);
-        let running: Vec<String> = observed
+        let grace = lifecycle::grace_seconds(pod);
+        let pod_ip = self.fields(&observed).pod_ip;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let running: Vec<(&String, &ContainerObservation)> = observed
             .containers
-            .values()
-            .filter(|c| c.state == RunState::Running)
-            .map(|c| c.id.clone())
+            .iter()
+            .filter(|(_, c)| c.state == RunState::Running)
             .collect();
-        futures::future::join_all(running.into_iter().map(|id| {
-            let mut cri = self.cri.clone();
-            async move {
-                let stopped = cri
-                    .runtime()
-                    .stop_container(StopContainerRequest {
-                        container_id: id,
-                        timeout: grace,
-                    })
-                    .await;
-                if let Err(e) = stopped {
-                    warn!(error = %e, "stopping a container failed");
-                }
-            }
+        let stopped = futures::future::join_all(running.into_iter().map(|(name, c)| {
+            let container = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .find(|spec| &spec.name == name);
+            let kill = lifecycle::Kill {
+                pod,
+                container,
+                name,
+                container_id: &c.id,
+                pod_ip: &pod_ip,
+                grace_seconds: grace,
+                reason: Some(format!("Stopping container {name}")),
+            };
+            lifecycle::kill_container(&self.cri, &self.events, kill)
         }))
         .await;
+        for result in stopped {
+            // The sandbox's removal below takes what did not stop.
+            if let Err(e) = result {
+                warn!(error = %e, "stopping a container failed");
+            }
+        }
         self.remove_sandboxes(&uid).await?;
+        self.volumes.tear_down(&uid)?;
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
@@ -615,7 +875,9 @@ impl Worker {
             .collect();
         for uid in orphans {
             info!(%uid, "removing the sandbox of a pod that no longer exists");
+            self.probes.forget_pod(&uid);
             self.remove_sandboxes(&uid).await?;
+            self.volumes.tear_down(&uid)?;
             self.memory
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -1,7 +1,8 @@
 //! From a Pod to the CRI's words: the sandbox config (metadata, labels the kubelet finds
 //! its sandboxes by, hostname, log directory, cgroup parent by QoS class, namespaces, port
-//! mappings) and each container's config (image, command, args, env, working dir, log path,
-//! Linux resources from requests and limits as the kubelet computes them).
+//! mappings) and each container's config (image, command, args, the env and mounts resolved
+//! by `env` and `volumes`, working dir, log path, Linux resources from requests and limits
+//! as the kubelet computes them).
 //!
 //! Owns that translation as plain functions (unit-tested without a runtime); it must not
 //! call the runtime.
@@ -9,10 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, LinuxContainerConfig,
-    LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol,
+    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PortMapping, Protocol,
 };
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+use super::env::expand;
 
 /// Label carrying the pod's UID on sandboxes and containers (upstream's name).
 pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
@@ -186,26 +190,7 @@ pub fn sandbox_config(
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: cgroup_parent(pod, cgroup_root),
             security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: if host_network {
-                        NamespaceMode::Node
-                    } else {
-                        NamespaceMode::Pod
-                    } as i32,
-                    pid: if spec.host_pid.unwrap_or(false) {
-                        NamespaceMode::Node
-                    } else if spec.share_process_namespace.unwrap_or(false) {
-                        NamespaceMode::Pod
-                    } else {
-                        NamespaceMode::Container
-                    } as i32,
-                    ipc: if spec.host_ipc.unwrap_or(false) {
-                        NamespaceMode::Node
-                    } else {
-                        NamespaceMode::Pod
-                    } as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(namespace_options(pod)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -214,98 +199,8 @@ pub fn sandbox_config(
     }
 }
 
-/// What env `valueFrom.fieldRef` may read, resolved by the caller.
-#[derive(Debug, Clone, Default)]
-pub struct PodFields {
-    /// `status.podIP`.
-    pub pod_ip: String,
-    /// `status.hostIP`.
-    pub host_ip: String,
-}
-
-/// Resolves a container's environment: plain values, `$(VAR)` references to earlier
-/// variables, and `fieldRef`s to the pod's own fields. Sources the agent cannot resolve yet
-/// are left out.
-pub fn environment(pod: &Pod, container: &Container, fields: &PodFields) -> Vec<KeyValue> {
-    let (name, namespace, uid) = meta(pod);
-    let spec = pod.spec.clone().unwrap_or_default();
-    let mut resolved: BTreeMap<String, String> = BTreeMap::new();
-    let mut out = Vec::new();
-    for EnvVar {
-        name: key,
-        value,
-        value_from,
-    } in container.env.iter().flatten()
-    {
-        let value = match (value, value_from) {
-            (Some(v), _) => Some(expand(v, &resolved)),
-            (None, Some(from)) => {
-                from.field_ref
-                    .as_ref()
-                    .and_then(|f| match f.field_path.as_str() {
-                        "metadata.name" => Some(name.to_owned()),
-                        "metadata.namespace" => Some(namespace.to_owned()),
-                        "metadata.uid" => Some(uid.to_owned()),
-                        "spec.nodeName" => spec.node_name.clone(),
-                        "spec.serviceAccountName" => spec.service_account_name.clone(),
-                        "status.podIP" => Some(fields.pod_ip.clone()),
-                        "status.hostIP" => Some(fields.host_ip.clone()),
-                        path => path
-                            .strip_prefix("metadata.labels['")
-                            .and_then(|p| p.strip_suffix("']"))
-                            .and_then(|label| pod.metadata.labels.as_ref()?.get(label).cloned()),
-                    })
-            }
-            (None, None) => Some(String::new()),
-        };
-        if let Some(value) = value {
-            resolved.insert(key.clone(), value.clone());
-            out.push(KeyValue {
-                key: key.clone(),
-                value,
-            });
-        }
-    }
-    out
-}
-
-/// Expands `$(NAME)` from earlier variables; `$$` escapes; unknown references stay.
-pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-        } else if let Some(body) = after.strip_prefix('(') {
-            match body.find(')') {
-                Some(end) => {
-                    let key = &body[..end];
-                    match vars.get(key) {
-                        Some(v) => out.push_str(v),
-                        None => {
-                            out.push_str("$(");
-                            out.push_str(key);
-                            out.push(')');
-                        }
-                    }
-                    rest = &body[end + 1..];
-                }
-                None => {
-                    out.push('$');
-                    rest = after;
-                }
-            }
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
-}
+/// The pod fields env reads that the API object may not carry yet (see [`super::env`]).
+pub use super::env::PodFields;
 
 /// Linux resources for a container from its requests and limits (cpu shares from the
 /// request, CFS quota and memory limit from the limits, oom_score_adj by QoS).
@@ -359,12 +254,42 @@ pub fn total_memory() -> i64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// The config of one container of the pod.
+/// The namespaces of the pod's sandbox and containers, as upstream's kubelet sets them:
+/// network and IPC shared in the pod (or the node's), PID per container unless the pod
+/// shares its process namespace (or uses the node's).
+fn namespace_options(pod: &Pod) -> NamespaceOption {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let node_or = |node: Option<bool>, otherwise: NamespaceMode| {
+        if node.unwrap_or(false) {
+            NamespaceMode::Node as i32
+        } else {
+            otherwise as i32
+        }
+    };
+    NamespaceOption {
+        network: node_or(spec.host_network, NamespaceMode::Pod),
+        pid: node_or(
+            spec.host_pid,
+            if spec.share_process_namespace.unwrap_or(false) {
+                NamespaceMode::Pod
+            } else {
+                NamespaceMode::Container
+            },
+        ),
+        ipc: node_or(spec.host_ipc, NamespaceMode::Pod),
+        ..Default::default()
+    }
+}
+
+/// The config of one container of the pod, with its environment and mounts resolved by the
+/// caller ([`super::env`], [`super::volumes::mounts`]); `$(VAR)` in command and args expand
+/// over that environment.
 pub fn container_config(
     pod: &Pod,
     container: &Container,
     attempt: u32,
-    fields: &PodFields,
+    env: Vec<KeyValue>,
+    mounts: Vec<Mount>,
 ) -> ContainerConfig {
     let (name, namespace, uid) = meta(pod);
     let mut labels = HashMap::new();
@@ -372,11 +297,11 @@ pub fn container_config(
     labels.insert(POD_NAMESPACE_LABEL.to_owned(), namespace.to_owned());
     labels.insert(POD_UID_LABEL.to_owned(), uid.to_owned());
     labels.insert(CONTAINER_NAME_LABEL.to_owned(), container.name.clone());
-    let env = environment(pod, container, fields);
     let vars: BTreeMap<String, String> = env
         .iter()
         .map(|kv| (kv.key.clone(), kv.value.clone()))
         .collect();
+    let lookup = |key: &str| vars.get(key).cloned();
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: container.name.clone(),
@@ -390,16 +315,17 @@ pub fn container_config(
             .command
             .iter()
             .flatten()
-            .map(|c| expand(c, &vars))
+            .map(|c| expand(c, lookup))
             .collect(),
         args: container
             .args
             .iter()
             .flatten()
-            .map(|a| expand(a, &vars))
+            .map(|a| expand(a, lookup))
             .collect(),
         working_dir: container.working_dir.clone().unwrap_or_default(),
         envs: env,
+        mounts,
         labels,
         log_path: format!("{}/{attempt}.log", container.name),
         stdin: container.stdin.unwrap_or(false),
@@ -407,7 +333,12 @@ pub fn container_config(
         tty: container.tty.unwrap_or(false),
         linux: Some(LinuxContainerConfig {
             resources: Some(linux_resources(pod, container)),
-            ..Default::default()
+            // Without these the runtime's default (POD, 0) would put every container in the
+            // pause process's PID namespace, as if shareProcessNamespace were set.
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(namespace_options(pod)),
+                ..Default::default()
+            }),
         }),
         ..Default::default()
     }
@@ -456,38 +387,6 @@ mod tests {
     }
 
     #[test]
-    fn environment_resolves_values_references_and_fields() {
-        let p = pod(serde_json::json!({
-        "metadata": {"name": "web", "namespace": "ns", "uid": "u1", "labels": {"app": "x"}},
-        "spec": {"nodeName": "n1", "containers": [{"name": "a", "env": [
-            {"name": "A", "value": "1"},
-            {"name": "B", "value": "$(A)-$$(A)-$(MISSING)"},
-            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-        ]}]}}));
-        let spec = p.spec.clone().unwrap_or_default();
-        let fields = PodFields {
-            pod_ip: "10.42.0.5".into(),
-            host_ip: "172.30.0.10".into(),
-        };
-        let env: Vec<(String, String)> = environment(&p, &spec.containers[0], &fields)
-            .into_iter()
-            .map(|kv| (kv.key, kv.value))
-            .collect();
-        assert_eq!(
-            env,
-            [
-                ("A".into(), "1".into()),
-                ("B".into(), "1-$(A)-$(MISSING)".into()),
-                ("POD".into(), "web".into()),
-                ("IP".into(), "10.42.0.5".into()),
-                ("APP".into(), "x".into()),
-            ]
-        );
-    }
-
-    #[test]
     fn sandbox_config_carries_identity_ports_and_namespaces() {
         let p = pod(serde_json::json!({
             "metadata": {"name": "web", "namespace": "ns", "uid": "u1"},
@@ -505,5 +404,26 @@ mod tests {
             .and_then(|l| l.security_context)
             .and_then(|s| s.namespace_options);
         assert_eq!(ns.map(|n| n.network), Some(NamespaceMode::Pod as i32));
+    }
+
+    #[test]
+    fn containers_get_their_own_pid_namespace_unless_the_pod_shares_one() {
+        let pid_of = |spec: serde_json::Value| {
+            let p = pod(serde_json::json!({"spec": spec}));
+            let container = p.spec.clone().unwrap_or_default().containers[0].clone();
+            container_config(&p, &container, 0, Vec::new(), Vec::new())
+                .linux
+                .and_then(|l| l.security_context)
+                .and_then(|s| s.namespace_options)
+                .map(|n| (n.pid, n.network))
+        };
+        let own = pid_of(serde_json::json!({"containers": [{"name": "a"}]}));
+        assert_eq!(
+            own,
+            Some((NamespaceMode::Container as i32, NamespaceMode::Pod as i32))
+        );
+        let shared = pid_of(serde_json::json!({"shareProcessNamespace": true,
+            "containers": [{"name": "a"}]}));
+        assert_eq!(shared.map(|(pid, _)| pid), Some(NamespaceMode::Pod as i32));
     }
 }

@@ -53,13 +53,19 @@ fn container_status(container: &Container, observed: &Observed, now: i64) -> (Va
         state = json!({"waiting": {"reason": reason, "message": message}});
     }
     let running = latest.is_some_and(|c| c.state == RunState::Running);
-    // A restarting container shows its previous attempt as lastState.
-    let last_state = match latest {
-        Some(c)
+    // Probes decide `started` and `ready` of a running container that has them.
+    let health = observed.health.get(&container.name);
+    let started = running && health.is_none_or(|h| h.started);
+    let ready = running && health.is_none_or(|h| h.ready);
+    // A container waiting to restart shows its latest attempt as lastState; a restarted one
+    // the attempt before.
+    let last_state = match (latest, observed.previous.get(&container.name)) {
+        (Some(c), _)
             if c.state == RunState::Exited && observed.waiting.contains_key(&container.name) =>
         {
             state_of(c)
         }
+        (Some(_), Some(previous)) if previous.state == RunState::Exited => state_of(previous),
         _ => json!({}),
     };
     let _ = now;
@@ -68,13 +74,13 @@ fn container_status(container: &Container, observed: &Observed, now: i64) -> (Va
         "image": image,
         "imageID": latest.map(|c| c.image_ref.clone()).unwrap_or_default(),
         "containerID": latest.map(|c| format!("containerd://{}", c.id)),
-        "ready": running,
-        "started": running,
+        "ready": ready,
+        "started": started,
         "restartCount": latest.map_or(0, |c| c.attempt),
         "state": state,
         "lastState": last_state,
     });
-    (status, running)
+    (status, ready)
 }
 
 fn condition(kind: &str, ok: bool, reason: Option<&str>, previous: &Pod, now: &Value) -> Value {
@@ -127,7 +133,11 @@ pub fn pod_status(
     let all_ready = !statuses.is_empty() && statuses.iter().all(|(_, ready)| *ready);
     let sandbox_ready = observed.sandbox.as_ref().is_some_and(|s| s.ready);
     let finished = plan::finished(pod, observed);
-    let any_running = statuses.iter().any(|(_, r)| *r);
+    let any_running = spec.containers.iter().any(|c| {
+        observed
+            .container(&c.name)
+            .is_some_and(|o| o.state == RunState::Running)
+    });
     let phase = match finished {
         Some(true) => "Succeeded",
         Some(false) => "Failed",
@@ -229,7 +239,7 @@ pub fn pod_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kubelet::observed::SandboxObservation;
+    use crate::kubelet::observed::{ContainerHealth, SandboxObservation};
 
     fn running(attempt: u32) -> ContainerObservation {
         ContainerObservation {
@@ -272,6 +282,88 @@ mod tests {
             .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
             .cloned();
         assert_eq!(ready.map(|c| c["status"].clone()), Some(json!("True")));
+    }
+
+    #[test]
+    fn probes_decide_started_and_ready_of_a_running_container() {
+        let pod: Pod = serde_json::from_value(
+            json!({"spec": {"containers": [{"name": "app", "image": "img"}]}}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut observed = Observed {
+            sandbox: Some(SandboxObservation {
+                id: "s".into(),
+                ready: true,
+                ip: Some("10.42.0.7".into()),
+                attempt: 0,
+            }),
+            ..Default::default()
+        };
+        observed.containers.insert("app".into(), running(0));
+        let condition = |status: &Value, kind: &str| {
+            status["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == kind))
+                .map(|c| c["status"].clone())
+        };
+        for (health, started, ready) in [
+            (
+                ContainerHealth {
+                    started: false,
+                    ready: false,
+                },
+                false,
+                false,
+            ),
+            (
+                ContainerHealth {
+                    started: true,
+                    ready: false,
+                },
+                true,
+                false,
+            ),
+            (
+                ContainerHealth {
+                    started: true,
+                    ready: true,
+                },
+                true,
+                true,
+            ),
+        ] {
+            observed.health.insert("app".into(), health);
+            let status = pod_status(&pod, &observed, "h", 1, 2);
+            assert_eq!(status["phase"], "Running");
+            assert_eq!(status["containerStatuses"][0]["started"], started);
+            assert_eq!(status["containerStatuses"][0]["ready"], ready);
+            let expected = json!(if ready { "True" } else { "False" });
+            assert_eq!(condition(&status, "Ready"), Some(expected.clone()));
+            assert_eq!(condition(&status, "ContainersReady"), Some(expected));
+        }
+    }
+
+    #[test]
+    fn a_restarted_container_shows_its_previous_attempt_as_last_state() {
+        let pod: Pod = serde_json::from_value(
+            json!({"spec": {"containers": [{"name": "app", "image": "img"}]}}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut observed = Observed::default();
+        observed.containers.insert("app".into(), running(1));
+        let status = pod_status(&pod, &observed, "h", 1, 2);
+        assert_eq!(status["containerStatuses"][0]["lastState"], json!({}));
+        let mut killed = running(0);
+        killed.state = RunState::Exited;
+        killed.exit_code = 137;
+        killed.finished_at = 1_700_000_005;
+        observed.previous.insert("app".into(), killed);
+        let status = pod_status(&pod, &observed, "h", 1, 2);
+        let container = &status["containerStatuses"][0];
+        assert_eq!(container["restartCount"], 1);
+        assert!(container["state"]["running"].is_object());
+        assert_eq!(container["lastState"]["terminated"]["exitCode"], 137);
+        assert_eq!(container["lastState"]["terminated"]["reason"], "Error");
     }
 
     #[test]

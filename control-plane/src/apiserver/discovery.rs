@@ -144,6 +144,22 @@ fn subresource_kind(r: &ResourceDef, sub: &str) -> (Value, Value) {
             json!({"group": "policy", "version": "v1", "kind": "Eviction"}),
             json!(["create"]),
         ),
+        "exec" => (
+            json!({"group": "", "version": "v1", "kind": "PodExecOptions"}),
+            json!(["create", "get"]),
+        ),
+        "attach" => (
+            json!({"group": "", "version": "v1", "kind": "PodAttachOptions"}),
+            json!(["create", "get"]),
+        ),
+        "portforward" => (
+            json!({"group": "", "version": "v1", "kind": "PodPortForwardOptions"}),
+            json!(["create", "get"]),
+        ),
+        "log" => (
+            json!({"group": "", "version": "v1", "kind": "Pod"}),
+            json!(["get"]),
+        ),
         "token" => (
             json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}),
             json!(["create"]),

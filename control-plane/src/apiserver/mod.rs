@@ -5,7 +5,9 @@
 //! [`server`] owns the wire (TLS, HTTP, routing; [`protobuf`] turns Kubernetes protobuf
 //! request bodies into the JSON the rest reads), [`serviceaccount_token`] service-account
 //! tokens (issued by the `token` subresource, accepted as bearer tokens; [`jwt`] signs and
-//! verifies them), [`rest`] the verbs, [`watch`] watch
+//! verifies them), [`kubelet_proxy`] and [`kubelet_streams`] the subresources kubelets answer
+//! (`pods/log`, `pods/exec`, `pods/attach`), [`rest`]
+//! the verbs, [`watch`] watch
 //! streams, [`resources`] the table of served resources, [`discovery`] and [`table`] the
 //! documents kubectl reads, [`objects`] metadata rules, [`namespaces`] namespace lifecycle,
 //! [`status`] errors. It must not reach into the scheduler or controllers: they are API
@@ -16,6 +18,8 @@ pub mod defaults;
 pub mod discovery;
 pub mod events;
 pub mod jwt;
+pub mod kubelet_proxy;
+pub mod kubelet_streams;
 pub mod namespaces;
 pub mod objects;
 pub mod openapi;
@@ -112,11 +116,20 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("loading the CRDs: {}", e.message))?;
     crds::run(rest.clone(), revision);
     clients(&rest)?;
+    let ca = pki::ClusterCa::load(&pki::tls_dir(&config.data_dir))?;
+    let kubelet_identity = ca.client_pair(
+        "kubelet-client",
+        kubelet_proxy::KUBELET_CLIENT_USER,
+        &[kubelet_proxy::KUBELET_CLIENT_GROUP],
+    )?;
+    let kubelet = kubelet_proxy::KubeletClient::new(&kubelet_identity)
+        .context("building the kubelet client")?;
     let state = Arc::new(server::ServerState {
         rest,
         address,
         version: version(),
         tokens,
+        kubelet,
     });
     info!("serving the Kubernetes API");
     server::serve(state, listener, tls).await;

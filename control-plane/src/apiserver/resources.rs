@@ -169,7 +169,15 @@ macro_rules! resource {
 const NONE: &[&str] = &[];
 const STATUS: &[&str] = &["status"];
 const STATUS_SCALE: &[&str] = &["status", "scale"];
-const POD_SUBRESOURCES: &[&str] = &["status", "binding", "eviction"];
+const POD_SUBRESOURCES: &[&str] = &[
+    "status",
+    "binding",
+    "eviction",
+    "log",
+    "exec",
+    "attach",
+    "portforward",
+];
 const SERVICE_ACCOUNT_SUBRESOURCES: &[&str] = &["token"];
 const ALL: &[&str] = &["all"];
 

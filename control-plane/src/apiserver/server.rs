@@ -54,6 +54,8 @@ pub struct ServerState {
     /// Issues the `serviceaccounts/NAME/token` subresource's tokens and authenticates bearer
     /// tokens.
     pub tokens: super::serviceaccount_token::ServiceAccountTokens,
+    /// Asks kubelets for what they serve (`pods/log`).
+    pub kubelet: super::kubelet_proxy::KubeletClient,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -132,7 +134,8 @@ pub async fn serve(state: Arc<ServerState>, listener: TcpListener, tls: Arc<rust
                 async move { Ok::<_, Infallible>(route(&state, identity.as_ref(), peer, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(err) = builder.serve_connection(TokioIo::new(tls), service).await {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(err) = connection.await {
                 debug!(%peer, "connection ended: {err}");
             }
         });
@@ -605,7 +608,8 @@ async fn resource(
     response
 }
 
-/// Requests on `/status`, `/scale`, `/binding`, `/eviction` and `/token`.
+/// Requests on `/status`, `/scale`, `/binding`, `/eviction`, `/token`, `/log`, `/exec`,
+/// `/attach` and `/portforward`.
 async fn subresource(
     state: &ServerState,
     def: &super::resources::ResourceDef,
@@ -620,6 +624,28 @@ async fn subresource(
     let method = req.method().clone();
     if sub == "token" {
         return token_request(state, namespace, name, &content_type, req).await;
+    }
+    if sub == "exec" || sub == "attach" || sub == "portforward" {
+        if method != Method::GET && method != Method::POST {
+            return error(&ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource: {method}"
+            )));
+        }
+        let namespace = namespace.unwrap_or("default");
+        return super::kubelet_streams::pod_stream(rest, &state.kubelet, namespace, name, sub, req)
+            .await
+            .unwrap_or_else(|err| error(&err));
+    }
+    if sub == "log" {
+        if method != Method::GET {
+            return error(&ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource: {method}"
+            )));
+        }
+        let namespace = namespace.unwrap_or("default");
+        return super::kubelet_proxy::pod_log(rest, &state.kubelet, namespace, name, &query)
+            .await
+            .unwrap_or_else(|err| error(&err));
     }
     let result: Result<Value, ApiError> = async {
         match (sub, method) {

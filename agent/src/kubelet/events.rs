@@ -1,0 +1,98 @@
+//! Events the kubelet records about pods (`Unhealthy`, `Killing`, `FailedPostStartHook`,
+//! `FailedPreStopHook`), written as core/v1 Events in the pod's namespace with source
+//! `kubelet` on this node, as upstream's event recorder writes them.
+//!
+//! Owns writing one event; it never blocks the caller (each write is its own task) and never
+//! fails it (a lost event is logged, not retried).
+use k8s_openapi::api::core::v1::Pod;
+use kube::{api::PostParams, Api, Client};
+use serde_json::json;
+use tracing::debug;
+
+/// Normal or Warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Something expected happened.
+    Normal,
+    /// Something went wrong.
+    Warning,
+}
+
+/// Writes events about pods on this node.
+#[derive(Clone)]
+pub struct EventRecorder {
+    client: Client,
+    node_name: String,
+}
+
+impl std::fmt::Debug for EventRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventRecorder")
+            .field("node_name", &self.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventRecorder {
+    /// A recorder for this node.
+    pub fn new(client: Client, node_name: String) -> Self {
+        Self { client, node_name }
+    }
+
+    /// Records an event about a container of a pod (`container` names it; `None` for the
+    /// pod itself).
+    pub fn record(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let timestamp = k8s_openapi::jiff::Timestamp::from_second(now.as_secs() as i64)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let event = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": format!("{pod_name}.{:x}", now.as_nanos()), "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "namespace": namespace,
+                "name": pod_name,
+                "uid": pod.metadata.uid,
+                "fieldPath": container.map(|c| format!("spec.containers{{{c}}}")),
+            },
+            "reason": reason,
+            "message": message,
+            "type": match kind { EventType::Normal => "Normal", EventType::Warning => "Warning" },
+            "source": {"component": "kubelet", "host": self.node_name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node_name,
+            "firstTimestamp": timestamp,
+            "lastTimestamp": timestamp,
+            "count": 1,
+        });
+        let api: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &namespace);
+        let reason = reason.to_owned();
+        tokio::spawn(async move {
+            let event = match serde_json::from_value(event) {
+                Ok(event) => event,
+                Err(e) => {
+                    debug!(error = %e, "building an event failed");
+                    return;
+                }
+            };
+            if let Err(e) = api.create(&PostParams::default(), &event).await {
+                debug!(%reason, error = %e, "recording an event failed");
+            }
+        });
+    }
+}
