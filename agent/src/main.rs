@@ -10,6 +10,7 @@ use corten_agent::{
         sync::{self as network, NetworkConfig},
         NetworkMode,
     },
+    proxy::{self, controller::ProxyConfig, desired::NodeContext, socket_lb::MapSizes},
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -54,6 +55,23 @@ struct Args {
     /// How pods on different nodes reach each other: vxlan, host-gw or bgp.
     #[arg(long, default_value = "vxlan")]
     network: NetworkMode,
+    /// The cgroup v2 directory the service proxy's socket programs attach to (its whole
+    /// subtree is load-balanced). The service proxy runs only when this is given.
+    #[arg(long)]
+    socket_lb_cgroup: Option<PathBuf>,
+    /// A directory on a bpffs where the service proxy pins its maps, so that they outlive a
+    /// restart and are reconciled instead of recreated.
+    #[arg(long)]
+    bpffs_pin_dir: Option<PathBuf>,
+    /// Capacity of the service proxy's frontend map (Service addresses and ports).
+    #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_FRONTENDS)]
+    proxy_max_frontends: u32,
+    /// Capacity of the service proxy's service map (backend sets).
+    #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_SERVICES)]
+    proxy_max_services: u32,
+    /// Capacity of the service proxy's backend map (all backends of all services).
+    #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_BACKENDS)]
+    proxy_max_backends: u32,
 }
 
 #[tokio::main]
@@ -95,6 +113,31 @@ async fn main() -> anyhow::Result<()> {
         },
         None,
     ));
+    let proxy = args.socket_lb_cgroup.map(|cgroup| {
+        tokio::spawn(proxy::controller::run(
+            client.clone(),
+            ProxyConfig {
+                node: NodeContext {
+                    node_name: args.node_name.clone(),
+                    node_ips: vec![node_ip],
+                },
+                cgroup,
+                pin_dir: args.bpffs_pin_dir,
+                sizes: MapSizes {
+                    frontends: args.proxy_max_frontends,
+                    services: args.proxy_max_services,
+                    backends: args.proxy_max_backends,
+                    ..MapSizes::default()
+                },
+            },
+        ))
+    });
+    let proxy = async move {
+        match proxy {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     let kubelet = kubelet::run(
         client,
         KubeletConfig {
@@ -114,6 +157,10 @@ async fn main() -> anyhow::Result<()> {
         joined = network => match joined {
             Ok(result) => result.context("the pod network failed"),
             Err(e) => Err(anyhow::anyhow!("the pod network task ended: {e}")),
+        },
+        joined = proxy => match joined {
+            Ok(result) => result.context("the service proxy failed"),
+            Err(e) => Err(anyhow::anyhow!("the service proxy task ended: {e}")),
         },
     }
 }

@@ -1,63 +1,191 @@
-//! Socket-level load balancing: `cgroup/connect4` turns a connect to a service address into
-//! a connect to one of its backends, once per socket, so no packet of the flow needs NAT.
+//! Socket-level load balancing: a connection to a service address becomes a connection to
+//! one of its backends when the socket connects (`cgroup/connect4`) or, for unconnected UDP,
+//! when each datagram is sent (`cgroup/sendmsg4`), so no packet of the flow needs NAT. The
+//! reverse direction only fixes what the application sees: the source of a received datagram
+//! (`cgroup/recvmsg4`) and the peer of a connected socket (`cgroup/getpeername4`) read as the
+//! service address again.
 //!
-//! Reads the service and backend maps only; it never writes a map.
+//! Reads the frontend, service and backend maps that the agent writes; the only map it
+//! writes is the socket reverse-NAT map (flow state, LRU). It decides nothing beyond picking a
+//! slot: which services exist, their backends and what an empty service does all come from
+//! the maps.
 use aya_ebpf::{
-    helpers::bpf_get_prandom_u32,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     macros::{cgroup_sock_addr, map},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::SockAddrContext,
+    EbpfContext,
 };
 use corten_ebpf_common::{
-    Backend, BackendKey, ServiceKey, ServiceValue, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
+    protocol, when_empty, Backend, BackendKey, FrontendKey, FrontendValue, MaglevKey, RevNatKey,
+    RevNatValue, ServiceValue, TerminatingKey, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FRONTENDS,
+    DEFAULT_MAX_MAGLEV_ENTRIES, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCK_REV_NAT,
+    DEFAULT_MAX_TERMINATING,
 };
 
-/// Let the connect proceed (possibly with a rewritten destination).
+/// Let the call proceed (possibly with a rewritten address).
 const ALLOW: i32 = 1;
-/// Fail the connect (the caller sees `EPERM`).
+/// Fail the call with the error set by `bpf_set_retval` (`EPERM` if none was set).
 const REJECT: i32 = 0;
+/// `ECONNREFUSED`: a service without endpoints refuses at once.
+const ECONNREFUSED: i32 = 111;
+/// `EHOSTUNREACH`: a `Local` service without local endpoints drops.
+const EHOSTUNREACH: i32 = 113;
+
+#[map(name = "CORTEN_FRONTENDS")]
+static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_FRONTENDS, 0);
 
 #[map(name = "CORTEN_SERVICES")]
-static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+static SERVICES: HashMap<u32, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map(name = "CORTEN_BACKENDS")]
 static BACKENDS: HashMap<BackendKey, Backend> = HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
+/// Written by the agent for the tc programs to come; the socket programs do not read it.
+#[map(name = "CORTEN_MAGLEV")]
+static MAGLEV: HashMap<MaglevKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_MAGLEV_ENTRIES, 0);
+
+/// Written by the agent for the tc programs to come; the socket programs do not read it.
+#[map(name = "CORTEN_TERMINATING")]
+static TERMINATING: HashMap<TerminatingKey, u8> =
+    HashMap::with_max_entries(DEFAULT_MAX_TERMINATING, 0);
+
+#[map(name = "CORTEN_SOCK_REV_NAT")]
+static SOCK_REV_NAT: LruHashMap<RevNatKey, RevNatValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SOCK_REV_NAT, 0);
+
+/// What became of a socket address.
+enum Translation {
+    /// Not a service address: leave it alone.
+    Untouched,
+    /// Rewritten to a backend.
+    Translated,
+    /// A service that takes no new connections: fail with this errno.
+    Refused(i32),
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn corten_connect4(ctx: SockAddrContext) -> i32 {
+    forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn corten_sendmsg4(ctx: SockAddrContext) -> i32 {
+    forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn corten_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    // recvmsg programs must return 1.
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn corten_getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    // getpeername programs must return 1.
+    ALLOW
+}
+
+/// connect4 and sendmsg4: translate, or refuse with the errno the service's `when_empty`
+/// names.
+#[inline(always)]
+fn forward(ctx: &SockAddrContext) -> i32 {
     // SAFETY: `sock_addr` points at the kernel's `bpf_sock_addr` for this call; the verifier
-    // checks every field access below against that context type.
+    // checks every field access against that context type.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let key = ServiceKey {
+    match translate(ctx, sa) {
+        Translation::Untouched | Translation::Translated => ALLOW,
+        Translation::Refused(errno) => {
+            // SAFETY: a plain helper call without pointer arguments; allowed for connect4
+            // and sendmsg4 (cgroup programs whose return value reaches the caller).
+            unsafe { bpf_set_retval(-errno) };
+            REJECT
+        }
+    }
+}
+
+#[inline(always)]
+fn translate(ctx: &SockAddrContext, sa: &mut bpf_sock_addr) -> Translation {
+    let protocol = sa.protocol as u8;
+    if protocol != protocol::TCP && protocol != protocol::UDP {
+        return Translation::Untouched;
+    }
+    let frontend = FrontendKey {
         addr: sa.user_ip4,
         // `user_port` holds the 16-bit network-order port in its low half.
         port: sa.user_port as u16,
-        protocol: sa.protocol as u8,
+        protocol,
         pad: 0,
     };
-    // SAFETY: the value is copied out before any other map operation.
-    let service = match unsafe { SERVICES.get(&key) } {
-        Some(service) => *service,
-        None => return ALLOW,
+    // SAFETY: each value is copied out before any other map operation.
+    let Some(target) = (unsafe { FRONTENDS.get(&frontend) }).copied() else {
+        return Translation::Untouched;
+    };
+    // SAFETY: as above.
+    let Some(service) = (unsafe { SERVICES.get(&target.from_node) }).copied() else {
+        // A frontend whose service is not written: the agent writes services first, so this
+        // is a torn state; refuse rather than connect to the service address.
+        return Translation::Refused(ECONNREFUSED);
     };
     if service.backend_count == 0 {
-        return REJECT;
+        let errno = if service.when_empty == when_empty::DROP {
+            EHOSTUNREACH
+        } else {
+            ECONNREFUSED
+        };
+        return Translation::Refused(errno);
     }
     // SAFETY: a plain helper call without pointer arguments.
     let slot = unsafe { bpf_get_prandom_u32() } % service.backend_count;
-    let backend_key = BackendKey {
-        service_id: service.id,
+    let key = BackendKey {
+        service_id: target.from_node,
         slot,
     };
     // SAFETY: as above.
-    match unsafe { BACKENDS.get(&backend_key) } {
-        Some(backend) => {
-            sa.user_ip4 = backend.addr;
-            sa.user_port = u32::from(backend.port);
-            ALLOW
-        }
-        // A slot the agent has not written yet: refuse rather than connect to the VIP.
-        None => REJECT,
+    let Some(backend) = (unsafe { BACKENDS.get(&key) }).copied() else {
+        return Translation::Refused(ECONNREFUSED);
+    };
+    // SAFETY: the context pointer is the one the kernel passed to this program.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rev_key = RevNatKey {
+        cookie,
+        addr: backend.addr,
+        port: backend.port,
+        pad: 0,
+    };
+    let rev_value = RevNatValue {
+        addr: frontend.addr,
+        port: frontend.port,
+        pad: 0,
+    };
+    // A full LRU map evicts its oldest entry; the insert itself cannot fail for lack of room.
+    // If it fails anyway, the connection still works and only shows the backend as its peer.
+    let _ = SOCK_REV_NAT.insert(&rev_key, &rev_value, 0);
+    sa.user_ip4 = backend.addr;
+    sa.user_port = u32::from(backend.port);
+    Translation::Translated
+}
+
+/// recvmsg4 and getpeername4: a backend this socket was sent to reads as its service.
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext) {
+    // SAFETY: as in `forward`.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: the context pointer is the one the kernel passed to this program.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = RevNatKey {
+        cookie,
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        pad: 0,
+    };
+    // SAFETY: the value is copied out before any other map operation.
+    if let Some(original) = (unsafe { SOCK_REV_NAT.get(&key) }).copied() {
+        sa.user_ip4 = original.addr;
+        sa.user_port = u32::from(original.port);
     }
 }

@@ -1,6 +1,8 @@
-//! The first eBPF program, `cgroup/connect4`, attached to a lab node's cgroup: a TCP connect
-//! to a virtual IP:port reaches a real listener inside the node, only for processes in that
-//! cgroup; a service without backends refuses; removing the service undoes the translation.
+//! The socket programs attached to a lab node's cgroup, programmed with a hand-made desired
+//! state: a TCP connect to a virtual IP:port reaches a real listener inside the node, only
+//! for processes in that cgroup; a service without backends refuses (`ECONNREFUSED`) at
+//! once; removing the service undoes the translation; a second loader on the same pins reads
+//! back what the first wrote; a pinned map of another layout is replaced.
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     process::{Child, Output},
@@ -8,7 +10,14 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use corten_agent::proxy::{socket_lb::MapSizes, Protocol, SocketLb};
+use corten_agent::proxy::{
+    desired::{
+        BackendScope, BackendSet, BackendSetKey, DesiredState, Frontend, FrontendAddress,
+        FrontendKey, FrontendKind, ServicePortRef, ServiceRef, WhenEmpty,
+    },
+    socket_lb::MapSizes,
+    Protocol, SocketLb,
+};
 use corten_tests::lab::{self, Lab, LabSpec};
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 43, 0, 1), 80);
@@ -31,6 +40,43 @@ fn wget(lab: &Lab, inside_cgroup: bool, url: &str) -> anyhow::Result<Output> {
         lab.command_outside_cgroup(0, "busybox")?
     };
     Ok(command.args(["wget", "-q", "-O", "-", url]).output()?)
+}
+
+/// One ClusterIP service on [`VIP`] with `backends`.
+fn one_service(backends: &[SocketAddrV4]) -> DesiredState {
+    let key = BackendSetKey {
+        port: ServicePortRef {
+            service: ServiceRef {
+                namespace: "default".into(),
+                name: "vip".into(),
+            },
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+        },
+        scope: BackendScope::Cluster,
+    };
+    let mut state = DesiredState::default();
+    state.frontends.insert(
+        FrontendKey {
+            address: FrontendAddress::Ip(*VIP.ip()),
+            port: VIP.port(),
+            protocol: Protocol::Tcp,
+        },
+        Frontend {
+            kind: FrontendKind::ClusterIp,
+            from_outside: key.clone(),
+            from_node: key.clone(),
+        },
+    );
+    state.backend_sets.insert(
+        key,
+        BackendSet {
+            active: backends.iter().copied().collect(),
+            when_empty: backends.is_empty().then_some(WhenEmpty::Reject),
+            ..BackendSet::default()
+        },
+    );
+    state
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -76,9 +122,21 @@ fn connect4_redirects_a_virtual_ip_only_inside_the_node_cgroup() -> anyhow::Resu
         "VIP answered without the program: {before:?}"
     );
 
+    // A pin of another layout (as an older agent would leave) is replaced, not reused.
+    let stale = lab.node_bpffs(0).join("CORTEN_SERVICES");
+    let created = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&stale)
+        .args(["type", "hash", "key", "8", "value", "8", "entries", "16"])
+        .args(["name", "stale"])
+        .output()
+        .context("running bpftool")?;
+    assert!(created.status.success(), "bpftool: {created:?}");
+
     let mut lb = SocketLb::load(MapSizes::default(), Some(&lab.node_bpffs(0)))?;
     lb.attach(&lab.node_cgroup(0))?;
-    lb.upsert_service(VIP, Protocol::Tcp, &[SocketAddrV4::new(node_ip, 8080)])?;
+    let backend = SocketAddrV4::new(node_ip, 8080);
+    lb.sync(&one_service(&[backend]))?;
 
     let inside = wget(&lab, true, &vip_url)?;
     assert!(
@@ -96,7 +154,7 @@ fn connect4_redirects_a_virtual_ip_only_inside_the_node_cgroup() -> anyhow::Resu
     assert!(text(&outside.stderr).contains("unreachable"), "{outside:?}");
 
     // No backends: the connect is refused at once instead of hanging.
-    lb.upsert_service(VIP, Protocol::Tcp, &[])?;
+    lb.sync(&one_service(&[]))?;
     let started = Instant::now();
     let refused = wget(&lab, true, &vip_url)?;
     assert!(
@@ -108,11 +166,19 @@ fn connect4_redirects_a_virtual_ip_only_inside_the_node_cgroup() -> anyhow::Resu
         "refusal took {:?}",
         started.elapsed()
     );
+    assert!(text(&refused.stderr).contains("refused"), "{refused:?}");
 
     // Backends again, then the service removed: the translation is gone.
-    lb.upsert_service(VIP, Protocol::Tcp, &[SocketAddrV4::new(node_ip, 8080)])?;
+    lb.sync(&one_service(&[backend]))?;
     assert_eq!(text(&wget(&lab, true, &vip_url)?.stdout), TOKEN);
-    lb.remove_service(VIP, Protocol::Tcp)?;
+
+    // A second loader on the same pins sees what the first wrote and has nothing to do.
+    let mut reloaded = SocketLb::load(MapSizes::default(), Some(&lab.node_bpffs(0)))?;
+    assert_eq!(reloaded.applied().frontends.len(), 1);
+    assert_eq!(reloaded.sync(&one_service(&[backend]))?.operations, 0);
+    drop(reloaded);
+
+    lb.sync(&DesiredState::default())?;
     let removed = wget(&lab, true, &vip_url)?;
     assert!(
         !removed.status.success(),
@@ -120,7 +186,14 @@ fn connect4_redirects_a_virtual_ip_only_inside_the_node_cgroup() -> anyhow::Resu
     );
 
     // The pins live on the node's own bpffs and go with the lab.
-    for map in ["CORTEN_SERVICES", "CORTEN_BACKENDS"] {
+    for map in [
+        "CORTEN_FRONTENDS",
+        "CORTEN_SERVICES",
+        "CORTEN_BACKENDS",
+        "CORTEN_MAGLEV",
+        "CORTEN_TERMINATING",
+        "CORTEN_SOCK_REV_NAT",
+    ] {
         assert!(
             lab.node_bpffs(0).join(map).exists(),
             "map {map} is not pinned"

@@ -6,12 +6,15 @@
 //! Compute, then apply: `desired` turns Services and EndpointSlices into plain data (what the
 //! datapath should contain), `diff` compares that with what is applied and yields the minimal
 //! ordered operations (with stable service ids and backend slots), `maglev` builds the
-//! consistent-hashing tables; none of them touches the kernel. `socket_lb` loads the programs
-//! and writes the maps.
+//! consistent-hashing tables; none of them touches the kernel. `maps` lowers operations to
+//! map writes and reads the maps back after a restart, `socket_lb` loads and attaches the
+//! programs and runs plan-then-apply, and `controller` watches the API and drives it all.
 
+pub mod controller;
 pub mod desired;
 pub mod diff;
 pub mod maglev;
+pub mod maps;
 mod object;
 pub mod socket_lb;
 

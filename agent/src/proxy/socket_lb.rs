@@ -1,33 +1,47 @@
-//! Socket-level load balancing (`cgroup/connect4`): loads the program, attaches it to a
-//! node's cgroup v2 directory, and writes the service and backend maps it reads.
+//! Socket-level load balancing: loads the socket programs (`connect4`, `sendmsg4`,
+//! `recvmsg4`, `getpeername4`), attaches them to a node's cgroup v2 directory, opens their
+//! maps (pinned under the node's bpffs directory, reused when a previous run left them), and
+//! brings the maps to a [`DesiredState`] by planning against what they hold and applying
+//! only the difference.
 //!
-//! Owns the two maps and the service-id allocation. It must not compute which backends a
-//! service has: callers hand it the desired backends, and it writes only what changed.
+//! Owns the loaded object, its attachments and the applied state. It must not compute which
+//! backends a service has (callers hand it the desired state) nor lower single operations to
+//! map writes (that is `maps`).
 use std::{
-    collections::BTreeMap,
     fs::File,
-    net::SocketAddrV4,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{HashMap, MapData, MapError},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+    maps::{HashMap, MapData, MapError, MapInfo, MapType},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr, ProgramError,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use corten_ebpf_common::{
-    maps, programs, protocol, Backend, BackendKey, ServiceKey, ServiceValue, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_SERVICES,
+    maps, programs, Backend, BackendKey, FrontendKey, FrontendValue, MaglevKey, RevNatKey,
+    RevNatValue, ServiceValue, TerminatingKey, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FRONTENDS,
+    DEFAULT_MAX_MAGLEV_ENTRIES, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCK_REV_NAT,
+    DEFAULT_MAX_TERMINATING,
 };
-use tracing::debug;
+use tracing::{debug, info, warn};
 
-use super::object::CORTEN_EBPF;
+use super::{
+    desired::DesiredState,
+    diff::{self, AppliedState, BackendSelection, PlanConfig, PlanError},
+    maps::{MapsError, ServiceMaps},
+    object::CORTEN_EBPF,
+};
 
-/// Failures of the socket-LB loader. None is retryable without a change on the host.
+/// Failures of the socket-LB. Loading and attaching failures need a change on the host;
+/// [`SocketLbError::Plan`] needs a bigger map; [`SocketLbError::Maps`] is retried by the next
+/// sync.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketLbError {
     /// The object could not be loaded (the kernel lacks BPF support or the caller lacks
-    /// `CAP_BPF`/`CAP_SYS_ADMIN`).
+    /// `CAP_BPF`/`CAP_SYS_ADMIN`), or a pinned map could not be opened or created.
     #[error("loading the eBPF object: {0}")]
     Load(#[from] EbpfError),
     /// The embedded object does not carry a program or map this code expects: the agent and
@@ -51,23 +65,29 @@ pub enum SocketLbError {
         #[source]
         source: std::io::Error,
     },
-    /// A map operation failed; a full map is reported here, never dropped silently.
+    /// An attachment could not be pinned or a pinned one not replaced.
+    #[error("pinned link {path}: {reason}")]
+    Link { path: PathBuf, reason: String },
+    /// A pinned map of another layout (left by an incompatible agent) could not be removed.
+    #[error("removing the incompatible pinned map {path}: {source}")]
+    StalePin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A map has the wrong type for its name (a pin left by an incompatible agent).
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
         #[source]
         source: MapError,
     },
-    /// A map could not be pinned (the directory is not on a bpffs, or the name is taken).
-    #[error("pinning a map at {path}: {source}")]
-    Pin {
-        path: PathBuf,
-        #[source]
-        source: aya::pin::PinError,
-    },
-    /// More backends than a service can address.
-    #[error("service {service} has {count} backends, more than the map can index")]
-    TooManyBackends { service: SocketAddrV4, count: usize },
+    /// Writing or reading the maps failed; a full map is reported here, never dropped.
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    /// No plan could be made (out of service ids).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
 }
 
 /// Transport protocol of a service port.
@@ -79,227 +99,266 @@ pub enum Protocol {
     Udp,
 }
 
-impl Protocol {
-    fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => protocol::TCP,
-            Protocol::Udp => protocol::UDP,
-        }
-    }
-}
-
-/// What this loader has written for one service.
-#[derive(Debug)]
-struct Programmed {
-    id: u32,
-    backends: Vec<SocketAddrV4>,
-}
-
-/// The loaded socket-LB programs and their maps.
-pub struct SocketLb {
-    ebpf: Ebpf,
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
-    backends: HashMap<MapData, BackendKey, Backend>,
-    programmed: BTreeMap<ServiceKey, Programmed>,
-    next_id: u32,
-}
-
-impl std::fmt::Debug for SocketLb {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SocketLb")
-            .field("services", &self.programmed.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Map capacities; the defaults come from `ebpf/common`.
+/// Map capacities (flags of the agent); the defaults come from `ebpf/common`. Maps reused
+/// from pins keep the capacity they were created with.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
-    /// Entries in the service map.
+    /// Entries in the frontend map.
+    pub frontends: u32,
+    /// Entries in the service map; also the highest service id.
     pub services: u32,
     /// Entries in the backend map.
     pub backends: u32,
+    /// Entries in the Maglev map.
+    pub maglev: u32,
+    /// Entries in the terminating-backend map.
+    pub terminating: u32,
+    /// Entries in the socket reverse-NAT map (LRU).
+    pub sock_rev_nat: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
+            frontends: DEFAULT_MAX_FRONTENDS,
             services: DEFAULT_MAX_SERVICES,
             backends: DEFAULT_MAX_BACKENDS,
+            maglev: DEFAULT_MAX_MAGLEV_ENTRIES,
+            terminating: DEFAULT_MAX_TERMINATING,
+            sock_rev_nat: DEFAULT_MAX_SOCK_REV_NAT,
         }
     }
 }
 
+/// What one [`SocketLb::sync`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Map operations applied.
+    pub operations: usize,
+}
+
+/// The loaded socket programs, their maps and what the maps hold.
+pub struct SocketLb {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    /// Attachments pinned under `pin_dir`: they outlive this process.
+    links: Vec<PinnedLink>,
+    maps: ServiceMaps,
+    applied: AppliedState,
+    config: PlanConfig,
+}
+
+impl std::fmt::Debug for SocketLb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketLb")
+            .field("frontends", &self.applied.frontends.len())
+            .field("services", &self.applied.services.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl SocketLb {
-    /// Loads the programs and creates their maps, empty, with the given capacities. With
-    /// `pin_dir` (a directory on a bpffs) both maps are pinned there under their names, so
-    /// they outlive this process; existing pins are an error, not silently reused.
+    /// Loads the programs and opens their maps with the given capacities. With `pin_dir` (a
+    /// directory on a bpffs) every map is pinned there under its name, and maps already
+    /// pinned there are reused: what they hold is read back, so the first
+    /// [`SocketLb::sync`] rewrites only what differs.
     pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Self, SocketLbError> {
-        let mut ebpf = EbpfLoader::new()
+        let pins: Vec<(&'static str, PathBuf)> = pin_dir
+            .map(|dir| {
+                maps::ALL
+                    .iter()
+                    .map(|name| (*name, dir.join(name)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(maps::FRONTENDS, sizes.frontends)
             .map_max_entries(maps::SERVICES, sizes.services)
             .map_max_entries(maps::BACKENDS, sizes.backends)
-            .load(CORTEN_EBPF)?;
-        let program = connect4(&mut ebpf)?;
-        program.load().map_err(|source| SocketLbError::Program {
-            name: programs::CONNECT4,
-            source,
-        })?;
-        let services = take_map(&mut ebpf, maps::SERVICES, pin_dir)?;
-        let backends = take_map(&mut ebpf, maps::BACKENDS, pin_dir)?;
+            .map_max_entries(maps::MAGLEV, sizes.maglev)
+            .map_max_entries(maps::TERMINATING, sizes.terminating)
+            .map_max_entries(maps::SOCK_REV_NAT, sizes.sock_rev_nat);
+        for (name, path) in &pins {
+            remove_if_incompatible(name, path)?;
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(CORTEN_EBPF)?;
+        for name in programs::ALL {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| SocketLbError::Program { name, source })?;
+        }
+        let mut maps = ServiceMaps {
+            frontends: take_map(&mut ebpf, maps::FRONTENDS)?,
+            services: take_map(&mut ebpf, maps::SERVICES)?,
+            backends: take_map(&mut ebpf, maps::BACKENDS)?,
+            maglev: take_map(&mut ebpf, maps::MAGLEV)?,
+            terminating: take_map(&mut ebpf, maps::TERMINATING)?,
+            maglev_table_size: None,
+        };
+        let config = PlanConfig {
+            // Socket-LB picks uniformly at random; Maglev tables serve the tc programs to come.
+            selection: BackendSelection::Random,
+            max_service_id: sizes.services,
+        };
+        let applied = maps.read_applied(config.max_service_id)?;
+        if !applied.frontends.is_empty() {
+            info!(
+                frontends = applied.frontends.len(),
+                services = applied.services.len(),
+                "reusing the pinned service maps"
+            );
+        }
         Ok(Self {
             ebpf,
-            services,
-            backends,
-            programmed: BTreeMap::new(),
-            next_id: 1,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            links: Vec::new(),
+            maps,
+            applied,
+            config,
         })
     }
 
-    /// Attaches `connect4` to a cgroup v2 directory: every process in that subtree is
-    /// translated, no process outside it is. Detached when `self` is dropped.
+    /// Attaches every socket program to a cgroup v2 directory: every process in that subtree
+    /// is translated, no process outside it is. Without a pin directory the programs are
+    /// detached when `self` is dropped. With one, each attachment is pinned there, so the
+    /// datapath keeps working while the agent is down; attachments a previous run pinned are
+    /// replaced only once the new ones are in place (for a moment both run: the old program
+    /// translates first, and the new one then sees a backend, not a service).
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), SocketLbError> {
         let dir = File::open(cgroup).map_err(|source| SocketLbError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
         })?;
-        // On kernels with bpf_link (5.7+, which aya uses) a cgroup link always coexists with
-        // other programs, and the kernel rejects any attach flag on it: `Single` sends none.
-        connect4(&mut self.ebpf)?
-            .attach(&dir, CgroupAttachMode::Single)
-            .map_err(|source| SocketLbError::Program {
-                name: programs::CONNECT4,
-                source,
-            })?;
-        debug!(cgroup = %cgroup.display(), "attached connect4");
+        for name in programs::ALL {
+            // On kernels with bpf_link (5.7+, which aya uses) a cgroup link always coexists
+            // with other programs, and the kernel rejects any attach flag on it: `Single`
+            // sends none.
+            let program = program(&mut self.ebpf, name)?;
+            let link_id = program
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| SocketLbError::Program { name, source })?;
+            let Some(pin_dir) = &self.pin_dir else {
+                continue;
+            };
+            let path = pin_dir.join(format!("link_{name}"));
+            let link_error = |reason: String| SocketLbError::Link {
+                path: path.clone(),
+                reason,
+            };
+            let link = program
+                .take_link(link_id)
+                .map_err(|source| SocketLbError::Program { name, source })?;
+            let link = FdLink::try_from(link).map_err(|e| link_error(e.to_string()))?;
+            if path.exists() {
+                // Dropping the unpinned old link closes its last reference: it detaches.
+                let old = PinnedLink::from_pin(&path).map_err(|e| link_error(e.to_string()))?;
+                drop(old.unpin().map_err(|e| link_error(e.to_string()))?);
+            }
+            let pinned = link.pin(&path).map_err(|e| link_error(e.to_string()))?;
+            self.links.push(pinned);
+        }
+        debug!(cgroup = %cgroup.display(), "attached the socket programs");
         Ok(())
     }
 
-    /// Makes `frontend` translate to `backends` (in this order of slots). An empty list makes
-    /// connects to the frontend fail at once. Writes only slots that changed.
-    pub fn upsert_service(
-        &mut self,
-        frontend: SocketAddrV4,
-        proto: Protocol,
-        backends: &[SocketAddrV4],
-    ) -> Result<(), SocketLbError> {
-        let key = service_key(frontend, proto);
-        let count = u32::try_from(backends.len()).map_err(|_| SocketLbError::TooManyBackends {
-            service: frontend,
-            count: backends.len(),
-        })?;
-        let (id, old) = match self.programmed.get(&key) {
-            Some(programmed) => (programmed.id, programmed.backends.clone()),
-            None => (self.allocate_id(), Vec::new()),
-        };
-        // New and changed slots first, then the count: the program never sees a count that
-        // points past what is written.
-        for (slot, backend) in (0u32..).zip(backends) {
-            if old.get(slot as usize) != Some(backend) {
-                self.backends
-                    .insert(backend_key(id, slot), backend_value(*backend), 0)
-                    .map_err(map_error(maps::BACKENDS))?;
+    /// Brings the maps to `desired`: plans against what they hold and applies only the
+    /// difference, in the planner's order (the datapath is consistent after every step).
+    /// After a failure the applied state is read back from the maps, so the next call
+    /// repairs whatever was half written.
+    pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncStats, SocketLbError> {
+        let plan = diff::plan(&self.applied, desired, &self.config)?;
+        for operation in &plan.operations {
+            if let Err(error) = self.maps.apply(operation, &self.applied) {
+                warn!(%error, ?operation, "map write failed; reading the maps back");
+                self.applied = self.maps.read_applied(self.config.max_service_id)?;
+                return Err(error.into());
             }
         }
-        let value = ServiceValue {
-            id,
-            backend_count: count,
-        };
-        self.services
-            .insert(key, value, 0)
-            .map_err(map_error(maps::SERVICES))?;
-        for slot in count..u32::try_from(old.len()).unwrap_or(u32::MAX) {
-            remove_if_present(&mut self.backends, &backend_key(id, slot), maps::BACKENDS)?;
-        }
-        self.programmed.insert(
-            key,
-            Programmed {
-                id,
-                backends: backends.to_vec(),
-            },
-        );
-        Ok(())
+        self.applied = plan.next;
+        Ok(SyncStats {
+            operations: plan.operations.len(),
+        })
     }
 
-    /// Removes a service; connects to it go to the frontend address untranslated again.
-    pub fn remove_service(
-        &mut self,
-        frontend: SocketAddrV4,
-        proto: Protocol,
-    ) -> Result<(), SocketLbError> {
-        let key = service_key(frontend, proto);
-        let Some(programmed) = self.programmed.remove(&key) else {
-            return Ok(());
-        };
-        remove_if_present(&mut self.services, &key, maps::SERVICES)?;
-        for slot in 0..programmed.backends.len() {
-            let slot = u32::try_from(slot).unwrap_or(u32::MAX);
-            remove_if_present(
-                &mut self.backends,
-                &backend_key(programmed.id, slot),
-                maps::BACKENDS,
-            )?;
-        }
-        Ok(())
-    }
-
-    fn allocate_id(&mut self) -> u32 {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
-        id
+    /// What the maps hold, as the planner sees it.
+    pub fn applied(&self) -> &AppliedState {
+        &self.applied
     }
 }
 
-fn connect4(ebpf: &mut Ebpf) -> Result<&mut CgroupSockAddr, SocketLbError> {
-    let missing = SocketLbError::Missing {
-        kind: "program",
-        name: programs::CONNECT4,
+/// Type, key size and value size of each map, as this agent's programs use it.
+fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
+    use std::mem::size_of;
+    Some(match name {
+        maps::FRONTENDS => (
+            MapType::Hash,
+            size_of::<FrontendKey>(),
+            size_of::<FrontendValue>(),
+        ),
+        maps::SERVICES => (MapType::Hash, size_of::<u32>(), size_of::<ServiceValue>()),
+        maps::BACKENDS => (MapType::Hash, size_of::<BackendKey>(), size_of::<Backend>()),
+        maps::MAGLEV => (MapType::Hash, size_of::<MaglevKey>(), size_of::<u32>()),
+        maps::TERMINATING => (MapType::Hash, size_of::<TerminatingKey>(), size_of::<u8>()),
+        maps::SOCK_REV_NAT => (
+            MapType::LruHash,
+            size_of::<RevNatKey>(),
+            size_of::<RevNatValue>(),
+        ),
+        _ => return None,
+    })
+}
+
+/// A pin whose map has another layout than this agent's programs expect (an older agent's)
+/// cannot be reused: the programs would not pass the verifier. It is unpinned (programs
+/// still attached keep their map until they are replaced) and created afresh.
+fn remove_if_incompatible(name: &'static str, path: &Path) -> Result<(), SocketLbError> {
+    let Ok(info) = MapInfo::from_pin(path) else {
+        return Ok(()); // not pinned (yet)
     };
-    let program = ebpf.program_mut(programs::CONNECT4).ok_or(missing)?;
-    program.try_into().map_err(|source| SocketLbError::Program {
-        name: programs::CONNECT4,
+    let found = (
+        info.map_type().ok(),
+        info.key_size() as usize,
+        info.value_size() as usize,
+    );
+    let Some((map_type, key, value)) = expected_layout(name) else {
+        return Ok(());
+    };
+    if found == (Some(map_type), key, value) {
+        return Ok(());
+    }
+    warn!(
+        map = name,
+        ?found,
+        "replacing a pinned map of another layout"
+    );
+    std::fs::remove_file(path).map_err(|source| SocketLbError::StalePin {
+        path: path.to_path_buf(),
         source,
     })
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, SocketLbError> {
+    let missing = SocketLbError::Missing {
+        kind: "program",
+        name,
+    };
+    let program = ebpf.program_mut(name).ok_or(missing)?;
+    program
+        .try_into()
+        .map_err(|source| SocketLbError::Program { name, source })
 }
 
 fn take_map<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
-    pin_dir: Option<&Path>,
 ) -> Result<HashMap<MapData, K, V>, SocketLbError> {
     let map = ebpf
         .take_map(name)
         .ok_or(SocketLbError::Missing { kind: "map", name })?;
-    if let Some(dir) = pin_dir {
-        let path = dir.join(name);
-        map.pin(&path)
-            .map_err(|source| SocketLbError::Pin { path, source })?;
-    }
-    HashMap::try_from(map).map_err(map_error(name))
-}
-
-fn remove_if_present<K: aya::Pod, V: aya::Pod>(
-    map: &mut HashMap<MapData, K, V>,
-    key: &K,
-    name: &'static str,
-) -> Result<(), SocketLbError> {
-    match map.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(source) => Err(SocketLbError::Map { map: name, source }),
-    }
-}
-
-fn map_error(map: &'static str) -> impl Fn(MapError) -> SocketLbError {
-    move |source| SocketLbError::Map { map, source }
-}
-
-fn service_key(frontend: SocketAddrV4, proto: Protocol) -> ServiceKey {
-    ServiceKey::new(frontend.ip().octets(), frontend.port(), proto.number())
-}
-
-fn backend_key(service_id: u32, slot: u32) -> BackendKey {
-    BackendKey { service_id, slot }
-}
-
-fn backend_value(backend: SocketAddrV4) -> Backend {
-    Backend::new(backend.ip().octets(), backend.port())
+    HashMap::try_from(map).map_err(|source| SocketLbError::Map { map: name, source })
 }

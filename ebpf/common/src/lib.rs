@@ -6,6 +6,16 @@
 //! reach a map), and stores addresses and ports in network byte order exactly as the kernel
 //! hands them to the programs. This crate holds types and constants only: no logic that
 //! belongs to one side, no I/O.
+//!
+//! The service datapath's maps, and who writes them:
+//! - [`maps::FRONTENDS`]: [`FrontendKey`] → [`FrontendValue`] (agent): the addresses services
+//!   answer on and the service ids behind them.
+//! - [`maps::SERVICES`]: service id (`u32`) → [`ServiceValue`] (agent).
+//! - [`maps::BACKENDS`]: [`BackendKey`] → [`Backend`] (agent): slots `0..backend_count`.
+//! - [`maps::MAGLEV`]: [`MaglevKey`] → slot (`u32`) (agent): consistent-hashing tables.
+//! - [`maps::TERMINATING`]: [`TerminatingKey`] → `u8` (agent): backends whose flows are kept.
+//! - [`maps::SOCK_REV_NAT`]: [`RevNatKey`] → [`RevNatValue`] (kernel, LRU): which service
+//!   address a socket's backend stands for, so replies and `getpeername` show the service.
 #![no_std]
 
 /// IANA protocol numbers as the kernel reports them in `bpf_sock_addr.protocol`.
@@ -16,30 +26,87 @@ pub mod protocol {
     pub const UDP: u8 = 17;
 }
 
-/// Names of the maps in the object file; the agent looks the maps up by these.
+/// Values of [`FrontendValue::kind`](crate::FrontendValue::kind).
+pub mod frontend_kind {
+    /// A ClusterIP.
+    pub const CLUSTER_IP: u8 = 1;
+    /// A NodePort on one of the node's addresses (address `0.0.0.0`: any local address).
+    pub const NODE_PORT: u8 = 2;
+    /// An externalIP.
+    pub const EXTERNAL_IP: u8 = 3;
+    /// A LoadBalancer ingress IP.
+    pub const LOAD_BALANCER: u8 = 4;
+}
+
+/// Values of [`ServiceValue::when_empty`](crate::ServiceValue::when_empty).
+pub mod when_empty {
+    /// The service has backends; nothing to decide.
+    pub const NONE: u8 = 0;
+    /// No usable endpoint anywhere: refuse new connections at once (`ECONNREFUSED`).
+    pub const REJECT: u8 = 1;
+    /// A `Local` policy without local endpoints: drop (`EHOSTUNREACH` for a socket).
+    pub const DROP: u8 = 2;
+}
+
+/// Names of the maps in the object file; the agent looks the maps up (and pins them) by
+/// these.
 pub mod maps {
-    /// [`crate::ServiceKey`] → [`crate::ServiceValue`].
+    /// [`crate::FrontendKey`] → [`crate::FrontendValue`].
+    pub const FRONTENDS: &str = "CORTEN_FRONTENDS";
+    /// Service id (`u32`) → [`crate::ServiceValue`].
     pub const SERVICES: &str = "CORTEN_SERVICES";
     /// [`crate::BackendKey`] → [`crate::Backend`].
     pub const BACKENDS: &str = "CORTEN_BACKENDS";
+    /// [`crate::MaglevKey`] → slot (`u32`).
+    pub const MAGLEV: &str = "CORTEN_MAGLEV";
+    /// [`crate::TerminatingKey`] → `u8` (always 1).
+    pub const TERMINATING: &str = "CORTEN_TERMINATING";
+    /// [`crate::RevNatKey`] → [`crate::RevNatValue`], an LRU map the programs write.
+    pub const SOCK_REV_NAT: &str = "CORTEN_SOCK_REV_NAT";
+    /// Every map, in the order the agent opens them.
+    pub const ALL: [&str; 6] = [
+        FRONTENDS,
+        SERVICES,
+        BACKENDS,
+        MAGLEV,
+        TERMINATING,
+        SOCK_REV_NAT,
+    ];
 }
 
 /// Names of the programs in the object file.
 pub mod programs {
     /// `cgroup/connect4`: rewrites the destination of `connect()` from a service to a backend.
     pub const CONNECT4: &str = "corten_connect4";
+    /// `cgroup/sendmsg4`: the same for each datagram an unconnected UDP socket sends.
+    pub const SENDMSG4: &str = "corten_sendmsg4";
+    /// `cgroup/recvmsg4`: a datagram from a backend shows the service as its source.
+    pub const RECVMSG4: &str = "corten_recvmsg4";
+    /// `cgroup/getpeername4`: a connected socket shows the service as its peer.
+    pub const GETPEERNAME4: &str = "corten_getpeername4";
+    /// Every socket program, in the order the agent attaches them.
+    pub const ALL: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
 }
 
-/// Default capacity of the service map.
+/// Default capacity of the frontend map.
+pub const DEFAULT_MAX_FRONTENDS: u32 = 65_536;
+/// Default capacity of the service map (also the highest service id).
 pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
 /// Default capacity of the backend map.
 pub const DEFAULT_MAX_BACKENDS: u32 = 262_144;
+/// Default capacity of the Maglev map (one table of the default size).
+pub const DEFAULT_MAX_MAGLEV_ENTRIES: u32 = 16_381;
+/// Default capacity of the terminating-backend map.
+pub const DEFAULT_MAX_TERMINATING: u32 = 65_536;
+/// Default capacity of the socket reverse-NAT map (LRU: old entries make room).
+pub const DEFAULT_MAX_SOCK_REV_NAT: u32 = 65_536;
 
-/// A service frontend: virtual IPv4 address, port and protocol.
+/// A service frontend: IPv4 address, port and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    /// IPv4 address, network byte order (the four octets as they sit in memory).
+pub struct FrontendKey {
+    /// IPv4 address, network byte order (the four octets as they sit in memory); zero for a
+    /// NodePort on any of the node's addresses.
     pub addr: u32,
     /// Port, network byte order.
     pub port: u16,
@@ -49,7 +116,7 @@ pub struct ServiceKey {
     pub pad: u8,
 }
 
-impl ServiceKey {
+impl FrontendKey {
     /// Builds a key from host-order values.
     pub const fn new(octets: [u8; 4], port: u16, protocol: u8) -> Self {
         Self {
@@ -61,21 +128,39 @@ impl ServiceKey {
     }
 }
 
-/// What the datapath needs to know about one service.
+/// Which services a frontend leads to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FrontendValue {
+    /// Service id for connections made on this node (socket programs).
+    pub from_node: u32,
+    /// Service id for connections arriving from outside the node (tc programs).
+    pub from_outside: u32,
+    /// One of [`frontend_kind`].
+    pub kind: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// What the datapath needs to know about one service (a backend set), keyed by its id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
-    /// Identifier that keys this service's backends in the backend map.
-    pub id: u32,
-    /// Number of backend slots `0..backend_count`; zero means "no endpoints": refuse.
+    /// Number of backend slots `0..backend_count`; zero means: act on `when_empty`.
     pub backend_count: u32,
+    /// ClientIP session affinity timeout in seconds; zero means no affinity.
+    pub affinity_timeout_seconds: u32,
+    /// One of [`when_empty`].
+    pub when_empty: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
 }
 
 /// One backend slot of one service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendKey {
-    /// [`ServiceValue::id`] of the owning service.
+    /// The owning service's id.
     pub service_id: u32,
     /// Slot index, `0..backend_count`.
     pub slot: u32,
@@ -104,18 +189,78 @@ impl Backend {
     }
 }
 
+/// One position of one service's Maglev table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    /// The service's id.
+    pub service_id: u32,
+    /// Table position.
+    pub position: u32,
+}
+
+/// A terminating backend of one service: no new connections, existing flows kept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TerminatingKey {
+    /// The service's id.
+    pub service_id: u32,
+    /// Backend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// A socket (by its cookie) and the backend it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatKey {
+    /// `bpf_get_socket_cookie` of the socket.
+    pub cookie: u64,
+    /// Backend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// The service address a backend stands for on one socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatValue {
+    /// Frontend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Frontend port, network byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
 #[cfg(feature = "user")]
 #[allow(unsafe_code)]
 mod pod {
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers, and has explicit
     // padding fields, so every bit pattern is valid and no byte is uninitialised.
-    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::FrontendKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FrontendValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ServiceValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BackendKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MaglevKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TerminatingKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RevNatKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RevNatValue {}
 }
 
 #[cfg(test)]
@@ -125,15 +270,20 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<ServiceValue>(), 8);
+        assert_eq!(size_of::<FrontendKey>(), 8);
+        assert_eq!(size_of::<FrontendValue>(), 12);
+        assert_eq!(size_of::<ServiceValue>(), 12);
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<Backend>(), 8);
+        assert_eq!(size_of::<MaglevKey>(), 8);
+        assert_eq!(size_of::<TerminatingKey>(), 12);
+        assert_eq!(size_of::<RevNatKey>(), 16);
+        assert_eq!(size_of::<RevNatValue>(), 8);
     }
 
     #[test]
     fn keys_are_in_network_byte_order() {
-        let key = ServiceKey::new([10, 43, 0, 1], 80, protocol::TCP);
+        let key = FrontendKey::new([10, 43, 0, 1], 80, protocol::TCP);
         assert_eq!(key.addr.to_ne_bytes(), [10, 43, 0, 1]);
         assert_eq!(key.port.to_ne_bytes(), [0, 80]);
         let backend = Backend::new([172, 30, 0, 10], 8080);

@@ -43,7 +43,13 @@ pub fn start(
         .arg(paths.node_cni_conf_dir(i))
         .args(["--node-ip", &node_ip(i).to_string()])
         .args(["--network", &network.to_string()])
-        .args(["--cgroup-root", &paths.node_cgroup_path(i)]);
+        .args(["--cgroup-root", &paths.node_cgroup_path(i)])
+        // The service proxy's socket programs attach to the node's own cgroup (never the
+        // root one) and pin their maps on the node's own bpffs.
+        .arg("--socket-lb-cgroup")
+        .arg(paths.node_cgroup2(i))
+        .arg("--bpffs-pin-dir")
+        .arg(paths.node_bpffs(i));
     host::enter(
         &mut command,
         &paths.node_netns(i),
