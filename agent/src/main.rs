@@ -55,6 +55,10 @@ struct Args {
     /// How pods on different nodes reach each other: vxlan, host-gw or bgp.
     #[arg(long, default_value = "vxlan")]
     network: NetworkMode,
+    /// The cluster's pod CIDR (the server's `--cluster-cidr`): pod traffic leaving it is
+    /// masqueraded to the node's address.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: corten_agent::network::peers::Cidr,
     /// The cgroup v2 directory the service proxy's socket programs attach to (its whole
     /// subtree is load-balanced). The service proxy runs only when this is given.
     #[arg(long)]
@@ -110,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             mode: args.network,
             node_name: args.node_name.clone(),
             node_ip,
+            cluster_cidr: args.cluster_cidr,
         },
         None,
     ));

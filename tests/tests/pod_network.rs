@@ -3,7 +3,9 @@
 //! every server pod by IP over TCP. For VXLAN, each node's kernel holds exactly the expected
 //! device, neighbours, FDB entries and routes; a 1400-byte ping with DF set crosses the
 //! overlay; a node that goes away is removed from every other node within 2 s, and one that
-//! comes (back) is added within 2 s.
+//! comes (back) is added within 2 s. Pod traffic leaving the cluster CIDR is masqueraded: a
+//! server in the lab's fabric namespace, which has no route to any pod, answers a pod and
+//! sees a node's address as the client.
 //!
 //! Safety: everything runs inside the lab's namespaces; every wait is bounded.
 use std::{
@@ -364,6 +366,73 @@ fn host_gw_routes_connect_pods_across_three_nodes() -> anyhow::Result<()> {
     }
     let servers = deploy_servers(&lab)?;
     every_pod_reaches_every_pod(&lab, &servers)?;
+    pods_reach_outside_the_cluster_masqueraded(&lab)?;
     lab.down()?;
+    Ok(())
+}
+
+/// Ends the outside server even when an assertion fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A busybox httpd in the fabric namespace (on the fabric's own address, with no route to
+/// any pod CIDR) answers a pod on node 1, and logs a node address as the client.
+fn pods_reach_outside_the_cluster_masqueraded(lab: &Lab) -> anyhow::Result<()> {
+    const OUTSIDE: &str = "172.30.0.1";
+    let root = tempfile::tempdir()?;
+    std::fs::write(root.path().join("marker"), "outside\n")?;
+    let log = root.path().join("httpd.log");
+    let status = lab
+        .fabric_command("ip")?
+        .args(["addr", "add", &format!("{OUTSIDE}/24"), "dev", "br0"])
+        .status()?;
+    ensure!(status.success(), "addressing the fabric bridge failed");
+    let routes = lab.fabric_command("ip")?.args(["route"]).output()?;
+    let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+    ensure!(
+        !routes.contains("10.42."),
+        "the fabric must not route to pods: {routes}"
+    );
+    let _server = Reaped(
+        lab.fabric_command("busybox")?
+            .args(["httpd", "-f", "-v", "-p", &format!("{OUTSIDE}:8081"), "-h"])
+            .arg(root.path())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting the outside httpd")?,
+    );
+    let script = format!(
+        "for try in 1 2 3 4 5; do timeout 3 wget -q -O - http://{OUTSIDE}:8081/marker && exit 0; sleep 1; done; exit 1"
+    );
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "egress"},
+        "spec": {"nodeName": lab.node_name(1), "restartPolicy": "Never",
+            "containers": [{"name": "wget", "image": BUSYBOX_IMAGE, "command": ["sh", "-c", script]}]},
+    });
+    apply(lab, &pod.to_string())?;
+    let phase = eventually(lab, "the egress pod to finish", || {
+        let pod = json(lab, &["get", "pod", "egress"])?;
+        let phase = pod["status"]["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
+    })?;
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    ensure!(
+        phase == "Succeeded",
+        "a pod could not reach {OUTSIDE} outside the cluster; the server saw: {seen}"
+    );
+    let node_ip = corten_tests::lab::node_ip(1).to_string();
+    ensure!(
+        seen.contains(&node_ip) && !seen.contains("10.42."),
+        "the outside server must see node 1's address {node_ip}, not a pod's: {seen}"
+    );
     Ok(())
 }

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     kernel::{Kernel, Underlay, VxlanDevice},
+    masquerade,
     peers::{self, Cidr, VTEP_MAC_ANNOTATION},
     plan::{self, NetState},
     NetworkMode,
@@ -43,6 +44,8 @@ pub struct NetworkConfig {
     pub node_name: String,
     /// This node's IP (on the underlay).
     pub node_ip: Ipv4Addr,
+    /// The cluster's pod CIDR: pod traffic to anywhere else is masqueraded.
+    pub cluster_cidr: Cidr,
 }
 
 /// Prefixes learned by BGP and their next hops (BGP mode's input).
@@ -54,6 +57,7 @@ pub async fn run(
     config: NetworkConfig,
     learned: Option<Learned>,
 ) -> anyhow::Result<()> {
+    masquerade::install(config.cluster_cidr).context("installing the masquerade rules")?;
     let kernel = Kernel::connect().context("opening netlink")?;
     let underlay = wait_for_underlay(&kernel, config.node_ip).await?;
     info!(mode = %config.mode, underlay = %underlay.name, subnet = %underlay.subnet, "pod network starting");
