@@ -15,7 +15,13 @@ use std::{
 use anyhow::{bail, Context};
 
 /// The targets (`fuzz/fuzz_targets/NAME.rs`), each with a seed corpus and a dictionary.
-pub const TARGETS: &[&str] = &["request_body", "selectors", "cni_config", "protobuf_body"];
+pub const TARGETS: &[&str] = &[
+    "request_body",
+    "selectors",
+    "cni_config",
+    "protobuf_body",
+    "bgp_message",
+];
 
 /// How long each target runs.
 const SECONDS_PER_TARGET: u64 = 30;

@@ -7,6 +7,7 @@
 //!
 //! Owns the node's routes, neighbours and FDB entries toward other nodes. It must not touch
 //! pods' own links (that is `corten-cni`).
+pub mod bgp;
 pub mod cni_config;
 pub mod kernel;
 pub mod masquerade;
