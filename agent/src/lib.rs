@@ -5,9 +5,11 @@
 //! a Kubernetes API client and meets the server only at the API (ARCHITECTURE.md).
 //!
 //! Today this holds the kubelet ([`kubelet`]: node registration, Lease, images, pods through
-//! CRI; [`kubelet_api`]: its HTTPS API on :10250 with logs, exec, attach and port-forward), the
-//! CNI config writer ([`network`]) and the service datapath's first piece, the
-//! socket-LB loader ([`proxy`]); cluster DNS and routes between nodes are still to come.
+//! CRI with volumes, probes, hooks and graceful termination), its HTTPS API on :10250
+//! ([`kubelet_api`]: logs, exec, attach, port-forward, healthz on :10248), the pod network
+//! ([`network`]: CNI config, vxlan / host-gw routes, masquerade, the BGP speaker) and the
+//! service proxy ([`proxy`]: Services and EndpointSlices programmed into socket-LB maps).
+//! Cluster DNS and the tc datapath for traffic from outside are still to come.
 
 pub mod kubelet;
 pub mod kubelet_api;

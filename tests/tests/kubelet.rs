@@ -24,7 +24,7 @@ fn pod_veths(lab: &Lab) -> anyhow::Result<usize> {
 #[test]
 fn the_kubelet_runs_pods_through_containerd() -> anyhow::Result<()> {
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test("kubelet", 1);
+    let mut spec = LabSpec::for_test(&format!("kubelet-{}", std::process::id()), 1);
     spec.control_plane = true;
     let lab = Lab::up(spec)?;
     let node = lab.node_name(0);

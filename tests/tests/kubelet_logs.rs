@@ -51,7 +51,7 @@ fn wait_running(lab: &Lab, pod: &str) -> anyhow::Result<()> {
 #[test]
 fn kubectl_logs_reads_the_kubelets_container_logs() -> anyhow::Result<()> {
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test("klogs", 1);
+    let mut spec = LabSpec::for_test(&format!("klogs-{}", std::process::id()), 1);
     spec.control_plane = true;
     let lab = Lab::up(spec)?;
     lab.wait_for_nodes_ready(Duration::from_secs(90))?;

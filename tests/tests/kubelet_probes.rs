@@ -395,7 +395,7 @@ fn termination_waits_for_the_containers(lab: &Lab) -> anyhow::Result<()> {
 #[test]
 fn probes_hooks_and_graceful_termination() -> anyhow::Result<()> {
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test("probes", 1);
+    let mut spec = LabSpec::for_test(&format!("probes-{}", std::process::id()), 1);
     spec.control_plane = true;
     let lab = Lab::up(spec)?;
     let node = lab.node_name(0);

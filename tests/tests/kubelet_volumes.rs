@@ -104,7 +104,7 @@ while true; do cat /cfg/colors/current > /out/color.tmp; mv /out/color.tmp /out/
 #[test]
 fn volumes_and_env_reach_containers() -> anyhow::Result<()> {
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test("kubelet-volumes", 1);
+    let mut spec = LabSpec::for_test(&format!("kubelet-volumes-{}", std::process::id()), 1);
     spec.control_plane = true;
     let lab = Lab::up(spec)?;
     let node = lab.node_name(0);

@@ -257,7 +257,7 @@ fn every_pod_reaches_every_pod(
 
 fn three_node_lab(name: &str, network: NetworkMode) -> anyhow::Result<Lab> {
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test(name, NODES);
+    let mut spec = LabSpec::for_test(&format!("{name}-{}", std::process::id()), NODES);
     spec.control_plane = true;
     spec.network = network;
     let lab = Lab::up(spec)?;

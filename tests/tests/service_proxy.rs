@@ -206,7 +206,7 @@ fn node_answers_converge(
 #[test]
 fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> {
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test("svcproxy", 1);
+    let mut spec = LabSpec::for_test(&format!("svcproxy-{}", std::process::id()), 1);
     spec.control_plane = true;
     let mut lab = Lab::up(spec)?;
     lab.wait_for_nodes_ready(Duration::from_secs(90))?;
