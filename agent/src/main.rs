@@ -7,6 +7,8 @@ use clap::Parser;
 use corten_agent::{
     kubelet::{self, KubeletConfig},
     network::{
+        bgp::speaker::{DEFAULT_HOLD_TIME, DEFAULT_LOCAL_AS},
+        bgp_mode::{self, BgpModeConfig, PeerArg},
         sync::{self as network, NetworkConfig},
         NetworkMode,
     },
@@ -55,6 +57,20 @@ struct Args {
     /// How pods on different nodes reach each other: vxlan, host-gw or bgp.
     #[arg(long, default_value = "vxlan")]
     network: NetworkMode,
+    /// BGP mode: this node's AS.
+    #[arg(long, default_value_t = DEFAULT_LOCAL_AS, value_parser = clap::value_parser!(u32).range(1..))]
+    bgp_as: u32,
+    /// BGP mode: the hold time proposed to peers, seconds (0, or 3 to 65535).
+    #[arg(long, default_value_t = DEFAULT_HOLD_TIME, value_parser = parse_hold_time)]
+    bgp_hold_time: u16,
+    /// BGP mode: peer with every other Node (an iBGP full mesh); `false` with route
+    /// reflectors as `--bgp-peer`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    bgp_node_mesh: bool,
+    /// BGP mode: an external peer or route reflector, `IP[:AS]` (the AS defaults to
+    /// `--bgp-as`); repeat for several.
+    #[arg(long = "bgp-peer", value_name = "IP[:AS]")]
+    bgp_peers: Vec<PeerArg>,
     /// The cluster's pod CIDR (the server's `--cluster-cidr`): pod traffic leaving it is
     /// masqueraded to the node's address.
     #[arg(long, default_value = "10.42.0.0/16")]
@@ -78,6 +94,16 @@ struct Args {
     proxy_max_backends: u32,
 }
 
+/// A hold time RFC 4271 allows: 0 or at least 3 seconds.
+fn parse_hold_time(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(t) if t == 0 || t >= 3 => Ok(t),
+        _ => Err(format!(
+            "{s:?} is not a BGP hold time: use 0 (no keepalives) or 3 to 65535 seconds"
+        )),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -88,6 +114,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if args.network != NetworkMode::Bgp && !args.bgp_peers.is_empty() {
+        anyhow::bail!(
+            "--bgp-peer needs --network bgp (the network mode is {})",
+            args.network
+        );
+    }
     let socket = args
         .container_runtime_endpoint
         .strip_prefix("unix://")
@@ -108,16 +140,47 @@ async fn main() -> anyhow::Result<()> {
         .node_ip
         .parse()
         .context("--node-ip must be an IPv4 address")?;
-    let network = tokio::spawn(network::run(
-        client.clone(),
-        NetworkConfig {
-            mode: args.network,
+    let bgp = if args.network == NetworkMode::Bgp {
+        let config = BgpModeConfig {
             node_name: args.node_name.clone(),
             node_ip,
-            cluster_cidr: args.cluster_cidr,
-        },
-        None,
-    ));
+            local_as: args.bgp_as,
+            hold_time: args.bgp_hold_time,
+            node_mesh: args.bgp_node_mesh,
+            external_peers: args.bgp_peers,
+        };
+        Some(bgp_mode::start(client.clone(), config).await?)
+    } else {
+        None
+    };
+    let (learned, bgp_task) = match bgp {
+        Some(bgp) => (Some(bgp.learned), Some(bgp.task)),
+        None => (None, None),
+    };
+    let network_config = NetworkConfig {
+        mode: args.network,
+        node_name: args.node_name.clone(),
+        node_ip,
+        cluster_cidr: args.cluster_cidr,
+    };
+    let network = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let bgp = async move {
+                match bgp_task {
+                    Some(task) => match task.await {
+                        Ok(result) => result.context("the BGP speaker failed"),
+                        Err(e) => Err(anyhow::anyhow!("the BGP task ended: {e}")),
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = network::run(client, network_config, learned) => result,
+                result = bgp => result,
+            }
+        }
+    });
     let proxy = args.socket_lb_cgroup.map(|cgroup| {
         tokio::spawn(proxy::controller::run(
             client.clone(),

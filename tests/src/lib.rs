@@ -1,6 +1,7 @@
 //! corten's end-to-end test support: the lab ([`lab`]), a multi-node cluster inside network
 //! namespaces on one machine (DESIGN.md §9), used by the tests under `tests/tests/` and by
-//! `cargo xtask lab`, and [`kubectl`], the small conveniences those tests drive it with.
+//! `cargo xtask lab`; [`kubectl`], the small conveniences those tests drive it with; and
+//! [`pod_network`], the pod network checks the network tests share.
 //!
 //! Owns everything a test creates on the host: namespaces, links, cgroups, bpffs mounts,
 //! containerd processes and their state. It must never touch host state it did not create:
@@ -9,3 +10,4 @@
 
 pub mod kubectl;
 pub mod lab;
+pub mod pod_network;

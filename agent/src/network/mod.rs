@@ -1,13 +1,15 @@
 //! The node's pod network: the CNI configuration the container runtime reads
 //! ([`cni_config`]), the node's forwarding switch, and the routes to the other nodes' pods in
 //! one of three modes ([`NetworkMode`]): a flannel-style VXLAN overlay, host-gw routes via the
-//! peers' node IPs, or routes learned over BGP from corten's own speaker ([`bgp`]); and
+//! peers' node IPs, or routes learned over BGP from corten's own speaker ([`bgp`], wired to
+//! the Nodes by [`bgp_mode`]); and
 //! [`masquerade`] for pod traffic leaving the cluster. [`peers`] reads the Nodes, [`plan`]
 //! decides the kernel entries, [`kernel`] speaks rtnetlink, [`sync`] runs the loop.
 //!
 //! Owns the node's routes, neighbours and FDB entries toward other nodes. It must not touch
 //! pods' own links (that is `corten-cni`).
 pub mod bgp;
+pub mod bgp_mode;
 pub mod cni_config;
 pub mod kernel;
 pub mod masquerade;

@@ -8,6 +8,8 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use k8s_openapi::api::core::v1::Node;
 
+use super::bgp::Ipv4Prefix;
+
 /// The annotation in which a node's agent publishes its VXLAN device's MAC address.
 pub const VTEP_MAC_ANNOTATION: &str = "network.corten.dev/vtep-mac";
 
@@ -60,6 +62,15 @@ impl FromStr for Cidr {
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl From<Ipv4Prefix> for Cidr {
+    fn from(prefix: Ipv4Prefix) -> Self {
+        Self {
+            addr: prefix.addr(),
+            prefix: prefix.prefix_len(),
+        }
     }
 }
 
@@ -152,15 +163,7 @@ pub fn peer(node: &Node) -> Result<Peer, PeerError> {
         node: name.clone(),
         error,
     })?;
-    let node_ip = node
-        .status
-        .as_ref()
-        .and_then(|status| status.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|address| address.type_ == "InternalIP")
-        .find_map(|address| address.address.parse::<Ipv4Addr>().ok())
-        .ok_or_else(|| PeerError::NoInternalIp(name.clone()))?;
+    let node_ip = internal_ip(node).ok_or_else(|| PeerError::NoInternalIp(name.clone()))?;
     let vtep_mac = node
         .metadata
         .annotations
@@ -178,6 +181,17 @@ pub fn peer(node: &Node) -> Result<Peer, PeerError> {
         pod_cidr,
         vtep_mac,
     })
+}
+
+/// A Node's first IPv4 InternalIP.
+pub fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
+    node.status
+        .as_ref()
+        .and_then(|status| status.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|address| address.type_ == "InternalIP")
+        .find_map(|address| address.address.parse::<Ipv4Addr>().ok())
 }
 
 /// Every usable node but `own`, sorted by name, with the reasons the others were left out.

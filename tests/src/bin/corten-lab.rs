@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
                 images: images.map_or_else(lab::project_images, |dir| lab::archives_in(&dir)),
                 detach: true,
                 control_plane,
+                extra_agent_args: Vec::new(),
             };
             let lab = Lab::up(spec)?;
             println!("lab {name} is up ({nodes} node(s), network {network})");

@@ -17,12 +17,14 @@ use super::{
     process,
 };
 
-/// Starts node `i`'s agent. With `detach`, it outlives the calling process.
+/// Starts node `i`'s agent, with `extra_args` after the lab's own. With `detach`, it
+/// outlives the calling process.
 pub fn start(
     paths: &LabPaths,
     i: usize,
     agent: &Path,
     network: super::NetworkMode,
+    extra_args: &[String],
     detach: bool,
 ) -> anyhow::Result<Child> {
     let data = paths.agent_data_dir(i);
@@ -49,7 +51,8 @@ pub fn start(
         .arg("--socket-lb-cgroup")
         .arg(paths.node_cgroup2(i))
         .arg("--bpffs-pin-dir")
-        .arg(paths.node_bpffs(i));
+        .arg(paths.node_bpffs(i))
+        .args(extra_args);
     host::enter(
         &mut command,
         &paths.node_netns(i),

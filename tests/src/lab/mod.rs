@@ -93,6 +93,9 @@ pub struct LabSpec {
     /// Whether node 0 runs corten-server and every node corten-agent (the binaries come
     /// from [`project_server`] and [`project_agent`]).
     pub control_plane: bool,
+    /// Arguments appended to every corten-agent's command line (e.g. `--bgp-peer`), also
+    /// when [`Lab::start_agent`] restarts one.
+    pub extra_agent_args: Vec<String>,
 }
 
 impl LabSpec {
@@ -105,6 +108,7 @@ impl LabSpec {
             images: project_images(),
             detach: false,
             control_plane: false,
+            extra_agent_args: Vec::new(),
         }
     }
 }
@@ -141,6 +145,9 @@ struct LabState {
     /// Set once the control plane serves; absent in labs without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     control_plane: Option<ControlPlaneState>,
+    /// [`LabSpec::extra_agent_args`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    extra_agent_args: Vec<String>,
 }
 
 /// What [`Lab::attach`] needs to reach a lab's control plane.
@@ -214,6 +221,7 @@ impl Lab {
                 nodes: spec.nodes,
                 network: spec.network,
                 control_plane: None,
+                extra_agent_args: spec.extra_agent_args.clone(),
             },
             children: Vec::new(),
             owned: true,
@@ -280,8 +288,15 @@ impl Lab {
         });
         self.write_state()?;
         for i in 0..self.nodes() {
-            let agent = agent::start(&paths, i, &binaries.agent, self.network(), detach)
-                .with_context(|| format!("starting corten-agent on node {i}"))?;
+            let agent = agent::start(
+                &paths,
+                i,
+                &binaries.agent,
+                self.network(),
+                &self.state.extra_agent_args,
+                detach,
+            )
+            .with_context(|| format!("starting corten-agent on node {i}"))?;
             self.children.push(agent);
         }
         Ok(())
@@ -516,14 +531,34 @@ impl Lab {
         Ok(())
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) node `i`'s agent: a hung agent, whose sockets
+    /// stay open and silent, unlike a killed one's, which the kernel closes.
+    pub fn freeze_agent(&self, i: usize, frozen: bool) -> anyhow::Result<()> {
+        self.check_node(i)?;
+        let pid = process::running(
+            &self.paths.agent_pid_file(i),
+            &self.paths.node_cgroup_path(i),
+        )
+        .with_context(|| format!("node {i}'s agent is not running"))?;
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        host::signal(pid, signal).with_context(|| format!("signalling node {i}'s agent ({pid})"))
+    }
+
     /// Starts node `i`'s agent again (after [`Lab::kill_agent`]), with the same flags.
     pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
         self.check_node(i)?;
         if agent::is_running(&self.paths, i) {
             bail!("node {i}'s agent is already running");
         }
-        let child = agent::start(&self.paths, i, &project_agent()?, self.network(), false)
-            .with_context(|| format!("starting corten-agent on node {i}"))?;
+        let child = agent::start(
+            &self.paths,
+            i,
+            &project_agent()?,
+            self.network(),
+            &self.state.extra_agent_args,
+            false,
+        )
+        .with_context(|| format!("starting corten-agent on node {i}"))?;
         self.children.push(child);
         Ok(())
     }
