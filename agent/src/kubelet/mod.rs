@@ -2,14 +2,16 @@
 //! ([`node`]), imports images from the image directory ([`images`]), writes the CNI config
 //! once the node has a pod CIDR, and runs the pods bound to the node through CRI
 //! ([`pods`], deciding with [`plan`], reporting with [`status`], configuring with
-//! [`runtime_config`]), probing containers with [`probes`] (checks in [`checks`]), running
-//! their hooks and killing them gracefully with [`lifecycle`], and recording [`events`];
+//! [`runtime_config`] and the pod cgroups with [`pod_cgroups`]), probing containers with
+//! [`probes`] (checks in [`checks`]), running their hooks and killing them gracefully with
+//! [`lifecycle`], and recording [`events`];
 //! containers get their environment from [`env`] and their volumes from [`volumes`]
-//! (both put together by [`container_inputs`]).
+//! (both put together by [`container_inputs`]); static pods from `<data dir>/manifests`
+//! reach the pod worker as mirror pods ([`static_pods`]).
 //!
 //! Owns everything between the API's pods and the runtime's containers on this node. It
 //! talks to the cluster only through the Kubernetes API (kube-rs) and to containers only
-//! through CRI.
+//! through CRI, except the pod-level cgroups it makes itself as upstream's kubelet does.
 pub mod checks;
 pub mod container_inputs;
 pub mod env;
@@ -19,9 +21,11 @@ pub mod lifecycle;
 pub mod node;
 pub mod observed;
 pub mod plan;
+pub mod pod_cgroups;
 pub mod pods;
 pub mod probes;
 pub mod runtime_config;
+pub mod static_pods;
 pub mod status;
 pub mod volumes;
 
@@ -156,6 +160,11 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(write_cni_config_when_ready(client.clone(), config.clone()));
+    tokio::spawn(static_pods::run(
+        client.clone(),
+        config.node_name.clone(),
+        config.data_dir.join("manifests"),
+    ));
     spawn_kubelet_api(&client, &cri, &config);
     let log_root = config.data_dir.join("pods");
     std::fs::create_dir_all(&log_root)

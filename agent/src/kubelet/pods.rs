@@ -40,6 +40,7 @@ use super::{
     lifecycle,
     observed::{ContainerObservation, Observed, RunState, SandboxObservation},
     plan::{self, Action},
+    pod_cgroups,
     probes::ProbeManager,
     runtime_config::{self, PodFields, CONTAINER_NAME_LABEL, POD_UID_LABEL},
     status,
@@ -121,6 +122,12 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
         memory: Mutex::new(HashMap::new()),
         busy: Mutex::new(HashMap::new()),
     });
+    // Until the first list arrives the store is empty, and every sandbox on the node would
+    // look orphaned: a restarted agent must adopt its pods, not remove them.
+    if let Err(e) = reader.wait_until_ready().await {
+        warn!(error = %e, "the pod store never became ready");
+        return;
+    }
     let mut generation: u64 = 0;
     loop {
         tokio::select! {
@@ -361,9 +368,16 @@ impl Worker {
             return self.terminate(pod).await;
         }
         let now = now_seconds();
+        // The start time already reported (by this agent before a restart) stays.
+        let reported_start = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| t.0.as_second())
+            .filter(|&t| t > 0);
         self.memory(&uid, |m| {
             if m.started_at == 0 {
-                m.started_at = now;
+                m.started_at = reported_start.unwrap_or(now);
             }
         });
         let mut observed = self.observe(&uid).await?;
@@ -537,6 +551,9 @@ impl Worker {
                     &self.config.log_root,
                 );
                 std::fs::create_dir_all(&config.log_directory).ok();
+                if let Err(e) = pod_cgroups::apply(pod, &self.config.cgroup_root) {
+                    warn!(pod = ?pod.metadata.name, error = %e, "setting the pod cgroup's limits failed");
+                }
                 info!(pod = ?pod.metadata.name, attempt, "creating the pod sandbox");
                 cri.runtime()
                     .run_pod_sandbox(RunPodSandboxRequest {
@@ -801,6 +818,7 @@ impl Worker {
             }
         }
         self.remove_sandboxes(&uid).await?;
+        pod_cgroups::remove(&uid, &self.config.cgroup_root);
         self.volumes.tear_down(&uid)?;
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -877,6 +895,7 @@ impl Worker {
             info!(%uid, "removing the sandbox of a pod that no longer exists");
             self.probes.forget_pod(&uid);
             self.remove_sandboxes(&uid).await?;
+            pod_cgroups::remove(&uid, &self.config.cgroup_root);
             self.volumes.tear_down(&uid)?;
             self.memory
                 .lock()

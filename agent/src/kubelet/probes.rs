@@ -221,6 +221,24 @@ fn probed_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
         .chain(sidecars)
 }
 
+/// `(started, ready)` as the pod's status in the API reports the container attempt
+/// `container_id`, when it does.
+fn reported_status(pod: &Pod, container_id: &str) -> Option<(bool, bool)> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|s| {
+            s.container_id
+                .as_deref()
+                .and_then(|id| id.split_once("://"))
+                .is_some_and(|(_, id)| id == container_id)
+        })
+        .map(|s| (s.started.unwrap_or(false), s.ready))
+}
+
 fn has_probes(container: &Container) -> bool {
     container.liveness_probe.is_some()
         || container.readiness_probe.is_some()
@@ -327,9 +345,15 @@ impl ProbeManager {
         started_at: i64,
         pod_ip: &str,
     ) -> Tracked {
+        // A container this kubelet (or one before a restart) already reported keeps what was
+        // reported until its probes say otherwise, so an agent restart does not flip a
+        // Ready pod to not ready (nor an unready one to ready).
+        let reported = reported_status(pod, container_id);
         let results = Arc::new(Mutex::new(Results {
             has_startup: container.startup_probe.is_some(),
             has_readiness: container.readiness_probe.is_some(),
+            started: reported.is_some_and(|(started, _)| started),
+            ready: reported.is_some_and(|(_, ready)| ready),
             ..Results::default()
         }));
         let mut tasks = Vec::new();
@@ -383,8 +407,20 @@ impl ProbeWorker {
     async fn run(self) {
         let wait = (self.started_at + self.timing.initial_delay - now_seconds()).max(0);
         tokio::time::sleep(Duration::from_secs(wait as u64)).await;
-        // Liveness starts out passing, readiness failing, startup not yet passed.
-        let mut thresholds = Thresholds::new(self.kind == ProbeKind::Liveness, &self.timing);
+        // Liveness starts out passing, readiness failing, startup not yet passed — unless an
+        // earlier report of this same attempt said otherwise.
+        let initial = {
+            let results = lock(&self.results);
+            match self.kind {
+                ProbeKind::Liveness => true,
+                ProbeKind::Readiness => results.ready,
+                ProbeKind::Startup => results.started,
+            }
+        };
+        if self.kind == ProbeKind::Startup && initial {
+            return;
+        }
+        let mut thresholds = Thresholds::new(initial, &self.timing);
         let mut ticks = tokio::time::interval(self.timing.period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -450,6 +486,19 @@ impl ProbeWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reported_attempt_keeps_its_reported_readiness() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [{"name": "a"}]},
+            "status": {"containerStatuses": [{"name": "a", "image": "i", "imageID": "",
+                "restartCount": 0, "ready": true, "started": true,
+                "containerID": "containerd://abc"}]}}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reported_status(&pod, "abc"), Some((true, true)));
+        // Another attempt starts from scratch.
+        assert_eq!(reported_status(&pod, "def"), None);
+    }
 
     fn probe(value: serde_json::Value) -> Probe {
         serde_json::from_value(value).unwrap_or_else(|e| panic!("{e}"))
