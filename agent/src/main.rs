@@ -92,6 +92,10 @@ struct Args {
     /// Capacity of the service proxy's backend map (all backends of all services).
     #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_BACKENDS)]
     proxy_max_backends: u32,
+    /// Capacity of the service proxy's session-affinity map (LRU: one entry per client and
+    /// ClientIP-affinity Service; the oldest are forgotten first).
+    #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_AFFINITY)]
+    proxy_max_affinity: u32,
 }
 
 /// A hold time RFC 4271 allows: 0 or at least 3 seconds.
@@ -195,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
                     frontends: args.proxy_max_frontends,
                     services: args.proxy_max_services,
                     backends: args.proxy_max_backends,
+                    affinity: args.proxy_max_affinity,
                     ..MapSizes::default()
                 },
             },

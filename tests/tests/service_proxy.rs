@@ -2,8 +2,14 @@
 //! with real kubectl, backends are busybox httpd pods, and the agent programs its socket-LB
 //! from Services and EndpointSlices. A ClusterIP over TCP reaches every ready backend from a
 //! pod and from the node, and the node's client sees the ClusterIP as its peer; a Service
-//! without endpoints refuses a connect within 100 ms; scaling down stops new connections to
-//! the removed backends; the datapath keeps working while the agent is down and a restarted
+//! without endpoints refuses a connect within 100 ms; ClientIP session affinity sends every
+//! connection of one client to one backend (the same client spreads over all backends of a
+//! Service without affinity) until the affinity times out; a NodePort answers on the node's
+//! address and an externalIP on its own, from the node and from a pod; a terminating backend
+//! and one relabelled out of the Service get no new connections (not even from a client whose
+//! affinity named one) while connections made to them before keep exchanging data; the
+//! affinity survives an agent restart; scaling down stops new connections to the removed
+//! backends; the datapath keeps working while the agent is down and a restarted
 //! agent reuses the pinned maps; a UDP ClusterIP (selector-less, hand-written EndpointSlices
 //! naming listeners on the node) reaches both listeners from unconnected and connected
 //! sockets, which see the ClusterIP as the answers' source and as their peer; deleting the
@@ -23,6 +29,8 @@ use serde_json::Value;
 /// How many requests a client makes; with 3 backends chosen at random, missing one in 30
 /// tries happens with probability 3·(2/3)^30 ≈ 1.6e-5.
 const REQUESTS: usize = 30;
+/// The externalIP of Service `outer`.
+const EXTERNAL_IP: &str = "203.0.113.10";
 /// The host's Python, run inside the node (its network namespace and cgroup).
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -97,6 +105,56 @@ peer = c.getpeername()
 print(" ".join(sorted(answers)), "|", " ".join(sorted(sources)), "|", f"{peer[0]}:{peer[1]}", answer)
 "#;
 
+/// Makes `argv[3]` connections to `argv[1]:argv[2]`, one after the other, asks each for
+/// `/hostname` and prints the answers, one a line.
+const FETCH_MANY: &str = r#"
+import socket, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+for _ in range(int(sys.argv[3])):
+    s = socket.create_connection((ip, port), timeout=3)
+    s.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    print(data.split(b"\r\n\r\n", 1)[-1].decode().strip(), flush=True)
+"#;
+
+/// Holds one connection to the echo port `argv[1]:argv[2]`: connects up to `argv[4]` times
+/// until the backend greets with `argv[3]` (its hostname), prints the greeting, then sends
+/// every line of stdin and prints what comes back. Prints `MISSED` if no connection landed
+/// there. Every read is bounded by the socket timeout.
+const HOLD_ECHO: &str = r#"
+import socket, sys
+ip, port, wanted = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+held = None
+for _ in range(int(sys.argv[4])):
+    s = socket.create_connection((ip, port), timeout=30)
+    f = s.makefile("rwb")
+    hello = f.readline().decode().strip()
+    if hello == wanted:
+        held = (s, f)
+        break
+    s.close()
+if held is None:
+    print("MISSED", flush=True)
+    sys.exit(1)
+s, f = held
+print(hello, flush=True)
+for line in sys.stdin:
+    f.write(line.encode())
+    f.flush()
+    print(f.readline().decode().strip(), flush=True)
+"#;
+
+/// The backend pods: busybox httpd on 8080 (answers `/hostname` with the pod name) and a TCP
+/// echo on 9000 that greets with the pod name; SIGTERM is ignored, so a deleted pod keeps
+/// serving until its grace period ends.
+const WEB_COMMAND: &str = "trap '' TERM; nc -ll -p 9000 -e sh -c 'cat /etc/hostname; exec cat' & httpd -f -p 8080 -h /etc";
+
 /// Kills a helper process even when an assertion fails.
 struct Reaped(std::process::Child);
 
@@ -104,6 +162,61 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A connection held open to one backend's echo port by [`HOLD_ECHO`] on the node.
+struct Holder {
+    to: std::process::ChildStdin,
+    from: std::io::BufReader<std::process::ChildStdout>,
+    _process: Reaped,
+}
+
+impl Holder {
+    /// Connects to `ip:9000` until the connection lands on pod `wanted` (up to 40 tries: with
+    /// 3 backends at random, missing one has probability (2/3)^40 ≈ 9e-8) and checks that it
+    /// echoes.
+    fn connect(lab: &Lab, ip: &str, wanted: &str) -> anyhow::Result<Self> {
+        let mut child = lab
+            .command(0, PYTHON)?
+            .arg("-c")
+            .arg(HOLD_ECHO)
+            .args([ip, "9000", wanted, "40"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let to = child.stdin.take().context("no stdin")?;
+        let from = std::io::BufReader::new(child.stdout.take().context("no stdout")?);
+        let mut holder = Self {
+            to,
+            from,
+            _process: Reaped(child),
+        };
+        let greeting = holder.read()?;
+        ensure!(
+            greeting == wanted,
+            "the held connection landed on {greeting:?}, not {wanted}"
+        );
+        ensure!(
+            holder.exchange("before")? == "before",
+            "the connection held to {wanted} did not echo"
+        );
+        Ok(holder)
+    }
+
+    /// Sends one line and returns the echo (bounded by the client's socket timeout).
+    fn exchange(&mut self, line: &str) -> anyhow::Result<String> {
+        use std::io::Write;
+        writeln!(self.to, "{line}")?;
+        self.to.flush()?;
+        self.read()
+    }
+
+    fn read(&mut self) -> anyhow::Result<String> {
+        use std::io::BufRead;
+        let mut answer = String::new();
+        self.from.read_line(&mut answer)?;
+        Ok(answer.trim().to_owned())
     }
 }
 
@@ -127,6 +240,81 @@ fn fetch_from_node(lab: &Lab, url: &str) -> anyhow::Result<Option<String>> {
         .args(["timeout", "3", "busybox", "wget", "-q", "-O", "-", url])
         .output()?;
     Ok(output.status.success().then(|| text(&output)))
+}
+
+/// `count` answers of [`FETCH_MANY`] from the node to `ip:port`.
+fn fetch_many(lab: &Lab, ip: &str, port: u16, count: usize) -> anyhow::Result<Vec<String>> {
+    let output = python(
+        lab,
+        FETCH_MANY,
+        &[ip, &port.to_string(), &count.to_string()],
+    )?;
+    ensure!(
+        output.status.success(),
+        "fetching {ip}:{port} {count} times failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: Vec<String> = text(&output).lines().map(str::to_owned).collect();
+    ensure!(answers.len() == count, "got {answers:?} from {ip}:{port}");
+    Ok(answers)
+}
+
+/// The conditions of the endpoint with address `ip` in Service `web`'s slices.
+fn endpoint_conditions(lab: &Lab, ip: &str) -> anyhow::Result<Option<Value>> {
+    let slices = json(
+        lab,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ],
+    )?;
+    for slice in slices["items"].as_array().into_iter().flatten() {
+        for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
+            if endpoint["addresses"][0].as_str() == Some(ip) {
+                return Ok(Some(endpoint["conditions"].clone()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Runs a busybox pod that fetches each of `urls` `count` times and returns its answers
+/// (`FAILED` for a failed request) once it has finished.
+fn pod_fetches(lab: &Lab, name: &str, urls: &[&str], count: usize) -> anyhow::Result<Vec<String>> {
+    let loops: Vec<String> = urls
+        .iter()
+        .map(|url| {
+            format!(
+                "for i in $(seq 1 {count}); do timeout 3 wget -q -O - {url} || echo FAILED; echo; done"
+            )
+        })
+        .collect();
+    apply(
+        lab,
+        &format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
+            "spec": {{"restartPolicy": "Never", "containers": [{{"name": "client",
+              "image": "{BUSYBOX_IMAGE}", "command": ["sh", "-c", "{}"]}}]}}}}"#,
+            loops.join("; ")
+        ),
+    )?;
+    eventually(lab, &format!("pod {name} to finish"), || {
+        let pod = json(lab, &["get", "pod", name])?;
+        Ok(matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
+        .then_some(()))
+    })?;
+    let logs = kubectl(lab, &["logs", name])?;
+    Ok(logs
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 fn cluster_ip(lab: &Lab, service: &str) -> anyhow::Result<String> {
@@ -219,15 +407,41 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
               "template": {{"metadata": {{"labels": {{"app": "web"}}}},
                 "spec": {{"terminationGracePeriodSeconds": 1,
                   "containers": [{{"name": "httpd", "image": "{BUSYBOX_IMAGE}",
-                  "command": ["httpd", "-f", "-p", "8080", "-h", "/etc"],
-                  "ports": [{{"containerPort": 8080}}]}}]}}}}}}}}"#
+                  "command": ["sh", "-c", "{WEB_COMMAND}"],
+                  "ports": [{{"containerPort": 8080}}, {{"containerPort": 9000}}]}}]}}}}}}}}"#
         ),
     )?;
     apply(
         &lab,
         r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
           "spec": {"selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+              {"name": "echo", "port": 9000, "targetPort": 9000, "protocol": "TCP"}]}}"#,
+    )?;
+    // ClientIP affinity with the default timeout (3 hours), and with a 1-second one.
+    apply(
+        &lab,
+        r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sticky"},
+          "spec": {"selector": {"app": "web"}, "sessionAffinity": "ClientIP",
             "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}}"#,
+    )?;
+    apply(
+        &lab,
+        r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "brief"},
+          "spec": {"selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 1}},
+            "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}}"#,
+    )?;
+    // A NodePort that also answers on an externalIP (TEST-NET-3: translated at connect, so
+    // no packet to it is ever sent).
+    apply(
+        &lab,
+        &format!(
+            r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "outer"}},
+            "spec": {{"type": "NodePort", "selector": {{"app": "web"}},
+              "externalIPs": ["{EXTERNAL_IP}"],
+              "ports": [{{"port": 80, "targetPort": 8080, "protocol": "TCP"}}]}}}}"#
+        ),
     )?;
     apply(
         &lab,
@@ -315,6 +529,76 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
     }
     println!("a Service without endpoints refused in {fastest:.6} s");
 
+    // Session affinity: one client (the node's namespace) spreads over every backend of a
+    // Service without affinity, but sends every connection of a ClientIP Service to one.
+    let spread: BTreeSet<String> = fetch_many(&lab, &web_ip, 80, REQUESTS)?
+        .into_iter()
+        .collect();
+    ensure!(
+        spread == backends,
+        "without affinity one client reached {spread:?}, not every backend of {backends:?}"
+    );
+    let sticky_ip = cluster_ip(&lab, "sticky")?;
+    eventually(&lab, "the sticky Service to answer", || {
+        Ok(fetch_many(&lab, &sticky_ip, 80, 1)?.pop())
+    })?;
+    let stuck: BTreeSet<String> = fetch_many(&lab, &sticky_ip, 80, REQUESTS)?
+        .into_iter()
+        .collect();
+    ensure!(
+        stuck.len() == 1 && stuck.is_subset(&backends),
+        "with ClientIP affinity one client reached {stuck:?}"
+    );
+    let pinned = stuck.into_iter().next().context("no answer")?;
+    println!("ClientIP affinity: every connection went to {pinned}");
+    // A 1-second affinity holds while the client keeps connecting, and ends after a second
+    // without connections: then a new pick is made (with 3 backends, 8 picks all landing on
+    // the same one has probability (1/3)^8 ≈ 1.5e-4).
+    let brief_ip = cluster_ip(&lab, "brief")?;
+    eventually(&lab, "the brief Service to answer", || {
+        Ok(fetch_many(&lab, &brief_ip, 80, 1)?.pop())
+    })?;
+    // Back to back from one process, so that no gap reaches the timeout.
+    let burst: BTreeSet<String> = fetch_many(&lab, &brief_ip, 80, 11)?.into_iter().collect();
+    ensure!(
+        burst.len() == 1,
+        "within the timeout the client moved between {burst:?}"
+    );
+    let first = burst.into_iter().next().context("no answer")?;
+    let mut after_timeout = Vec::new();
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(1_300));
+        after_timeout.extend(fetch_many(&lab, &brief_ip, 80, 1)?);
+        if after_timeout.iter().any(|b| *b != first) {
+            break;
+        }
+    }
+    ensure!(
+        after_timeout.iter().any(|b| *b != first),
+        "after the affinity timeout every pick was still {first}: {after_timeout:?}"
+    );
+    println!("a 1-second affinity expired: {first} then {after_timeout:?}");
+
+    // NodePort on the node's address and the externalIP, from the node and from a pod.
+    let outer = json(&lab, &["get", "service", "outer"])?;
+    let node_port = outer["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .context("Service outer has no nodePort")?;
+    let node_ip = lab.node_ip(0).to_string();
+    let node_port_url = format!("http://{node_ip}:{node_port}/hostname");
+    let external_url = format!("http://{EXTERNAL_IP}:80/hostname");
+    let via_node_port = node_answers_converge(&lab, &node_port_url, &backends)?;
+    let via_external = node_answers_converge(&lab, &external_url, &backends)?;
+    println!("from the node: {node_port_url} reached {via_node_port:?}, {external_url} reached {via_external:?}");
+    let answers = pod_fetches(&lab, "outer-client", &[&node_port_url, &external_url], 10)?;
+    ensure!(
+        answers.len() == 20 && answers.iter().all(|a| backends.contains(a)),
+        "from a pod the NodePort and externalIP gave {answers:?}"
+    );
+    let from_pod: BTreeSet<&String> = answers.iter().collect();
+    println!("from a pod: NodePort and externalIP reached {from_pod:?}");
+
     // The datapath is pinned: it keeps working while the agent is down, and the restarted
     // agent reuses the pinned maps (the Service keeps its backends).
     lab.kill_agent(0)?;
@@ -332,17 +616,96 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
     );
     lab.check_agents()?;
 
+    // Ending backends: one is deleted (terminating, still serving for its grace period), one
+    // is relabelled out of the Service (its endpoint is removed, the pod keeps running). A
+    // connection held open to each keeps exchanging data, while no new connection lands on
+    // either, not even one from a client whose affinity names the terminating one (the one
+    // the node's sticky affinity points to).
+    let victim = fetch_many(&lab, &sticky_ip, 80, 1)?
+        .pop()
+        .context("no sticky answer")?;
+    ensure!(
+        victim == pinned,
+        "the sticky client moved from {pinned} to {victim}"
+    );
+    let orphan = backends
+        .iter()
+        .find(|b| **b != victim)
+        .cloned()
+        .context("only one backend")?;
+    let pod_ip = |pod: &str| -> anyhow::Result<String> {
+        json(&lab, &["get", "pod", pod])?["status"]["podIP"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("pod {pod} has no IP"))
+    };
+    let (victim_ip, orphan_ip) = (pod_ip(&victim)?, pod_ip(&orphan)?);
+    let mut to_victim = Holder::connect(&lab, &web_ip, &victim)?;
+    let mut to_orphan = Holder::connect(&lab, &web_ip, &orphan)?;
+    kubectl(
+        &lab,
+        &[
+            "delete",
+            "pod",
+            &victim,
+            "--grace-period=30",
+            "--wait=false",
+        ],
+    )?;
+    kubectl(
+        &lab,
+        &["label", "pod", &orphan, "app=orphaned", "--overwrite"],
+    )?;
+    let conditions =
+        eventually(&lab, "the victim's endpoint to be terminating", || {
+            Ok(endpoint_conditions(&lab, &victim_ip)?
+                .filter(|c| c["terminating"] == Value::Bool(true)))
+        })?;
+    println!("{victim} is terminating: {conditions}");
+    eventually(&lab, "the orphan's endpoint to be removed", || {
+        Ok(endpoint_conditions(&lab, &orphan_ip)?
+            .is_none()
+            .then_some(()))
+    })?;
+    let ended = [&victim, &orphan];
+    eventually(&lab, "new connections to avoid the ending backends", || {
+        let answers = fetch_many(&lab, &web_ip, 80, REQUESTS)?;
+        Ok((!answers.iter().any(|a| ended.contains(&a))).then_some(()))
+    })?;
+    for (ip, count) in [(&web_ip, REQUESTS), (&sticky_ip, 10)] {
+        let answers = fetch_many(&lab, ip, 80, count)?;
+        ensure!(
+            !answers.iter().any(|a| ended.contains(&a)),
+            "a new connection to {ip} reached {victim} or {orphan}: {answers:?}"
+        );
+    }
+    let moved: BTreeSet<String> = fetch_many(&lab, &sticky_ip, 80, 10)?.into_iter().collect();
+    ensure!(
+        moved.len() == 1,
+        "the sticky client did not settle on one new backend: {moved:?}"
+    );
+    for (holder, pod) in [(&mut to_victim, &victim), (&mut to_orphan, &orphan)] {
+        ensure!(
+            holder.exchange("after")? == "after",
+            "the connection held to {pod} stopped echoing"
+        );
+    }
+    println!(
+        "held connections to terminating {victim} and removed {orphan} still echo; \
+         the sticky client moved to {moved:?}"
+    );
+    drop((to_victim, to_orphan));
+    kubectl(&lab, &["delete", "pod", &orphan, "--wait=false"])?;
+
     // Scale down: the removed backends get no new connections.
     kubectl(&lab, &["scale", "replicaset", "web", "--replicas=1"])?;
     let remaining = eventually(&lab, "one web pod left", || ready_web_pods(&lab, 1))?;
-    ensure!(remaining.is_subset(&backends));
     node_answers_converge(&lab, &url, &remaining)?;
     println!("after scaling down only {remaining:?} answers");
 
     // UDP: a selector-less Service whose EndpointSlices name two listeners on the node;
     // unconnected sockets reach both and see the ClusterIP as the source of the answers, a
     // connected socket sees it as its peer.
-    let node_ip = lab.node_ip(0).to_string();
     let _udp_backends = [9053, 9054]
         .map(|port| -> anyhow::Result<Reaped> {
             Ok(Reaped(

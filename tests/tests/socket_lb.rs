@@ -2,7 +2,9 @@
 //! state: a TCP connect to a virtual IP:port reaches a real listener inside the node, only
 //! for processes in that cgroup; a service without backends refuses (`ECONNREFUSED`) at
 //! once; removing the service undoes the translation; a second loader on the same pins reads
-//! back what the first wrote; a pinned map of another layout is replaced.
+//! back what the first wrote; a pinned map of another layout is replaced. ClientIP session
+//! affinity keeps a client on its backend also when that backend moves to another slot, and
+//! drops it when the backend leaves.
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     process::{Child, Output},
@@ -13,7 +15,7 @@ use anyhow::{bail, Context};
 use corten_agent::proxy::{
     desired::{
         BackendScope, BackendSet, BackendSetKey, DesiredState, Frontend, FrontendAddress,
-        FrontendKey, FrontendKind, ServicePortRef, ServiceRef, WhenEmpty,
+        FrontendKey, FrontendKind, ServicePortRef, ServiceRef, SessionAffinity, WhenEmpty,
     },
     socket_lb::MapSizes,
     Protocol, SocketLb,
@@ -44,6 +46,14 @@ fn wget(lab: &Lab, inside_cgroup: bool, url: &str) -> anyhow::Result<Output> {
 
 /// One ClusterIP service on [`VIP`] with `backends`.
 fn one_service(backends: &[SocketAddrV4]) -> DesiredState {
+    service_with_affinity(backends, None)
+}
+
+/// One ClusterIP service on [`VIP`] with `backends` and optional ClientIP affinity.
+fn service_with_affinity(
+    backends: &[SocketAddrV4],
+    affinity: Option<SessionAffinity>,
+) -> DesiredState {
     let key = BackendSetKey {
         port: ServicePortRef {
             service: ServiceRef {
@@ -73,6 +83,7 @@ fn one_service(backends: &[SocketAddrV4]) -> DesiredState {
         BackendSet {
             active: backends.iter().copied().collect(),
             when_empty: backends.is_empty().then_some(WhenEmpty::Reject),
+            affinity,
             ..BackendSet::default()
         },
     );
@@ -193,6 +204,7 @@ fn connect4_redirects_a_virtual_ip_only_inside_the_node_cgroup() -> anyhow::Resu
         "CORTEN_MAGLEV",
         "CORTEN_TERMINATING",
         "CORTEN_SOCK_REV_NAT",
+        "CORTEN_AFFINITY",
     ] {
         assert!(
             lab.node_bpffs(0).join(map).exists(),
@@ -200,6 +212,128 @@ fn connect4_redirects_a_virtual_ip_only_inside_the_node_cgroup() -> anyhow::Resu
         );
     }
     drop(lb);
+    let paths = lab.paths().clone();
+    lab.down()?;
+    assert_eq!(lab::leftovers(&paths), Vec::<String>::new());
+    Ok(())
+}
+
+/// Waits until busybox httpd answers `url` from inside the node with `token`.
+fn wait_for_listener(lab: &Lab, url: &str, token: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = wget(lab, true, url)?;
+        if out.status.success() && text(&out.stdout) == token {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the listener {url} never answered: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn client_ip_affinity_follows_a_moved_backend_and_leaves_a_gone_one() -> anyhow::Result<()> {
+    let mut spec = LabSpec::for_test(&format!("slbaff-{}", std::process::id()), 1);
+    spec.images.clear();
+    let lab = Lab::up(spec)?;
+    let node_ip = lab.node_ip(0);
+    let ports = [8081u16, 8082, 8083, 8084, 8085, 8086];
+    let mut listeners = Vec::new();
+    for port in ports {
+        let www = lab.paths().node_run_dir(0).join(format!("www-{port}"));
+        std::fs::create_dir_all(&www)?;
+        std::fs::write(www.join("index.html"), format!("backend-{port}"))?;
+        listeners.push(Reaped(
+            lab.command(0, "busybox")?
+                .args(["httpd", "-f", "-p", &format!("{node_ip}:{port}"), "-h"])
+                .arg(&www)
+                .spawn()
+                .context("starting busybox httpd in the node")?,
+        ));
+        wait_for_listener(
+            &lab,
+            &format!("http://{node_ip}:{port}/"),
+            &format!("backend-{port}"),
+        )?;
+    }
+    let all: Vec<SocketAddrV4> = ports
+        .iter()
+        .map(|p| SocketAddrV4::new(node_ip, *p))
+        .collect();
+    let by_answer = |answer: &str| -> anyhow::Result<SocketAddrV4> {
+        all.iter()
+            .copied()
+            .find(|b| answer == format!("backend-{}", b.port()))
+            .with_context(|| format!("answer {answer:?} from no backend"))
+    };
+    let vip_url = format!("http://{VIP}/");
+    // `count` connections from the node; every one must land on the same backend.
+    let pinned = |count: usize| -> anyhow::Result<SocketAddrV4> {
+        let mut seen = Vec::new();
+        for _ in 0..count {
+            let out = wget(&lab, true, &vip_url)?;
+            anyhow::ensure!(out.status.success(), "VIP failed: {out:?}");
+            seen.push(by_answer(&text(&out.stdout))?);
+        }
+        seen.dedup();
+        anyhow::ensure!(seen.len() == 1, "one client reached {seen:?}");
+        Ok(seen[0])
+    };
+    let affinity = Some(SessionAffinity { timeout_seconds: 2 });
+    let mut lb = SocketLb::load(MapSizes::default(), None)?;
+    lb.attach(&lab.node_cgroup(0))?;
+    lb.sync(&service_with_affinity(&all, affinity))?;
+    let slots = |lb: &SocketLb| -> Vec<SocketAddrV4> {
+        lb.applied()
+            .services
+            .values()
+            .next()
+            .map(|s| s.slots.clone())
+            .unwrap_or_default()
+    };
+
+    // A client pinned to a backend in slot 3 or later: let the 2-second affinity expire and
+    // pick again until it lands there ((1/2)^14 ≈ 6e-5 to never get there).
+    let mut found = None;
+    for _ in 0..14 {
+        let backend = pinned(5)?;
+        let slot = slots(&lb).iter().position(|b| *b == backend);
+        if slot.is_some_and(|s| s >= 3) {
+            found = Some((backend, slot.unwrap_or_default()));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2_300));
+    }
+    let (backend, slot) = found.context("never pinned to slot 3 or later")?;
+    // Remove slot 0's backend and every one after the pinned one: the pinned backend moves
+    // into slot 0 and at least two others stay (a client that lost its affinity would land
+    // on the pinned one with probability at most 1/3).
+    let before = slots(&lb);
+    let keep: Vec<SocketAddrV4> = before[1..=slot].to_vec();
+    lb.sync(&service_with_affinity(&keep, affinity))?;
+    let after = slots(&lb);
+    assert_eq!(after.first(), Some(&backend), "{before:?} -> {after:?}");
+    assert_eq!(
+        pinned(5)?,
+        backend,
+        "the affinity did not follow the moved backend"
+    );
+    println!("affinity followed {backend} from slot {slot} to slot 0 ({before:?} -> {after:?})");
+
+    // The pinned backend leaves: the client gets one of the others, and stays there.
+    let others: Vec<SocketAddrV4> = all.iter().copied().filter(|b| *b != backend).collect();
+    lb.sync(&service_with_affinity(&others, affinity))?;
+    let moved = pinned(5)?;
+    assert_ne!(
+        moved, backend,
+        "new connections still reach the removed {backend}"
+    );
+    println!("after {backend} left the client stays on {moved}");
+
+    drop(lb);
+    drop(listeners);
     let paths = lab.paths().clone();
     lab.down()?;
     assert_eq!(lab::leftovers(&paths), Vec::<String>::new());

@@ -1297,4 +1297,87 @@ mod tests {
         slices_rev.reverse();
         assert_eq!(forward, compute(&node(), &services_rev, &slices_rev));
     }
+
+    #[test]
+    fn node_clients_of_node_ports_and_external_ips_use_every_endpoint_on_every_node_ip() {
+        let two_ips = NodeContext {
+            node_name: NODE.into(),
+            node_ips: vec![ip("172.30.0.11"), ip("192.168.7.11")],
+        };
+        let mut http = port("http", 80, "TCP");
+        http.node_port = Some(30080);
+        let mut svc = service("web", "10.43.0.10", vec![http]);
+        spec(&mut svc).type_ = Some("NodePort".into());
+        spec(&mut svc).external_ips = Some(vec!["203.0.113.10".into()]);
+        spec(&mut svc).external_traffic_policy = Some("Local".into());
+        let endpoints = slice(
+            "web",
+            "web-a",
+            &[("http", 8080, "TCP")],
+            &[ready("10.42.0.5", NODE), ready("10.42.1.5", "node-b")],
+        );
+        let state = compute(&two_ips, &[svc], &[endpoints]);
+        let cluster = set_key("web", "http", BackendScope::Cluster);
+        let local = set_key("web", "http", BackendScope::NodeLocal);
+        for (address, port, kind) in [
+            ("172.30.0.11", 30080, FrontendKind::NodePort),
+            ("192.168.7.11", 30080, FrontendKind::NodePort),
+            ("203.0.113.10", 80, FrontendKind::ExternalIp),
+        ] {
+            let frontend = &state.frontends[&frontend_key(address, port, Protocol::Tcp)];
+            assert_eq!(frontend.kind, kind, "{address}");
+            // Pods and the node reach every endpoint; outside clients only local ones.
+            assert_eq!(frontend.from_node, cluster, "{address}");
+            assert_eq!(frontend.from_outside, local, "{address}");
+        }
+        assert_eq!(
+            set(&state, &cluster).active,
+            addrs(&["10.42.0.5:8080", "10.42.1.5:8080"])
+        );
+        assert_eq!(set(&state, &local).active, addrs(&["10.42.0.5:8080"]));
+        // No NodePort on loopback: 127.0.0.1 is not one of the node's addresses here.
+        assert!(!state
+            .frontends
+            .contains_key(&frontend_key("127.0.0.1", 30080, Protocol::Tcp)));
+    }
+
+    #[test]
+    fn ending_endpoints_of_an_affinity_service_take_no_new_connections() {
+        let mut svc = service("web", "10.43.0.10", vec![port("http", 80, "TCP")]);
+        spec(&mut svc).session_affinity = Some("ClientIP".into());
+        let key = set_key("web", "http", BackendScope::Cluster);
+        let all_ready = slice(
+            "web",
+            "web-a",
+            &[("http", 8080, "TCP")],
+            &[
+                ready("10.42.0.1", NODE),
+                ready("10.42.0.2", NODE),
+                ready("10.42.0.3", NODE),
+            ],
+        );
+        let state = compute(&node(), std::slice::from_ref(&svc), &[all_ready]);
+        assert_eq!(set(&state, &key).active.len(), 3);
+
+        // .2 is terminating but still serving, .3 is gone from the slice.
+        let ending = slice(
+            "web",
+            "web-a",
+            &[("http", 8080, "TCP")],
+            &[
+                ready("10.42.0.1", NODE),
+                terminating("10.42.0.2", NODE, true),
+            ],
+        );
+        let state = compute(&node(), &[svc], &[ending]);
+        let http = set(&state, &key);
+        assert_eq!(http.active, addrs(&["10.42.0.1:8080"]));
+        assert_eq!(http.terminating, addrs(&["10.42.0.2:8080"]));
+        assert_eq!(
+            http.affinity,
+            Some(SessionAffinity {
+                timeout_seconds: DEFAULT_AFFINITY_TIMEOUT_SECONDS
+            })
+        );
+    }
 }

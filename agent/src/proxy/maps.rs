@@ -151,8 +151,9 @@ impl ServiceMaps {
                 Ok(())
             }
             Operation::ForgetBackendFlows { service, backend } => {
-                // The socket programs keep no per-backend flow state (their reverse-NAT
-                // entries are per socket and age out of an LRU map); nothing to flush yet.
+                // Nothing to flush: the socket programs' reverse-NAT entries are per socket
+                // and age out of an LRU map, and an affinity entry counts only while its slot
+                // still holds its backend, so one naming a gone backend is already ignored.
                 debug!(service = service.0, %backend, "backend gone");
                 Ok(())
             }

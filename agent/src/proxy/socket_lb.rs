@@ -21,10 +21,10 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use corten_ebpf_common::{
-    maps, programs, Backend, BackendKey, FrontendKey, FrontendValue, MaglevKey, RevNatKey,
-    RevNatValue, ServiceValue, TerminatingKey, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FRONTENDS,
-    DEFAULT_MAX_MAGLEV_ENTRIES, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCK_REV_NAT,
-    DEFAULT_MAX_TERMINATING,
+    maps, programs, AffinityKey, AffinityValue, Backend, BackendKey, FrontendKey, FrontendValue,
+    MaglevKey, RevNatKey, RevNatValue, ServiceValue, TerminatingKey, DEFAULT_MAX_AFFINITY,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_MAGLEV_ENTRIES, DEFAULT_MAX_SERVICES,
+    DEFAULT_MAX_SOCK_REV_NAT, DEFAULT_MAX_TERMINATING,
 };
 use tracing::{debug, info, warn};
 
@@ -115,6 +115,8 @@ pub struct MapSizes {
     pub terminating: u32,
     /// Entries in the socket reverse-NAT map (LRU).
     pub sock_rev_nat: u32,
+    /// Entries in the session affinity map (LRU; one per client and affinity service).
+    pub affinity: u32,
 }
 
 impl Default for MapSizes {
@@ -126,6 +128,7 @@ impl Default for MapSizes {
             maglev: DEFAULT_MAX_MAGLEV_ENTRIES,
             terminating: DEFAULT_MAX_TERMINATING,
             sock_rev_nat: DEFAULT_MAX_SOCK_REV_NAT,
+            affinity: DEFAULT_MAX_AFFINITY,
         }
     }
 }
@@ -178,7 +181,8 @@ impl SocketLb {
             .map_max_entries(maps::BACKENDS, sizes.backends)
             .map_max_entries(maps::MAGLEV, sizes.maglev)
             .map_max_entries(maps::TERMINATING, sizes.terminating)
-            .map_max_entries(maps::SOCK_REV_NAT, sizes.sock_rev_nat);
+            .map_max_entries(maps::SOCK_REV_NAT, sizes.sock_rev_nat)
+            .map_max_entries(maps::AFFINITY, sizes.affinity);
         for (name, path) in &pins {
             remove_if_incompatible(name, path)?;
             loader.map_pin_path(name, path.as_path());
@@ -306,6 +310,11 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
             size_of::<RevNatKey>(),
             size_of::<RevNatValue>(),
         ),
+        maps::AFFINITY => (
+            MapType::LruHash,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+        ),
         _ => return None,
     })
 }
@@ -361,4 +370,21 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
         .take_map(name)
         .ok_or(SocketLbError::Missing { kind: "map", name })?;
     HashMap::try_from(map).map_err(|source| SocketLbError::Map { map: name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pinned_map_has_a_known_layout() {
+        for name in maps::ALL {
+            assert!(expected_layout(name).is_some(), "{name}");
+        }
+        assert_eq!(
+            expected_layout(maps::AFFINITY),
+            Some((MapType::LruHash, 16, 24))
+        );
+        assert_eq!(MapSizes::default().affinity, DEFAULT_MAX_AFFINITY);
+    }
 }

@@ -16,6 +16,8 @@
 //! - [`maps::TERMINATING`]: [`TerminatingKey`] → `u8` (agent): backends whose flows are kept.
 //! - [`maps::SOCK_REV_NAT`]: [`RevNatKey`] → [`RevNatValue`] (kernel, LRU): which service
 //!   address a socket's backend stands for, so replies and `getpeername` show the service.
+//! - [`maps::AFFINITY`]: [`AffinityKey`] → [`AffinityValue`] (kernel, LRU): ClientIP session
+//!   affinity, the backend each client last got for a service and when.
 #![no_std]
 
 /// IANA protocol numbers as the kernel reports them in `bpf_sock_addr.protocol`.
@@ -63,14 +65,17 @@ pub mod maps {
     pub const TERMINATING: &str = "CORTEN_TERMINATING";
     /// [`crate::RevNatKey`] → [`crate::RevNatValue`], an LRU map the programs write.
     pub const SOCK_REV_NAT: &str = "CORTEN_SOCK_REV_NAT";
+    /// [`crate::AffinityKey`] → [`crate::AffinityValue`], an LRU map the programs write.
+    pub const AFFINITY: &str = "CORTEN_AFFINITY";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 7] = [
         FRONTENDS,
         SERVICES,
         BACKENDS,
         MAGLEV,
         TERMINATING,
         SOCK_REV_NAT,
+        AFFINITY,
     ];
 }
 
@@ -100,6 +105,9 @@ pub const DEFAULT_MAX_MAGLEV_ENTRIES: u32 = 16_381;
 pub const DEFAULT_MAX_TERMINATING: u32 = 65_536;
 /// Default capacity of the socket reverse-NAT map (LRU: old entries make room).
 pub const DEFAULT_MAX_SOCK_REV_NAT: u32 = 65_536;
+/// Default capacity of the session affinity map (LRU: the least recently used client of a
+/// full map loses its affinity first).
+pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
 
 /// A service frontend: IPv4 address, port and protocol.
 #[repr(C)]
@@ -239,6 +247,38 @@ pub struct RevNatValue {
     pub pad: u16,
 }
 
+/// One client of one service with ClientIP session affinity.
+///
+/// The socket programs run before the kernel has picked a source address, so the client is
+/// its network namespace (`bpf_get_netns_cookie`), as in Cilium's socket-LB: a pod (one
+/// namespace, one address) is one client, and every process of the node's own namespace is
+/// one client, as the node's address would be to kube-proxy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// `bpf_get_netns_cookie` of the connecting socket.
+    pub netns_cookie: u64,
+    /// The service's id.
+    pub service_id: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// The backend a client was last sent to, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns` of the client's last new connection to the service.
+    pub last_used_ns: u64,
+    /// The backend. The entry counts only while one of the service's slots holds exactly
+    /// this backend; otherwise it is ignored (the backend is gone or terminating).
+    pub backend: Backend,
+    /// The slot the backend had when it was last used (looked at first).
+    pub slot: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
 #[cfg(feature = "user")]
 #[allow(unsafe_code)]
 mod pod {
@@ -261,6 +301,10 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RevNatValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AffinityValue {}
 }
 
 #[cfg(test)]
@@ -279,6 +323,8 @@ mod tests {
         assert_eq!(size_of::<TerminatingKey>(), 12);
         assert_eq!(size_of::<RevNatKey>(), 16);
         assert_eq!(size_of::<RevNatValue>(), 8);
+        assert_eq!(size_of::<AffinityKey>(), 16);
+        assert_eq!(size_of::<AffinityValue>(), 24);
     }
 
     #[test]
