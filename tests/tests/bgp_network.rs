@@ -3,10 +3,10 @@
 //! while the nodes also keep their own full mesh. BIRD learns every node's pod CIDR via the
 //! node's IP; a prefix BIRD originates reaches every node's kernel (route protocol 78, via
 //! BIRD's address); every node routes to the others' pod CIDRs via their node IPs and pods on
-//! different nodes reach each other by IP. A node whose agent dies is withdrawn from the
-//! other nodes and from BIRD at once (the kernel closes its sessions) and comes back when
-//! its agent restarts; one whose agent hangs is withdrawn when the peers' hold timers expire,
-//! and comes back when it resumes.
+//! different nodes reach each other by IP (TCP and UDP) and through a ClusterIP Service (TCP and
+//! UDP). A node whose agent dies is withdrawn from the other nodes and from BIRD at once (the
+//! kernel closes its sessions) and comes back when its agent restarts; one whose agent hangs
+//! is withdrawn when the peers' hold timers expire, and comes back when it resumes.
 //!
 //! Safety: BIRD runs in the lab's fabric namespace with its own config and control socket in
 //! a temp dir, has no `kernel` protocol (it never touches the fabric's routes) and is killed
@@ -24,7 +24,8 @@ use corten_tests::{
     kubectl::eventually_within,
     lab::{Lab, LabSpec, NetworkMode},
     pod_network::{
-        cluster_lab, deploy_servers, every_pod_reaches_every_pod, node_facts, on_node, NodeFacts,
+        cluster_lab, deploy_servers, every_pod_reaches_every_pod,
+        every_pod_reaches_every_pod_over_udp_and_a_service, node_facts, on_node, NodeFacts,
     },
 };
 
@@ -307,6 +308,7 @@ fn bgp_mode_with_a_bird_route_reflector_connects_pods_across_three_nodes() -> an
 
     let servers = deploy_servers(&lab)?;
     every_pod_reaches_every_pod(&lab, &servers)?;
+    every_pod_reaches_every_pod_over_udp_and_a_service(&lab, &servers)?;
 
     // Node 2's agent dies: its sessions end, and within the hold time the other nodes and
     // BIRD no longer route to its pod CIDR.

@@ -1,6 +1,6 @@
 //! The pod network across three lab nodes, in each mode corten-agent offers (`--network
 //! vxlan` and `host-gw`): a Deployment spread over the nodes, and pods on every node reach
-//! every server pod by IP over TCP. For VXLAN, each node's kernel holds exactly the expected
+//! every server pod by IP over TCP and UDP, and through a ClusterIP Service over TCP and UDP. For VXLAN, each node's kernel holds exactly the expected
 //! device, neighbours, FDB entries and routes; a 1400-byte ping with DF set crosses the
 //! overlay; a node that goes away is removed from every other node within 2 s, and one that
 //! comes (back) is added within 2 s. Pod traffic leaving the cluster CIDR is masqueraded: a
@@ -18,7 +18,8 @@ use corten_tests::{
     kubectl::{apply, eventually, eventually_within, json, kubectl},
     lab::{Lab, LabSpec, NetworkMode, BUSYBOX_IMAGE},
     pod_network::{
-        cluster_lab, deploy_servers, every_pod_reaches_every_pod, node_facts, on_node, NodeFacts,
+        cluster_lab, deploy_servers, every_pod_reaches_every_pod,
+        every_pod_reaches_every_pod_over_udp_and_a_service, node_facts, on_node, NodeFacts,
     },
 };
 
@@ -168,6 +169,7 @@ fn vxlan_overlay_connects_pods_across_three_nodes() -> anyhow::Result<()> {
 
     let servers = deploy_servers(&lab)?;
     every_pod_reaches_every_pod(&lab, &servers)?;
+    every_pod_reaches_every_pod_over_udp_and_a_service(&lab, &servers)?;
 
     // 1400 bytes with DF set cross the overlay (1372 bytes of ICMP payload + 28 of headers),
     // and the pods' interfaces have the overlay's MTU.
@@ -236,6 +238,7 @@ fn host_gw_routes_connect_pods_across_three_nodes() -> anyhow::Result<()> {
     }
     let servers = deploy_servers(&lab)?;
     every_pod_reaches_every_pod(&lab, &servers)?;
+    every_pod_reaches_every_pod_over_udp_and_a_service(&lab, &servers)?;
     pods_reach_outside_the_cluster_masqueraded(&lab)?;
     lab.down()?;
     Ok(())

@@ -19,7 +19,8 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         "store" => store(),
         "api" => server_bench("api", "the API benchmark"),
         "scheduler" => server_bench("scheduler", "the scheduler benchmark"),
-        other => bail!("unknown benchmark {other:?}; known: store, api, scheduler"),
+        "network" => network(),
+        other => bail!("unknown benchmark {other:?}; known: store, api, scheduler, network"),
     }
 }
 
@@ -84,6 +85,28 @@ fn server_bench(bench: &str, what: &str) -> anyhow::Result<()> {
         .with_context(|| format!("running {what}"))?;
     if !status.success() {
         bail!("{what} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The pod network benchmark, `tests/benches/network.rs`: 3-node labs (root), one per
+/// network mode; the lab builds the project's binaries itself.
+fn network() -> anyhow::Result<()> {
+    let status = Command::new(crate::lab::cargo())
+        .current_dir(crate::workspace_root())
+        .args([
+            "bench",
+            "--package",
+            "corten-tests",
+            "--features",
+            "lab-tests",
+            "--bench",
+            "network",
+        ])
+        .status()
+        .context("running the network benchmark")?;
+    if !status.success() {
+        bail!("the network benchmark failed: {status}");
     }
     Ok(())
 }

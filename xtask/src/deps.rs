@@ -26,6 +26,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the test image's userland and in-node tools",
     ),
     ("bird2", "a real BGP peer for the BGP tests"),
+    (
+        "iperf3",
+        "pod-to-pod throughput in `cargo xtask bench network`",
+    ),
     ("iproute2", "namespaces, links and routes of the lab"),
     (
         "iputils-ping",

@@ -44,7 +44,7 @@ enum Command {
     Test,
     /// Run each fuzz target in fuzz/ for a bounded time (the `fuzz` step of `test`).
     Fuzz,
-    /// Run a benchmark and write target/bench/NAME.json (store, api, scheduler).
+    /// Run a benchmark and write target/bench/NAME.json (store, api, scheduler, network).
     Bench {
         /// Which benchmark.
         name: String,
