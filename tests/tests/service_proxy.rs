@@ -21,7 +21,7 @@ use std::{collections::BTreeSet, process::Output, time::Duration};
 
 use anyhow::{bail, ensure, Context};
 use corten_tests::{
-    kubectl::{apply, eventually, json, kubectl},
+    kubectl::{apply, eventually, eventually_within, json, kubectl},
     lab::{self, Lab, LabSpec, BUSYBOX_IMAGE},
 };
 use serde_json::Value;
@@ -609,11 +609,18 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
     );
     lab.start_agent(0)?;
     node_answers_converge(&lab, &url, &backends)?;
-    let log = std::fs::read_to_string(lab.paths().agent_log(0))?;
-    ensure!(
-        log.contains("reusing the pinned service maps"),
-        "the restarted agent did not read the pinned maps back"
-    );
+    // The pinned datapath answers before the new agent gets to its maps, so wait for it.
+    eventually_within(
+        &lab,
+        Duration::from_secs(60),
+        "the restarted agent to read the pinned maps back",
+        || {
+            let log = std::fs::read_to_string(lab.paths().agent_log(0))?;
+            Ok(log
+                .contains("reusing the pinned service maps")
+                .then_some(()))
+        },
+    )?;
     lab.check_agents()?;
 
     // Ending backends: one is deleted (terminating, still serving for its grace period), one
