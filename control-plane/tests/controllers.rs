@@ -2,7 +2,9 @@
 //! agent backs (the test plays the kubelet where one is needed: it writes pod status and
 //! finishes graceful deletions). Covers the ReplicaSet controller (create, adopt, scale
 //! down), the garbage collector (background, foreground and orphan cascades), node IPAM,
-//! and the EndpointSlice / Endpoints controllers following pod readiness and termination.
+//! the EndpointSlice / Endpoints controllers following pod readiness and termination, Job
+//! podFailurePolicy / backoffLimitPerIndex / successPolicy, DaemonSet rolling updates with
+//! maxSurge, and StatefulSet claim retention.
 mod support;
 
 use std::{collections::BTreeSet, time::Duration};
@@ -777,5 +779,707 @@ async fn resource_quotas_report_usage() -> Result<()> {
         .then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// The pods of a Job, by the label the API server puts on its template.
+async fn job_pods(pods: &Api<Pod>, job: &str) -> Result<Vec<Pod>> {
+    Ok(pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await?
+        .items)
+}
+
+fn annotation(pod: &Pod, key: &str) -> Option<String> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .cloned()
+}
+
+fn completion_index(pod: &Pod) -> Option<i32> {
+    annotation(pod, "batch.kubernetes.io/job-completion-index").and_then(|i| i.parse().ok())
+}
+
+fn is_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// The live pod of an index (not finished, not being deleted).
+async fn pod_of_index(pods: &Api<Pod>, job: &str, index: i32) -> Result<Pod> {
+    eventually(
+        WAIT,
+        &format!("a pod for index {index} of {job}"),
+        || async {
+            Ok(job_pods(pods, job).await?.into_iter().find(|p| {
+                completion_index(p) == Some(index)
+                    && !is_finished(p)
+                    && p.metadata.deletion_timestamp.is_none()
+            }))
+        },
+    )
+    .await
+}
+
+/// Plays the kubelet finishing a pod: its container `main` exited with `exit_code` (long
+/// ago, so no backoff is left), with extra pod conditions.
+async fn finish_pod(pods: &Api<Pod>, pod: &Pod, exit_code: i32, extra: Value) -> Result<()> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let long_ago = "2020-01-01T00:00:00Z";
+    let mut conditions = vec![json!({"type": "Ready", "status": "False",
+        "reason": "PodCompleted", "lastTransitionTime": long_ago})];
+    conditions.extend(extra.as_array().cloned().unwrap_or_default());
+    let status = json!({"status": {
+        "phase": if exit_code == 0 { "Succeeded" } else { "Failed" },
+        "conditions": conditions,
+        "containerStatuses": [{"name": "main", "image": "corten/busybox:1", "imageID": "",
+            "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit_code,
+                "reason": if exit_code == 0 { "Completed" } else { "Error" },
+                "startedAt": long_ago, "finishedAt": long_ago}}}],
+    }});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await?;
+    Ok(())
+}
+
+fn job_condition(
+    job: &k8s_openapi::api::batch::v1::Job,
+    kind: &str,
+) -> Option<k8s_openapi::api::batch::v1::JobCondition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind && c.status == "True")
+        .cloned()
+}
+
+fn job_manifest(name: &str, spec: Value) -> Result<k8s_openapi::api::batch::v1::Job> {
+    let mut spec = spec;
+    if let Some(spec) = spec.as_object_mut() {
+        spec.insert(
+            "template".to_owned(),
+            json!({"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "corten/busybox:1"}]}}),
+        );
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?)
+}
+
+/// Waits for a Job's terminal condition, finishing graceful deletions meanwhile.
+async fn finished_with(
+    jobs: &Api<k8s_openapi::api::batch::v1::Job>,
+    pods: &Api<Pod>,
+    name: &str,
+    kind: &str,
+) -> Result<k8s_openapi::api::batch::v1::Job> {
+    eventually(WAIT, &format!("{name} to be {kind}"), || async {
+        finish_deletions(pods).await?;
+        let job = jobs.get(name).await?;
+        Ok(job_condition(&job, kind).is_some().then_some(job))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn jobs_follow_their_pod_failure_policy() -> Result<()> {
+    let server = Server::start(&[]).await?;
+    let client = server.client().await?;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    jobs.create(
+        &PostParams::default(),
+        &job_manifest(
+            "pfp",
+            json!({"completions": 1, "parallelism": 1, "backoffLimit": 0,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes":
+                    {"containerName": "main", "operator": "In", "values": [42]}},
+                {"action": "Ignore", "onPodConditions":
+                    [{"type": "DisruptionTarget", "status": "True"}]},
+            ]}}),
+        )?,
+    )
+    .await?;
+    let first = eventually(WAIT, "the first pod", || async {
+        Ok(job_pods(&pods, "pfp").await?.into_iter().next())
+    })
+    .await?;
+    // A disruption: ignored, so backoffLimit 0 is not exceeded and the pod is replaced.
+    finish_pod(
+        &pods,
+        &first,
+        137,
+        json!([{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+            "lastTransitionTime": "2020-01-01T00:00:00Z"}]),
+    )
+    .await?;
+    let second = eventually(WAIT, "a replacement pod", || async {
+        Ok(job_pods(&pods, "pfp")
+            .await?
+            .into_iter()
+            .find(|p| p.metadata.uid != first.metadata.uid && !is_finished(p)))
+    })
+    .await?;
+    let job = jobs.get("pfp").await?;
+    ensure!(
+        job_condition(&job, "Failed").is_none()
+            && job_condition(&job, "FailureTarget").is_none()
+            && job.status.as_ref().and_then(|s| s.failed).unwrap_or(0) == 0,
+        "an ignored failure counts for nothing: {:?}",
+        job.status
+    );
+    // Exit code 42 in `main`: the FailJob rule fails the Job at once.
+    finish_pod(&pods, &second, 42, json!([])).await?;
+    let job = finished_with(&jobs, &pods, "pfp", "Failed").await?;
+    let failed = job_condition(&job, "Failed").unwrap_or_default();
+    let target = job_condition(&job, "FailureTarget").unwrap_or_default();
+    ensure!(
+        failed.reason.as_deref() == Some("PodFailurePolicy")
+            && target.reason.as_deref() == Some("PodFailurePolicy"),
+        "{:?}",
+        job.status
+    );
+    let message = failed.message.unwrap_or_default();
+    ensure!(
+        message.contains("Container main for pod default/")
+            && message.contains("failed with exit code 42 matching FailJob rule at index 0"),
+        "{message}"
+    );
+    ensure!(
+        job.status.as_ref().and_then(|s| s.failed) == Some(1),
+        "only the counted failure: {:?}",
+        job.status
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn indexed_jobs_back_off_and_fail_per_index() -> Result<()> {
+    let server = Server::start(&[]).await?;
+    let client = server.client().await?;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let fail_index_on_42 = json!({"rules": [{"action": "FailIndex",
+        "onExitCodes": {"operator": "In", "values": [42]}}]});
+    jobs.create(
+        &PostParams::default(),
+        &job_manifest(
+            "per-index",
+            json!({"completionMode": "Indexed", "completions": 3, "parallelism": 3,
+                "backoffLimit": 100, "backoffLimitPerIndex": 1,
+                "podFailurePolicy": fail_index_on_42}),
+        )?,
+    )
+    .await?;
+    jobs.create(
+        &PostParams::default(),
+        &job_manifest(
+            "max-failed",
+            json!({"completionMode": "Indexed", "completions": 4, "parallelism": 2,
+                "backoffLimit": 100, "backoffLimitPerIndex": 1, "maxFailedIndexes": 0,
+                "podFailurePolicy": fail_index_on_42}),
+        )?,
+    )
+    .await?;
+
+    let zero = pod_of_index(&pods, "per-index", 0).await?;
+    let one = pod_of_index(&pods, "per-index", 1).await?;
+    let two = pod_of_index(&pods, "per-index", 2).await?;
+    ensure!(
+        annotation(&two, "batch.kubernetes.io/job-index-failure-count").as_deref() == Some("0"),
+        "first pods of an index start at 0 failures: {:?}",
+        two.metadata.annotations
+    );
+    finish_pod(&pods, &zero, 42, json!([])).await?; // FailIndex: not retried
+    finish_pod(&pods, &one, 0, json!([])).await?;
+    finish_pod(&pods, &two, 1, json!([])).await?; // counted: 0 < 1, retried
+    let retry = pod_of_index(&pods, "per-index", 2).await?;
+    ensure!(retry.metadata.uid != two.metadata.uid);
+    ensure!(
+        annotation(&retry, "batch.kubernetes.io/job-index-failure-count").as_deref() == Some("1"),
+        "the replacement carries the index's failure: {:?}",
+        retry.metadata.annotations
+    );
+    let job = eventually(WAIT, "failedIndexes 0 and completedIndexes 1", || async {
+        let job = jobs.get("per-index").await?;
+        let status = job.status.clone().unwrap_or_default();
+        Ok((status.failed_indexes.as_deref() == Some("0")
+            && status.completed_indexes.as_deref() == Some("1"))
+        .then_some(job))
+    })
+    .await?;
+    ensure!(
+        job_condition(&job, "FailureTarget").is_none(),
+        "{:?}",
+        job.status
+    );
+    let index_zero: Vec<Pod> = job_pods(&pods, "per-index")
+        .await?
+        .into_iter()
+        .filter(|p| completion_index(p) == Some(0))
+        .collect();
+    ensure!(
+        index_zero.len() == 1,
+        "a failed index gets no new pod: {}",
+        index_zero.len()
+    );
+    // The retry fails too: its index is out of retries, and every index is done.
+    finish_pod(&pods, &retry, 1, json!([])).await?;
+    let job = finished_with(&jobs, &pods, "per-index", "Failed").await?;
+    let status = job.status.clone().unwrap_or_default();
+    ensure!(
+        job_condition(&job, "Failed")
+            .and_then(|c| c.reason)
+            .as_deref()
+            == Some("FailedIndexes")
+            && status.failed_indexes.as_deref() == Some("0,2")
+            && status.completed_indexes.as_deref() == Some("1")
+            && status.succeeded == Some(1)
+            && status.failed == Some(3),
+        "{status:?}"
+    );
+
+    // maxFailedIndexes 0: the first failed index fails the Job and stops the other pods.
+    let first = pod_of_index(&pods, "max-failed", 0).await?;
+    let other = pod_of_index(&pods, "max-failed", 1).await?;
+    finish_pod(&pods, &first, 42, json!([])).await?;
+    let job = finished_with(&jobs, &pods, "max-failed", "Failed").await?;
+    ensure!(
+        job_condition(&job, "Failed")
+            .and_then(|c| c.reason)
+            .as_deref()
+            == Some("MaxFailedIndexesExceeded"),
+        "{:?}",
+        job.status
+    );
+    ensure!(
+        pods.get_opt(other.metadata.name.as_deref().unwrap_or_default())
+            .await?
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+        "the running pod was stopped"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn indexed_jobs_succeed_by_their_success_policy() -> Result<()> {
+    let server = Server::start(&[]).await?;
+    let client = server.client().await?;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    jobs.create(
+        &PostParams::default(),
+        &job_manifest(
+            "leader",
+            json!({"completionMode": "Indexed", "completions": 3, "parallelism": 3,
+                "successPolicy": {"rules": [{"succeededIndexes": "0"}]}}),
+        )?,
+    )
+    .await?;
+    let leader = pod_of_index(&pods, "leader", 0).await?;
+    let worker = pod_of_index(&pods, "leader", 1).await?;
+    pod_of_index(&pods, "leader", 2).await?;
+    finish_pod(&pods, &worker, 0, json!([])).await?;
+    // One worker alone is not the rule.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(job_condition(&jobs.get("leader").await?, "SuccessCriteriaMet").is_none());
+    finish_pod(&pods, &leader, 0, json!([])).await?;
+    let met = eventually(WAIT, "SuccessCriteriaMet", || async {
+        Ok(job_condition(
+            &jobs.get("leader").await?,
+            "SuccessCriteriaMet",
+        ))
+    })
+    .await?;
+    ensure!(
+        met.reason.as_deref() == Some("SuccessPolicy")
+            && met.message.as_deref() == Some("Matched rules at index 0"),
+        "{met:?}"
+    );
+    let job = finished_with(&jobs, &pods, "leader", "Complete").await?;
+    let status = job.status.clone().unwrap_or_default();
+    ensure!(
+        job_condition(&job, "Complete")
+            .and_then(|c| c.reason)
+            .as_deref()
+            == Some("SuccessPolicy")
+            && status.completed_indexes.as_deref() == Some("0,1")
+            && status.succeeded == Some(2)
+            && status.completion_time.is_some(),
+        "{status:?}"
+    );
+    eventually(WAIT, "the remaining pod to be gone", || async {
+        finish_deletions(&pods).await?;
+        Ok(job_pods(&pods, "leader")
+            .await?
+            .iter()
+            .all(is_finished)
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+fn now_rfc3339() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    k8s_openapi::jiff::Timestamp::from_second(seconds)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn revision_of(pod: &Pod) -> String {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("controller-revision-hash"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Plays the kubelet for one bound pod: Running and Ready from now.
+async fn make_ready(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let now = now_rfc3339();
+    let status = json!({"status": {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+    }});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await?;
+    Ok(())
+}
+
+/// Live (not terminating) pods of the DaemonSet by node.
+async fn daemon_pods_by_node(
+    pods: &Api<Pod>,
+    app: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<Pod>>> {
+    let mut by_node: std::collections::BTreeMap<String, Vec<Pod>> = Default::default();
+    for pod in pods_of(pods, app).await? {
+        if pod.metadata.deletion_timestamp.is_none() {
+            by_node.entry(node_of(&pod)).or_default().push(pod);
+        }
+    }
+    Ok(by_node)
+}
+
+#[tokio::test]
+async fn daemonsets_surge_a_new_pod_before_the_old_one_goes() -> Result<()> {
+    let server = Server::start(&[]).await?;
+    let client = server.client().await?;
+    let mut beats = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        add_node(&client, name).await?;
+        beats.push(heartbeat(&client, name));
+    }
+    let sets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+    "metadata": {"name": "agent"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "agent"}},
+        "minReadySeconds": 2,
+        "updateStrategy": {"type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": {"metadata": {"labels": {"app": "agent"}},
+            "spec": {"containers": [{"name": "main", "image": "corten/busybox:1"}]}},
+    }});
+    sets.create(&PostParams::default(), &serde_json::from_value(ds)?)
+        .await?;
+    for pod in scheduled(&pods, "agent", 3).await? {
+        make_ready(&pods, &pod).await?;
+    }
+    let old_revision = revision_of(&pods_of(&pods, "agent").await?[0]);
+    eventually(WAIT, "3 available daemon pods", || async {
+        let status = sets.get("agent").await?.status.unwrap_or_default();
+        Ok((status.number_available == Some(3)).then_some(()))
+    })
+    .await?;
+
+    sets.patch(
+        "agent",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "main", "image": "corten/busybox:2"}]}}}})),
+    )
+    .await?;
+    // One node (maxSurge 1) gets a new pod beside its old one; no old pod goes yet.
+    let (surge_node, new_pod) = eventually(WAIT, "a surge pod", || async {
+        let by_node = daemon_pods_by_node(&pods, "agent").await?;
+        let surged: Vec<(&String, &Vec<Pod>)> =
+            by_node.iter().filter(|(_, list)| list.len() == 2).collect();
+        ensure!(
+            surged.len() <= 1,
+            "more than maxSurge nodes surge: {by_node:?}"
+        );
+        let Some((node, list)) = surged.first() else {
+            return Ok(None);
+        };
+        let new = list
+            .iter()
+            .find(|p| revision_of(p) != old_revision)
+            .cloned();
+        Ok(new
+            .filter(|p| !node_of(p).is_empty())
+            .map(|p| ((*node).clone(), p)))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let by_node = daemon_pods_by_node(&pods, "agent").await?;
+    ensure!(
+        by_node.len() == 3
+            && by_node.values().map(Vec::len).sum::<usize>() == 4
+            && by_node.get(&surge_node).is_some_and(|l| l.len() == 2),
+        "only one surge pod while it is not ready: {by_node:?}"
+    );
+    // Ready, but not for minReadySeconds yet: the old pod stays.
+    make_ready(&pods, &new_pod).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old_on_node = daemon_pods_by_node(&pods, "agent")
+        .await?
+        .remove(&surge_node)
+        .unwrap_or_default();
+    ensure!(
+        old_on_node.len() == 2,
+        "the old pod waits for the new one to be available: {old_on_node:?}"
+    );
+    // Then it goes, and the rollout moves on node by node, never leaving a node without a pod
+    // and never surging on two nodes at once.
+    eventually(
+        Duration::from_secs(60),
+        "every node on the new revision",
+        || async {
+            let by_node = daemon_pods_by_node(&pods, "agent").await?;
+            ensure!(
+                by_node.len() == 3,
+                "a node lost its daemon pod: {by_node:?}"
+            );
+            ensure!(
+                by_node.values().filter(|l| l.len() > 1).count() <= 1,
+                "more than maxSurge nodes surge: {by_node:?}"
+            );
+            for pod in by_node.values().flatten() {
+                if !node_of(pod).is_empty() && !is_ready(pod) {
+                    make_ready(&pods, pod).await?;
+                }
+            }
+            finish_deletions(&pods).await?;
+            let done = by_node
+                .values()
+                .all(|l| l.len() == 1 && revision_of(&l[0]) != old_revision);
+            Ok(done.then_some(()))
+        },
+    )
+    .await?;
+    eventually(WAIT, "status: 3 updated and available", || async {
+        let status = sets.get("agent").await?.status.unwrap_or_default();
+        Ok(
+            (status.updated_number_scheduled == Some(3) && status.number_available == Some(3))
+                .then_some(()),
+        )
+    })
+    .await?;
+    drop(beats);
+    Ok(())
+}
+
+fn statefulset(
+    name: &str,
+    replicas: i32,
+    retention: Value,
+) -> Result<k8s_openapi::api::apps::v1::StatefulSet> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": name}},
+            "persistentVolumeClaimRetentionPolicy": retention,
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "main", "image": "corten/busybox:1",
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}}}}],
+        },
+    }))?)
+}
+
+/// The claims labelled `app`, by name, with the kinds of their owners.
+async fn claims_of(
+    claims: &Api<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+    app: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+    Ok(claims
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .map(|c| {
+            let owners = c
+                .metadata
+                .owner_references
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|o| o.controller == Some(true))
+                .map(|o| format!("{}/{}", o.kind, o.name))
+                .collect();
+            (c.metadata.name.unwrap_or_default(), owners)
+        })
+        .collect())
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn statefulset_claims_follow_the_retention_policy() -> Result<()> {
+    let server = Server::start(&[]).await?;
+    let client = server.client().await?;
+    add_node(&client, "n1").await?;
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), "default");
+    sets.create(
+        &PostParams::default(),
+        &statefulset(
+            "db",
+            3,
+            json!({"whenDeleted": "Delete", "whenScaled": "Delete"}),
+        )?,
+    )
+    .await?;
+    sets.create(
+        &PostParams::default(),
+        &statefulset(
+            "keep",
+            2,
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+        )?,
+    )
+    .await?;
+    let set_owned = |ordinals: &[i32]| -> std::collections::BTreeMap<String, Vec<String>> {
+        ordinals
+            .iter()
+            .map(|i| (format!("data-db-{i}"), vec!["StatefulSet/db".to_owned()]))
+            .collect()
+    };
+    eventually(WAIT, "3 claims controlled by the set", || async {
+        let found = claims_of(&claims, "db").await?;
+        Ok((found == set_owned(&[0, 1, 2])).then_some(()))
+    })
+    .await?;
+    eventually(WAIT, "2 pods and 2 unowned claims of `keep`", || async {
+        let found = claims_of(&claims, "keep").await?;
+        let live = pods_of(&pods, "keep").await?.len();
+        Ok((live == 2 && found.len() == 2 && found.values().all(Vec::is_empty)).then_some(()))
+    })
+    .await?;
+    scheduled(&pods, "db", 3).await?;
+    run_pods(&pods, "db", true).await?;
+
+    // Scale down: the condemned pods' claims move to the pods, and go with them.
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await?;
+    sets.patch(
+        "keep",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await?;
+    eventually(WAIT, "only data-db-0 left, still the set's", || async {
+        finish_deletions(&pods).await?;
+        let found = claims_of(&claims, "db").await?;
+        let pods_left: Vec<String> = pods_of(&pods, "db")
+            .await?
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        ensure!(
+            found.contains_key("data-db-0"),
+            "the claim of a kept pod went: {found:?}"
+        );
+        Ok((found == set_owned(&[0]) && pods_left == names(&["db-0"])).then_some(()))
+    })
+    .await?;
+    eventually(WAIT, "keep-1 gone, its claim kept", || async {
+        finish_deletions(&pods).await?;
+        let left = pods_of(&pods, "keep").await?.len();
+        let found = claims_of(&claims, "keep").await?;
+        Ok((left == 1
+            && found.keys().cloned().collect::<Vec<_>>() == names(&["data-keep-0", "data-keep-1"]))
+        .then_some(()))
+    })
+    .await?;
+
+    // Scale up again: a fresh claim, controlled by the set.
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 2}})),
+    )
+    .await?;
+    eventually(WAIT, "db-1 back with a fresh claim", || async {
+        let found = claims_of(&claims, "db").await?;
+        let back = pods_of(&pods, "db")
+            .await?
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some("db-1"));
+        Ok((back && found == set_owned(&[0, 1])).then_some(()))
+    })
+    .await?;
+
+    // Deleting the set deletes its claims (whenDeleted Delete) with its pods.
+    sets.delete("db", &DeleteParams::background()).await?;
+    eventually(WAIT, "the set's pods and claims to be gone", || async {
+        finish_deletions(&pods).await?;
+        let found = claims_of(&claims, "db").await?;
+        let left = pods_of(&pods, "db").await?.len();
+        Ok((found.is_empty() && left == 0).then_some(()))
+    })
+    .await?;
+    ensure!(
+        claims_of(&claims, "keep").await?.len() == 2,
+        "the other set's retained claims are untouched"
+    );
     Ok(())
 }

@@ -4,8 +4,9 @@
 //! `metadata.name` so the scheduler binds it; follows node changes (labels, taints, nodes
 //! coming and going); records each template as a ControllerRevision
 //! (`<daemonset>-<hash>`, pods labelled `controller-revision-hash`); replaces old pods with
-//! RollingUpdate (within maxUnavailable) or leaves that to the user with OnDelete; reports
-//! status.
+//! RollingUpdate — within maxUnavailable, or with maxSurge a new pod beside the old one on up
+//! to maxSurge nodes, the old one deleted once the new one is available — or leaves that to the
+//! user with OnDelete; reports status.
 //!
 //! Owns daemon pods, the DaemonSet's revisions and its status. Decisions come from [`plan`];
 //! this file reads the caches and applies them. It must not bind pods (the scheduler does).
@@ -207,27 +208,34 @@ impl Controller {
         let now = pods::now_seconds();
         let mut failure = None;
         if satisfied {
-            let node_plan = plan::plan_nodes(&ds, &nodes, &by_node);
+            let node_plan = plan::plan_nodes(&ds, &nodes, &by_node, &hash, now);
+            let mut create_on = node_plan.create_on;
             let mut delete = node_plan.delete;
             if plan::is_rolling(&ds) {
                 let desired = plan::desired_count(&ds, &nodes);
-                let budget = plan::max_unavailable(&ds, desired);
-                for name in plan::rolling_deletions(&ds, &by_node, &hash, budget, now) {
+                let surge = plan::max_surge(&ds, desired);
+                let (more_nodes, more_deletes) = if surge > 0 {
+                    let update =
+                        plan::surge_update(&ds, &nodes, &by_node, &hash, surge, desired, now);
+                    (update.create_on, update.delete)
+                } else {
+                    let budget = plan::max_unavailable(&ds, desired);
+                    let doomed = plan::rolling_deletions(&ds, &by_node, &hash, budget, now);
+                    (Vec::new(), doomed)
+                };
+                for node in more_nodes {
+                    if !create_on.contains(&node) {
+                        create_on.push(node);
+                    }
+                }
+                for name in more_deletes {
                     if !delete.contains(&name) {
                         delete.push(name);
                     }
                 }
             }
             failure = self
-                .sync_nodes(
-                    key,
-                    &ds,
-                    &pods_api,
-                    &owned,
-                    &node_plan.create_on,
-                    &delete,
-                    &hash,
-                )
+                .sync_nodes(key, &ds, &pods_api, &owned, &create_on, &delete, &hash)
                 .await
                 .err();
         }
@@ -244,13 +252,8 @@ impl Controller {
         if let Some(e) = failure {
             return Err(e);
         }
-        let min_ready = ds
-            .spec
-            .as_ref()
-            .and_then(|s| s.min_ready_seconds)
-            .unwrap_or(0);
-        let waiting = min_ready > 0 && status.number_ready != status.number_available.unwrap_or(0);
-        Ok(waiting.then(|| Duration::from_secs(min_ready as u64)))
+        // Look again when a Ready pod becomes available (a surging node's new pod included).
+        Ok(plan::next_available(&ds, &owned, now).map(|left| Duration::from_secs(left as u64)))
     }
 
     /// Makes sure the current template has a revision (numbered after every other one),

@@ -5,6 +5,12 @@
 //! reports status (active, ready, terminating, succeeded, failed, completedIndexes, startTime,
 //! completionTime) with the conditions 1.33 writes — SuccessCriteriaMet then Complete,
 //! FailureTarget then Failed; deletes finished Jobs after `ttlSecondsAfterFinished`.
+//! `podFailurePolicy` rules fail the Job, fail an index, or keep a failure from counting
+//! ([`failure_policy`]); Indexed Jobs with `backoffLimitPerIndex` retry and fail each index on
+//! its own (`status.failedIndexes`, `maxFailedIndexes`), and `successPolicy` ends them early
+//! ([`success_policy`]). Condition reasons are upstream's: BackoffLimitExceeded,
+//! DeadlineExceeded, PodFailurePolicy, FailedIndexes, MaxFailedIndexesExceeded,
+//! CompletionsReached, SuccessPolicy.
 //!
 //! Every pod carries the `batch.kubernetes.io/job-tracking` finalizer until the Job counted
 //! it: a finished pod's UID is written to `status.uncountedTerminatedPods` first, its
@@ -12,11 +18,14 @@
 //! counted twice, whatever restarts in between. Orphaned pods (their Job gone or finished)
 //! lose the finalizer too.
 //!
-//! Owns Jobs' pods and status. Decisions come from [`plan`].
+//! Owns Jobs' pods and status. Decisions come from [`plan`], [`failure_policy`] and
+//! [`success_policy`].
+pub mod failure_policy;
 pub mod plan;
+pub mod success_policy;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -26,7 +35,8 @@ use serde_json::json;
 use tracing::debug;
 
 use self::plan::{
-    completion_index, counts_as_failed, has_finalizer, Backoff, Intervals, TRACKING_FINALIZER,
+    completion_index, counts_as_failed, has_finalizer, Backoff, IndexProgress, Intervals,
+    TRACKING_FINALIZER,
 };
 use super::{
     claim::claim,
@@ -236,6 +246,17 @@ struct Controller {
     recorder: Recorder,
 }
 
+/// An Indexed Job's indexes in one sync.
+#[derive(Debug, Default)]
+struct IndexState {
+    /// Succeeded indexes, counted or not.
+    succeeded: Intervals,
+    /// Failed indexes (with `backoffLimitPerIndex` only).
+    failed: Option<Intervals>,
+    /// Per index, the failed pod held for its replacement.
+    delayed: BTreeMap<i32, Arc<Pod>>,
+}
+
 /// The earlier of two requeues.
 fn sooner(a: Requeue, b: Requeue) -> Requeue {
     match (a, b) {
@@ -389,8 +410,13 @@ impl Controller {
         let mut succeeded = status.succeeded.unwrap_or(0)
             + new_succeeded.len() as i32
             + uncounted_len(&uncounted.succeeded);
+        // Failures an Ignore rule of the podFailurePolicy matched are not counted.
+        let new_counted_failures = new_failed
+            .iter()
+            .filter(|p| failure_policy::counts_toward_backoff(&job, p))
+            .count() as i32;
         let failed =
-            status.failed.unwrap_or(0) + new_failed.len() as i32 + uncounted_len(&uncounted.failed);
+            status.failed.unwrap_or(0) + new_counted_failures + uncounted_len(&uncounted.failed);
         if status.start_time.is_none() && !plan::is_suspended(&job) {
             status.start_time = Some(now.clone());
         }
@@ -425,6 +451,39 @@ impl Controller {
             .filter(|p| pods::is_active(p))
             .cloned()
             .collect();
+        let failed_indexes = failure_policy::failed_indexes(&job, &pods);
+        if indexed && finished.is_none() {
+            finished = failure_policy::index_failure_condition(
+                &job,
+                failed_indexes.as_ref(),
+                &all_indexes,
+                &now,
+            )
+            .or_else(|| {
+                success_policy::matched(&job, &all_indexes).map(|message| {
+                    plan::condition(
+                        plan::SUCCESS_CRITERIA_MET,
+                        success_policy::SUCCESS_POLICY,
+                        &message,
+                        &now,
+                    )
+                })
+            });
+        }
+        let delayed = failure_policy::delayed_deletions(
+            &job,
+            &pods,
+            &active_pods,
+            &expected,
+            &all_indexes,
+            failed_indexes.as_ref().unwrap_or(&Intervals::default()),
+            now_s,
+        );
+        let indexes = IndexState {
+            succeeded: all_indexes,
+            failed: failed_indexes,
+            delayed,
+        };
         let mut terminating = pods
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_some() && !pods::is_terminal(p))
@@ -451,9 +510,10 @@ impl Controller {
                         key,
                         &job,
                         &pods_api,
+                        &pods,
                         &active_pods,
                         succeeded,
-                        &all_indexes,
+                        &indexes,
                         terminating,
                         backoff,
                         now_s,
@@ -487,6 +547,15 @@ impl Controller {
         status.active = Some(active);
         status.ready = Some(ready.max(0));
         status.terminating = Some(terminating);
+        let progress = IndexProgress {
+            previous_succeeded: previous_indexes,
+            failed: indexes.failed,
+            held: indexes
+                .delayed
+                .values()
+                .filter_map(|p| p.metadata.uid.clone())
+                .collect(),
+        };
         self.track(
             key,
             &job,
@@ -495,7 +564,7 @@ impl Controller {
             &pods,
             &expected,
             finished,
-            &previous_indexes,
+            &progress,
             terminating,
             backoff,
             &now,
@@ -528,6 +597,14 @@ impl Controller {
                 plan::FAILED,
                 target.reason.as_deref().unwrap_or_default(),
                 target.message.as_deref().unwrap_or_default(),
+                now,
+            ));
+        }
+        if let Some(message) = failure_policy::fail_job_message(job, pods) {
+            return Some(plan::condition(
+                plan::FAILURE_TARGET,
+                failure_policy::POD_FAILURE_POLICY,
+                &message,
                 now,
             ));
         }
@@ -612,9 +689,10 @@ impl Controller {
         key: &str,
         job: &Job,
         pods_api: &Api<Pod>,
+        all_pods: &[Arc<Pod>],
         active_pods: &[Arc<Pod>],
         succeeded: i32,
-        succeeded_indexes: &Intervals,
+        indexes: &IndexState,
         terminating: i32,
         backoff: Backoff,
         now: i64,
@@ -661,25 +739,57 @@ impl Controller {
         if missing <= 0 {
             return Ok((active, 0, 0, None));
         }
-        let wait = backoff.remaining(now);
+        let per_index = failure_policy::backoff_limit_per_index(job).is_some();
+        // With backoffLimitPerIndex each index backs off on its own.
+        let wait = if per_index {
+            Duration::ZERO
+        } else {
+            backoff.remaining(now)
+        };
         if !wait.is_zero() {
             debug!(job = key, ?wait, "waiting out the pod failure backoff");
             return Ok((active, 0, 0, Some(wait)));
         }
         let count = (missing as usize).min(plan::MAX_CREATE_DELETE);
-        let indexes: Vec<Option<i32>> = if plan::is_indexed(job) {
-            plan::pending_indexes(job, succeeded_indexes, active_pods, count)
-                .into_iter()
-                .map(Some)
-                .collect()
+        let mut requeue = None;
+        let to_create: Vec<Option<i32>> = if plan::is_indexed(job) {
+            let done = match &indexes.failed {
+                Some(failed) => indexes.succeeded.with(failed.indexes()),
+                None => indexes.succeeded.clone(),
+            };
+            let mut pending = plan::pending_indexes(job, &done, all_pods, count);
+            if per_index {
+                let mut soonest: Option<Duration> = None;
+                pending.retain(|index| {
+                    let held = indexes.delayed.get(index).map(|p| p.as_ref());
+                    let wait = failure_policy::index_backoff_remaining(held, now);
+                    if !wait.is_zero() {
+                        soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                    }
+                    wait.is_zero()
+                });
+                requeue = soonest;
+                if pending.is_empty() {
+                    debug!(job = key, ?requeue, "waiting out the per-index backoff");
+                    return Ok((active, 0, 0, requeue));
+                }
+            }
+            pending.into_iter().map(Some).collect()
         } else {
             vec![None; count]
         };
         self.expectations
-            .expect(key, indexes.len() as i64, Vec::new());
-        let wanted: Vec<Pod> = indexes
+            .expect(key, to_create.len() as i64, Vec::new());
+        let wanted: Vec<Pod> = to_create
             .iter()
-            .map(|index| plan::pod_for(job, *index))
+            .map(|index| {
+                let mut pod = plan::pod_for(job, *index);
+                if let (true, Some(index)) = (per_index, index) {
+                    let replaced = indexes.delayed.get(index).map(|p| p.as_ref());
+                    failure_policy::annotate_index_failures(&mut pod, job, replaced);
+                }
+                pod
+            })
             .collect();
         let (created, first_error) = super::pods::create_slow_start(
             pods_api,
@@ -693,7 +803,7 @@ impl Controller {
         let created = created as i32;
         match first_error {
             Some(e) => Err(e),
-            None => Ok((active + created, 0, 0, None)),
+            None => Ok((active + created, 0, 0, requeue)),
         }
     }
 
@@ -763,21 +873,13 @@ impl Controller {
         pods: &[Arc<Pod>],
         expected: &HashSet<String>,
         finished: Option<k8s_openapi::api::batch::v1::JobCondition>,
-        previous_indexes: &Intervals,
+        indexes: &IndexProgress,
         terminating: i32,
         backoff: Backoff,
         now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
     ) -> Result<(), ClientError> {
         let name = job.metadata.name.clone().unwrap_or_default();
-        let tracking = plan::track(
-            job,
-            &mut status,
-            pods,
-            expected,
-            finished,
-            previous_indexes,
-            now,
-        );
+        let tracking = plan::track(job, &mut status, pods, expected, finished, indexes, now);
         let mut current = job.clone();
         if tracking.needs_flush {
             current = self.write_status(jobs_api, &current, &status).await?;

@@ -7,9 +7,16 @@
 //! OnDelete — with the revision in each pod's `controller-revision-hash` label; reports
 //! status with currentRevision and updateRevision.
 //!
-//! Owns the set's pods, claims (creation only: no provisioner is needed), revisions and
-//! status. Decisions come from [`plan`]; this file reads the caches and applies them.
+//! Claims follow `persistentVolumeClaimRetentionPolicy` through owner references the garbage
+//! collector acts on: the set controls them with `whenDeleted: Delete`, a condemned pod (scaled
+//! away) with `whenScaled: Delete`; a pod whose claim still belongs to an earlier pod of its
+//! name waits for that claim to go.
+//!
+//! Owns the set's pods, its claims (creation and owner references only: no provisioner is
+//! needed), revisions and status. Decisions come from [`plan`] and [`retention`]; this file
+//! reads the caches and applies them.
 pub mod plan;
+pub mod retention;
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -34,6 +41,9 @@ use crate::client::{
     leader::Leadership,
     Api, Client, ClientError, Informer, Informers, WorkQueue,
 };
+
+/// How soon a pod held back by a stale claim is looked at again.
+const STALE_CLAIM_RETRY: Duration = Duration::from_secs(1);
 
 /// Starts the controller.
 pub fn start(
@@ -73,6 +83,19 @@ pub fn start(
             for revision in [old, new].into_iter().flatten() {
                 if let Some(key) = owner_key(&revision.metadata) {
                     queue.add(key);
+                }
+            }
+        }));
+    }
+    {
+        // A claim that goes may unblock a pod waiting for it (a stale claim).
+        let queue = queue.clone();
+        let sets = sets.clone();
+        claims.on_change(Box::new(move |old, new| {
+            if let (Some(claim), None) = (old, new) {
+                let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
+                for set in sets.list_namespace(namespace) {
+                    queue.add(key_of(set.as_ref()));
                 }
             }
         }));
@@ -167,12 +190,20 @@ impl Controller {
         let revisions = self.revisions(&set).await?;
         let now = pods::now_seconds();
         let mut failure = None;
+        let mut blocked = false;
         if !deleting {
+            // Claims get the owners the retention policy calls for before condemned pods go.
+            if let Err(e) = self.fix_claim_owners(&set, &owned).await {
+                failure = Some(e);
+            }
             let actions = plan::plan(&set, &owned, &name_of(&revisions.update), now);
-            for action in actions {
-                if let Err(e) = self.apply(&set, &pods_api, &revisions, &action).await {
-                    failure = Some(e);
+            for action in &actions {
+                if failure.is_some() {
                     break;
+                }
+                match self.apply(&set, &pods_api, &revisions, action).await {
+                    Ok(applied) => blocked |= !applied,
+                    Err(e) => failure = Some(e),
                 }
             }
         }
@@ -203,6 +234,10 @@ impl Controller {
             .and_then(|s| s.min_ready_seconds)
             .unwrap_or(0);
         let waiting = min_ready > 0 && status.ready_replicas != status.available_replicas;
+        if blocked {
+            // A stale claim holds a pod back: look again soon (its deletion also wakes us).
+            return Ok(Some(STALE_CLAIM_RETRY));
+        }
         Ok(waiting.then(|| Duration::from_secs(min_ready as u64)))
     }
 
@@ -273,13 +308,14 @@ impl Controller {
         })
     }
 
+    /// Applies one action; false when a pod creation waits for a stale claim to go.
     async fn apply(
         &self,
         set: &StatefulSet,
         pods_api: &Api<Pod>,
         revisions: &Revisions,
         action: &Action,
-    ) -> Result<(), ClientError> {
+    ) -> Result<bool, ClientError> {
         let set_name = set.metadata.name.clone().unwrap_or_default();
         match action {
             Action::Create { ordinal, revision } => {
@@ -303,6 +339,10 @@ impl Controller {
                 };
                 let pod = plan::new_pod(set, &template, &revision_name, *ordinal);
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                if let Some(stale) = self.stale_claim(set, *ordinal, &pod_name) {
+                    debug!(pod = %pod_name, claim = %stale, "waiting for a stale claim to be deleted");
+                    return Ok(false);
+                }
                 self.create_claims(set, *ordinal, &pod_name).await?;
                 match pods_api.create(&pod).await {
                     Ok(_) => self.recorder.record(
@@ -339,6 +379,72 @@ impl Controller {
                     ),
                     Err(e) if e.is_conflict() => {}
                     Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// A claim of the pod with this ordinal still owned by an earlier pod of its name.
+    fn stale_claim(&self, set: &StatefulSet, ordinal: i32, pod_name: &str) -> Option<String> {
+        let namespace = set.metadata.namespace.as_deref().unwrap_or_default();
+        plan::claims_for(set, ordinal)
+            .into_iter()
+            .find_map(|claim| {
+                let name = claim.metadata.name.unwrap_or_default();
+                let existing = self.claims.get(&format!("{namespace}/{name}"))?;
+                retention::is_stale(set, pod_name, &existing).then_some(name)
+            })
+    }
+
+    /// Gives the claims of the set's pods the owner references the retention policy calls for
+    /// (upstream's `UpdatePodClaimForRetentionPolicy`).
+    async fn fix_claim_owners(
+        &self,
+        set: &StatefulSet,
+        pods: &[Arc<Pod>],
+    ) -> Result<(), ClientError> {
+        let namespace = set.metadata.namespace.clone().unwrap_or_default();
+        let api = self
+            .client
+            .namespaced::<PersistentVolumeClaim>(&namespace)?;
+        let set_name = set.metadata.name.clone().unwrap_or_default();
+        for pod in pods {
+            let Some(ordinal) = pod
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|n| plan::ordinal_of(set, n))
+            else {
+                continue;
+            };
+            for claim in plan::claims_for(set, ordinal) {
+                let name = claim.metadata.name.unwrap_or_default();
+                let Some(existing) = self.claims.get(&format!("{namespace}/{name}")) else {
+                    continue;
+                };
+                if existing.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let Some(owners) = retention::wanted_owners(set, pod, &existing) else {
+                    continue;
+                };
+                let mut updated = (*existing).clone();
+                updated.metadata.owner_references = (!owners.is_empty()).then_some(owners);
+                match api.replace(&name, &updated).await {
+                    Ok(_) => {
+                        debug!(statefulset = %set_name, claim = %name, "claim owners follow the retention policy")
+                    }
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        self.recorder.record(
+                            reference_to(set),
+                            EventType::Warning,
+                            "FailedUpdate",
+                            format!("update Claim {name} for Pod {} in StatefulSet {set_name} failed error: {e}", pod.metadata.name.as_deref().unwrap_or_default()),
+                        );
+                        return Err(e);
+                    }
                 }
             }
         }

@@ -234,14 +234,19 @@ pub struct NodePlan {
 
 /// Compares every node's daemon pods with what should run there (upstream's
 /// `podsShouldBeOnNode` and `getUnscheduledPodsWithoutNode`): a missing pod is created, a
-/// failed or finished one is replaced, extra ones (all but the oldest) and those on nodes
-/// where the DaemonSet may no longer run are deleted, and unscheduled pods for nodes that no
-/// longer exist go too.
+/// failed or finished one is replaced, extra ones and those on nodes where the DaemonSet may
+/// no longer run are deleted, and unscheduled pods for nodes that no longer exist go too.
+/// Without surge the extra pods are all but the oldest; with surge a node keeps its oldest
+/// current pod and its oldest old pod, the old one only while it is Ready and the current one
+/// is not yet available — and a node whose pods are all terminating gets its new pod at once.
 pub fn plan_nodes(
     ds: &DaemonSet,
     nodes: &[Arc<Node>],
     by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    hash: &str,
+    now: i64,
 ) -> NodePlan {
+    let surging = allows_surge(ds);
     let mut plan = NodePlan::default();
     let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
     for node in nodes {
@@ -262,8 +267,20 @@ pub fn plan_nodes(
                         running.push(pod);
                     }
                 }
-                // Pods are sorted oldest first: the oldest stays.
-                plan.delete.extend(running.iter().skip(1).map(|p| name(p)));
+                if !surging {
+                    // Pods are sorted oldest first: the oldest stays.
+                    plan.delete.extend(running.iter().skip(1).map(|p| name(p)));
+                } else if running.is_empty() {
+                    if should_run {
+                        plan.create_on.push(node_name);
+                    }
+                } else {
+                    plan.delete.extend(
+                        surge_excess(ds, &running, hash, now)
+                            .iter()
+                            .map(|p| name(p)),
+                    );
+                }
             }
             Some(list) if !should_continue => plan.delete.extend(
                 list.iter()
@@ -294,6 +311,46 @@ pub fn plan_nodes(
         );
     }
     plan
+}
+
+/// The pods to delete among a node's running pods (oldest first) when surging: all but the
+/// oldest current and the oldest old pod, and the old one too once it is not Ready or the
+/// current one is available.
+fn surge_excess<'a>(
+    ds: &DaemonSet,
+    running: &[&'a Arc<Pod>],
+    hash: &str,
+    now: i64,
+) -> Vec<&'a Arc<Pod>> {
+    let mut excess = Vec::new();
+    let mut oldest_new = None;
+    let mut oldest_old = None;
+    for pod in running {
+        let slot = if revision_of(pod) == Some(hash) {
+            &mut oldest_new
+        } else {
+            &mut oldest_old
+        };
+        match slot {
+            None => *slot = Some(*pod),
+            Some(_) => excess.push(*pod),
+        }
+    }
+    if let (Some(new), Some(old)) = (oldest_new, oldest_old) {
+        if !pods::is_ready(old) || pods::is_available(new, min_ready(ds), now) {
+            excess.push(old);
+        }
+    }
+    excess
+}
+
+/// The pod's `controller-revision-hash` label.
+fn revision_of(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(super::super::history::POD_REVISION_LABEL)
+        .map(String::as_str)
 }
 
 /// Whether a pod runs the current template.
@@ -352,6 +409,28 @@ pub fn max_unavailable(ds: &DaemonSet, desired: i32) -> i32 {
     }
 }
 
+/// maxSurge for `desired` nodes (percentages round up); 0 unless the strategy is
+/// RollingUpdate.
+pub fn max_surge(ds: &DaemonSet, desired: i32) -> i32 {
+    if !is_rolling(ds) {
+        return 0;
+    }
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.max_surge.as_ref())
+        .and_then(|surge| scaled_value(surge, desired, true))
+        .unwrap_or(0)
+        .max(0)
+}
+
+/// Whether a node may run two pods (an old and a new one) during an update: maxSurge is not
+/// zero (upstream's `AllowsSurge`).
+pub fn allows_surge(ds: &DaemonSet) -> bool {
+    max_surge(ds, 1) > 0
+}
+
 /// Whether the update strategy is RollingUpdate (the default) rather than OnDelete.
 pub fn is_rolling(ds: &DaemonSet) -> bool {
     ds.spec
@@ -361,10 +440,9 @@ pub fn is_rolling(ds: &DaemonSet) -> bool {
         .is_none_or(|t| t != "OnDelete")
 }
 
-/// The old pods a rolling update deletes now (upstream's `rollingUpdate` without surge):
-/// unavailable old pods always, available ones only while fewer than maxUnavailable nodes
-/// are unavailable. `maxSurge` (a new pod before the old one goes) is not implemented: a
-/// surge is treated as 0.
+/// The old pods a rolling update without surge deletes now (upstream's `rollingUpdate` with
+/// maxSurge 0): unavailable old pods always, available ones only while fewer than
+/// maxUnavailable nodes are unavailable; the manage loop then creates their replacements.
 pub fn rolling_deletions(
     ds: &DaemonSet,
     by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
@@ -417,6 +495,114 @@ pub fn rolling_deletions(
     let room = (max_unavailable - unavailable).max(0) as usize;
     replace_now.extend(candidates.into_iter().take(room));
     replace_now
+}
+
+/// A rolling update with maxSurge (upstream's `rollingUpdate` when surging), as a [`NodePlan`]
+/// of nodes that get their new pod beside the old one and old pods to delete: a node whose old
+/// pod is unavailable gets its new pod at once; other nodes get theirs while fewer than
+/// `max_surge` nodes have a new pod that is not yet available; an old pod goes once the new
+/// one on its node is available. Old pods on nodes the DaemonSet no longer fits go only as
+/// pods elsewhere become available beyond `desired`, so availability never drops.
+pub fn surge_update(
+    ds: &DaemonSet,
+    nodes: &[Arc<Node>],
+    by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    hash: &str,
+    max_surge: i32,
+    desired: i32,
+    now: i64,
+) -> NodePlan {
+    let generation = ds.metadata.generation;
+    let min_ready = min_ready(ds);
+    let known: HashMap<&str, &Arc<Node>> = nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref().map(|name| (name, n)))
+        .collect();
+    let mut plan = NodePlan::default();
+    let mut unfit_old = Vec::new();
+    let mut candidates = Vec::new();
+    let mut surging = 0;
+    let mut available = 0;
+    for (node_name, list) in by_node {
+        // Nodes that are gone are the manage loop's to clean up.
+        let Some(node) = known.get(node_name.as_str()) else {
+            continue;
+        };
+        let mut new = None;
+        let mut old = None;
+        let mut sorted = true;
+        for pod in list
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+        {
+            let slot = if is_updated(pod, hash, generation) {
+                &mut new
+            } else {
+                &mut old
+            };
+            if slot.is_some() {
+                sorted = false;
+                break;
+            }
+            *slot = Some(pod);
+        }
+        if !sorted {
+            // Excess pods: the manage loop prunes them; the node counts as surging.
+            surging += 1;
+            continue;
+        }
+        let counted = old.or(new);
+        if counted.is_some_and(|p| pods::is_available(p, min_ready, now)) {
+            available += 1;
+        }
+        let Some(old) = old else {
+            continue;
+        };
+        let old_name = old.metadata.name.clone().unwrap_or_default();
+        match new {
+            None => {
+                let fits = node_should_run(node, ds).0;
+                if !pods::is_available(old, min_ready, now) {
+                    if fits {
+                        plan.create_on.push(node_name.clone());
+                    } else {
+                        plan.delete.push(old_name);
+                    }
+                } else if !fits {
+                    unfit_old.push(old_name);
+                } else if surging < max_surge {
+                    candidates.push(node_name.clone());
+                }
+            }
+            Some(new) => {
+                if pods::is_available(new, min_ready, now) {
+                    plan.delete.push(old_name);
+                } else {
+                    surging += 1;
+                }
+            }
+        }
+    }
+    let spare = (available - desired).max(0) as usize;
+    plan.delete.extend(unfit_old.into_iter().take(spare));
+    let room = (max_surge - surging).max(0) as usize;
+    plan.create_on.extend(candidates.into_iter().take(room));
+    plan
+}
+
+/// Seconds until the first Ready pod that is not yet available becomes available (it has been
+/// Ready for minReadySeconds), if any.
+pub fn next_available(ds: &DaemonSet, pods: &[Arc<Pod>], now: i64) -> Option<i64> {
+    let min_ready = i64::from(min_ready(ds));
+    if min_ready <= 0 {
+        return None;
+    }
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| pods::ready_since(p))
+        .map(|since| since + min_ready - now)
+        .filter(|left| *left > 0)
+        .min()
 }
 
 /// The status the nodes and pods add up to.

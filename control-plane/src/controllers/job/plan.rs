@@ -19,6 +19,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
 
+use super::failure_policy;
 use crate::controllers::pods;
 
 /// The finalizer that keeps a Job's pod around until the Job counted it.
@@ -112,6 +113,21 @@ impl Intervals {
     pub fn total(&self) -> i32 {
         self.0.iter().map(|&(a, b)| b - a + 1).sum()
     }
+
+    /// How many indexes are in both.
+    pub fn overlap(&self, other: &Self) -> i32 {
+        let (mut i, mut j, mut shared) = (0, 0, 0);
+        while let (Some(&(a1, b1)), Some(&(a2, b2))) = (self.0.get(i), other.0.get(j)) {
+            shared += (b1.min(b2) - a1.max(a2) + 1).max(0);
+            if b1 <= b2 {
+                i += 1;
+            }
+            if b2 <= b1 {
+                j += 1;
+            }
+        }
+        shared
+    }
 }
 
 impl std::fmt::Display for Intervals {
@@ -122,6 +138,8 @@ impl std::fmt::Display for Intervals {
             .map(|&(a, b)| {
                 if a == b {
                     a.to_string()
+                } else if a + 1 == b {
+                    format!("{a},{b}")
                 } else {
                     format!("{a}-{b}")
                 }
@@ -349,16 +367,20 @@ pub fn pods_for_removal(job: &Job, active: &[Arc<Pod>], at_least: usize) -> Vec<
     remove
 }
 
-/// The lowest indexes that neither succeeded nor have an active pod.
-pub fn pending_indexes(
-    job: &Job,
-    succeeded: &Intervals,
-    active: &[Arc<Pod>],
-    count: usize,
-) -> Vec<i32> {
-    let taken: HashSet<i32> = active.iter().filter_map(|p| completion_index(p)).collect();
+/// The lowest indexes that are not `done` (succeeded or failed) and have no active pod (nor,
+/// when only failed pods are replaced, a terminating one).
+pub fn pending_indexes(job: &Job, done: &Intervals, pods: &[Arc<Pod>], count: usize) -> Vec<i32> {
+    let only_failed = replaces_failed_only(job);
+    let taken: HashSet<i32> = pods
+        .iter()
+        .filter(|p| {
+            pods::is_active(p)
+                || (only_failed && p.metadata.deletion_timestamp.is_some() && !pods::is_terminal(p))
+        })
+        .filter_map(|p| completion_index(p))
+        .collect();
     (0..completions(job).unwrap_or(0))
-        .filter(|i| !succeeded.has(*i) && !taken.contains(i))
+        .filter(|i| !done.has(*i) && !taken.contains(i))
         .take(count)
         .collect()
 }
@@ -543,6 +565,17 @@ pub fn count_uncounted(status: &mut JobStatus, with_finalizer: &HashSet<String>)
     changed
 }
 
+/// What a sync knows of an Indexed Job's indexes before tracking its finished pods.
+#[derive(Debug, Clone, Default)]
+pub struct IndexProgress {
+    /// Indexes counted as succeeded before this sync (`status.completedIndexes`).
+    pub previous_succeeded: Intervals,
+    /// Failed indexes, with `backoffLimitPerIndex` only (`status.failedIndexes`).
+    pub failed: Option<Intervals>,
+    /// UIDs of failed pods whose finalizer is held until their index has a replacement.
+    pub held: HashSet<String>,
+}
+
 /// What tracking a sync's finished pods calls for.
 #[derive(Debug, Default)]
 pub struct Tracking {
@@ -565,9 +598,10 @@ pub fn track(
     pods: &[Arc<Pod>],
     expected_removals: &HashSet<String>,
     finished: Option<JobCondition>,
-    succeeded_indexes: &Intervals,
+    indexes: &IndexProgress,
     now: &Time,
 ) -> Tracking {
+    let succeeded_indexes = &indexes.previous_succeeded;
     let mut tracking = Tracking::default();
     let with_finalizer: HashSet<String> = pods
         .iter()
@@ -595,6 +629,10 @@ pub fn track(
         if !(deleting || finished.is_some() || succeeded || failed) {
             continue;
         }
+        // A failed pod waits for its replacement, which takes over its index's counts.
+        if !(deleting || finished.is_some() || succeeded) && indexes.held.contains(&uid) {
+            continue;
+        }
         tracking.remove_finalizer.push(pod.clone());
         let lists = uncounted(status);
         let in_failed = lists.failed.iter().flatten().any(|u| *u == uid);
@@ -613,7 +651,8 @@ pub fn track(
             }
         } else if (failed || fails_everything) && !in_failed {
             let index_ok = !indexed || completion_index(pod).is_some_and(|i| i < limit);
-            if index_ok {
+            // Failures an Ignore rule matched are not counted.
+            if index_ok && failure_policy::counts_toward_backoff(job, pod) {
                 lists.failed.get_or_insert_with(Vec::new).push(uid);
                 tracking.needs_flush = true;
             }
@@ -634,6 +673,11 @@ pub fn track(
         }
         status.succeeded = Some(all.total());
         status.completed_indexes = Some(text);
+        let failed = indexes.failed.as_ref().map(Intervals::to_string);
+        if status.failed_indexes != failed {
+            status.failed_indexes = failed;
+            tracking.needs_flush = true;
+        }
     }
     let conditions = status.conditions.get_or_insert_with(Vec::new);
     tracking.terminal = match finished {

@@ -15,7 +15,7 @@ use k8s_openapi::{
             PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
         },
     },
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use crate::controllers::{history::POD_REVISION_LABEL, pods};
@@ -114,12 +114,9 @@ pub fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim>
             let template_name = template.metadata.name.clone().unwrap_or_default();
             let mut labels = template.metadata.labels.clone().unwrap_or_default();
             labels.extend(selector_labels.clone());
-            let owner_references = delete_with_set.then(|| {
-                vec![OwnerReference {
-                    controller: None,
-                    ..pods::controller_reference(set)
-                }]
-            });
+            // Deleted with the set: the set controls the claim from the start (the retention
+            // policy moves the reference to a condemned pod when scaling deletes claims too).
+            let owner_references = delete_with_set.then(|| vec![pods::controller_reference(set)]);
             PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some(format!("{template_name}-{}-{ordinal}", set_name(set))),

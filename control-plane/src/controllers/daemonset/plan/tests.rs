@@ -274,7 +274,7 @@ fn the_manage_loop_creates_missing_pods_and_deletes_misplaced_ones() {
         }),
     ];
     let by_node = pods_by_node(&pods);
-    let plan = plan_nodes(&ds, &nodes, &by_node);
+    let plan = plan_nodes(&ds, &nodes, &by_node, "h", 100);
     assert_eq!(plan.create_on, ["b"]);
     let mut deleted = plan.delete.clone();
     deleted.sort();
@@ -287,7 +287,7 @@ fn a_terminating_pod_is_waited_for_before_its_replacement() {
     let mut terminating = (*daemon_pod(&ds, "a-1", "a", "h", true, 1)).clone();
     terminating.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
     let by_node = pods_by_node(&[Arc::new(terminating)]);
-    let plan = plan_nodes(&ds, &[node("a", &[], vec![])], &by_node);
+    let plan = plan_nodes(&ds, &[node("a", &[], vec![])], &by_node, "h", 100);
     assert_eq!(plan, NodePlan::default());
 }
 
@@ -347,4 +347,172 @@ fn status_counts_nodes_not_pods() {
     assert_eq!(s.number_unavailable, Some(1));
     assert_eq!(s.updated_number_scheduled, Some(1));
     assert_eq!(s.observed_generation, Some(2));
+}
+
+/// A DaemonSet that surges (maxUnavailable 0) with minReadySeconds.
+fn surging(max_surge: IntOrString, min_ready: i32) -> DaemonSet {
+    let mut ds = daemonset(&[("role", "edge")]);
+    if let Some(spec) = ds.spec.as_mut() {
+        spec.min_ready_seconds = Some(min_ready);
+        spec.update_strategy = Some(DaemonSetUpdateStrategy {
+            type_: Some("RollingUpdate".to_owned()),
+            rolling_update: Some(RollingUpdateDaemonSet {
+                max_unavailable: Some(IntOrString::Int(0)),
+                max_surge: Some(max_surge),
+            }),
+        });
+    }
+    ds
+}
+
+/// A daemon pod Ready since `ready_since` (None: not Ready).
+fn timed_pod(
+    ds: &DaemonSet,
+    name: &str,
+    node: &str,
+    hash: &str,
+    ready_since: Option<i64>,
+) -> Arc<Pod> {
+    let mut pod = (*daemon_pod(ds, name, node, hash, ready_since.is_some(), 1)).clone();
+    if let Some(condition) = pod
+        .status
+        .as_mut()
+        .and_then(|s| s.conditions.as_mut())
+        .and_then(|c| c.first_mut())
+    {
+        condition.last_transition_time =
+            ready_since.map(|t| Time(Timestamp::new(t, 0).unwrap_or(Timestamp::UNIX_EPOCH)));
+    }
+    Arc::new(pod)
+}
+
+#[test]
+fn surge_is_a_count_or_a_percentage_rounded_up() {
+    assert_eq!(max_surge(&surging(IntOrString::Int(2), 0), 10), 2);
+    let percent = surging(IntOrString::String("34%".to_owned()), 0);
+    assert_eq!(max_surge(&percent, 3), 2, "1.02 rounds up to 2");
+    assert_eq!(max_surge(&percent, 0), 0);
+    assert!(
+        allows_surge(&percent),
+        "any percentage of one node is a node"
+    );
+    assert!(!allows_surge(&daemonset(&[])));
+    let mut on_delete = surging(IntOrString::Int(1), 0);
+    if let Some(strategy) = on_delete
+        .spec
+        .as_mut()
+        .and_then(|s| s.update_strategy.as_mut())
+    {
+        strategy.type_ = Some("OnDelete".to_owned());
+    }
+    assert_eq!(max_surge(&on_delete, 5), 0, "only RollingUpdate surges");
+    // maxUnavailable 0 is kept when surging (it is 1 only if both are 0).
+    assert_eq!(max_unavailable(&surging(IntOrString::Int(1), 0), 3), 0);
+}
+
+#[test]
+fn surging_creates_new_pods_beside_old_ones_on_at_most_max_surge_nodes() {
+    let ds = surging(IntOrString::Int(1), 10);
+    let edge = |name: &str| node(name, &[("role", "edge")], vec![]);
+    let nodes = vec![edge("a"), edge("b"), edge("c")];
+    let now = 1000;
+    // All old and available: one node (the budget) gets a new pod, nothing is deleted.
+    let pods = vec![
+        timed_pod(&ds, "a-old", "a", "old", Some(0)),
+        timed_pod(&ds, "b-old", "b", "old", Some(0)),
+        timed_pod(&ds, "c-old", "c", "old", Some(0)),
+    ];
+    let by_node = pods_by_node(&pods);
+    let plan = surge_update(&ds, &nodes, &by_node, "new", 1, 3, now);
+    assert_eq!(plan.create_on, ["a"]);
+    assert!(plan.delete.is_empty());
+    // The manage loop keeps both pods on a surging node.
+    let mut pods = pods;
+    pods.push(timed_pod(&ds, "a-new", "a", "new", None));
+    let by_node = pods_by_node(&pods);
+    assert_eq!(
+        plan_nodes(&ds, &nodes, &by_node, "new", now),
+        NodePlan::default()
+    );
+    // a-new not available yet: the budget is used up, nothing else happens.
+    assert_eq!(
+        surge_update(&ds, &nodes, &by_node, "new", 1, 3, now),
+        NodePlan::default()
+    );
+    // Ready for 5 s of minReadySeconds 10: still waiting, and the controller looks again then.
+    pods[3] = timed_pod(&ds, "a-new", "a", "new", Some(now - 5));
+    let by_node = pods_by_node(&pods);
+    assert_eq!(
+        surge_update(&ds, &nodes, &by_node, "new", 1, 3, now),
+        NodePlan::default()
+    );
+    assert_eq!(
+        plan_nodes(&ds, &nodes, &by_node, "new", now),
+        NodePlan::default()
+    );
+    assert_eq!(next_available(&ds, &pods, now), Some(5));
+    // Available: the old pod goes (from both loops) and the next node surges.
+    pods[3] = timed_pod(&ds, "a-new", "a", "new", Some(now - 10));
+    let by_node = pods_by_node(&pods);
+    let plan = surge_update(&ds, &nodes, &by_node, "new", 1, 3, now);
+    assert_eq!(plan.delete, ["a-old"]);
+    assert_eq!(plan.create_on, ["b"]);
+    assert_eq!(
+        plan_nodes(&ds, &nodes, &by_node, "new", now).delete,
+        ["a-old"]
+    );
+    assert_eq!(next_available(&ds, &pods, now), None);
+}
+
+#[test]
+fn surging_replaces_unavailable_old_pods_at_once_and_keeps_availability() {
+    let ds = surging(IntOrString::Int(1), 0);
+    let edge = |name: &str| node(name, &[("role", "edge")], vec![]);
+    let nodes = vec![edge("a"), edge("b"), edge("c"), node("d", &[], vec![])];
+    let now = 1000;
+    let pods = vec![
+        // Surging already (new pod not Ready): the budget of 1 is used.
+        timed_pod(&ds, "a-old", "a", "old", Some(0)),
+        timed_pod(&ds, "a-new", "a", "new", None),
+        // Unavailable old pods get their new pod regardless of the budget.
+        timed_pod(&ds, "b-old", "b", "old", None),
+        timed_pod(&ds, "c-old", "c", "old", Some(0)),
+        // d no longer fits: its available old pod waits until pods elsewhere are available
+        // beyond the desired 3.
+        timed_pod(&ds, "d-old", "d", "old", Some(0)),
+    ];
+    let by_node = pods_by_node(&pods);
+    let plan = surge_update(&ds, &nodes, &by_node, "new", 1, 3, now);
+    assert_eq!(plan.create_on, ["b"]);
+    assert!(plan.delete.is_empty(), "{plan:?}");
+    // a, c and d available = 3, desired 3: nothing spare. With b and a fifth node e available
+    // too (5 of 4 desired), d's pod can go.
+    let mut more = pods.clone();
+    more[1] = timed_pod(&ds, "a-new", "a", "new", Some(0));
+    more[2] = timed_pod(&ds, "b-old", "b", "old", Some(0));
+    more.push(timed_pod(&ds, "e-new", "e", "new", Some(0)));
+    let mut nodes_e = nodes.clone();
+    nodes_e.push(edge("e"));
+    let plan = surge_update(&ds, &nodes_e, &pods_by_node(&more), "new", 1, 4, now);
+    let mut deleted = plan.delete.clone();
+    deleted.sort();
+    assert_eq!(deleted, ["a-old", "d-old"]);
+    assert_eq!(plan.create_on, ["b"]);
+    // The manage loop with surge: a node left with only terminating pods gets a new one now,
+    // a not-Ready old pod beside a new one goes, and extra pods of each kind go.
+    let mut terminating = (*timed_pod(&ds, "c-old", "c", "old", Some(0))).clone();
+    terminating.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+    let pods = vec![
+        timed_pod(&ds, "a-old", "a", "old", None),
+        timed_pod(&ds, "a-new", "a", "new", None),
+        timed_pod(&ds, "b-old", "b", "old", Some(0)),
+        timed_pod(&ds, "b-new", "b", "new", None),
+        timed_pod(&ds, "b-new2", "b", "new", None),
+        Arc::new(terminating),
+    ];
+    let plan = plan_nodes(&ds, &nodes, &pods_by_node(&pods), "new", now);
+    assert_eq!(plan.create_on, ["c"]);
+    let mut deleted = plan.delete;
+    deleted.sort();
+    assert_eq!(deleted, ["a-old", "b-new2"]);
 }

@@ -200,7 +200,7 @@ fn finished_pods_are_recorded_before_their_finalizers_go_and_counted_once() {
         &pods,
         &HashSet::new(),
         None,
-        &Intervals::default(),
+        &IndexProgress::default(),
         &now,
     );
     assert!(t.needs_flush);
@@ -231,7 +231,7 @@ fn finished_pods_are_recorded_before_their_finalizers_go_and_counted_once() {
         &pods,
         &expected,
         None,
-        &Intervals::default(),
+        &IndexProgress::default(),
         &now,
     );
     assert!(t.remove_finalizer.is_empty());
@@ -259,7 +259,7 @@ fn finished_pods_are_recorded_before_their_finalizers_go_and_counted_once() {
         &stripped,
         &HashSet::new(),
         None,
-        &Intervals::default(),
+        &IndexProgress::default(),
         &now,
     );
     assert!(!t.needs_flush);
@@ -281,13 +281,99 @@ fn indexed_jobs_count_indexes_not_pods() {
         &pods,
         &HashSet::new(),
         None,
-        &Intervals::default(),
+        &IndexProgress::default(),
         &time(1),
     );
     assert!(t.needs_flush);
     assert_eq!(status.completed_indexes.as_deref(), Some("0,2"));
     assert_eq!(status.succeeded, Some(2));
     assert_eq!(t.remove_finalizer.len(), 3);
+}
+
+#[test]
+fn ignored_failures_go_uncounted_and_held_pods_keep_their_finalizer() {
+    let mut j = job(Some(3), 3, true);
+    if let Some(spec) = j.spec.as_mut() {
+        spec.backoff_limit_per_index = Some(1);
+        spec.pod_failure_policy = Some(k8s_openapi::api::batch::v1::PodFailurePolicy {
+            rules: vec![k8s_openapi::api::batch::v1::PodFailurePolicyRule {
+                action: "Ignore".to_owned(),
+                on_pod_conditions: Some(vec![
+                    k8s_openapi::api::batch::v1::PodFailurePolicyOnPodConditionsPattern {
+                        type_: "DisruptionTarget".to_owned(),
+                        status: "True".to_owned(),
+                    },
+                ]),
+                on_exit_codes: None,
+            }],
+        });
+    }
+    let mut evicted = (*pod(&j, "evicted", Some(0), "Failed")).clone();
+    if let Some(status) = evicted.status.as_mut() {
+        status.conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+            type_: "DisruptionTarget".to_owned(),
+            status: "True".to_owned(),
+            ..Default::default()
+        }]);
+    }
+    let pods = [
+        Arc::new(evicted),
+        pod(&j, "crashed", Some(1), "Failed"),
+        pod(&j, "waiting", Some(2), "Failed"),
+    ];
+    let mut status = JobStatus::default();
+    let progress = IndexProgress {
+        previous_succeeded: Intervals::default(),
+        failed: Some(Intervals::from_indexes([1])),
+        held: ["waiting".to_owned()].into(),
+    };
+    let t = track(
+        &j,
+        &mut status,
+        &pods,
+        &HashSet::new(),
+        None,
+        &progress,
+        &time(1),
+    );
+    let mut removed: Vec<String> = t
+        .remove_finalizer
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    removed.sort();
+    assert_eq!(
+        removed,
+        ["crashed", "evicted"],
+        "the held pod keeps its finalizer"
+    );
+    let lists = status.uncounted_terminated_pods.clone().unwrap_or_default();
+    assert_eq!(
+        lists.failed,
+        Some(vec!["crashed".to_owned()]),
+        "the ignored failure is not counted"
+    );
+    assert_eq!(status.failed_indexes.as_deref(), Some("1"));
+    assert!(t.needs_flush);
+    // Once the Job is finishing, the held pod goes too.
+    let t = track(
+        &j,
+        &mut status,
+        &pods,
+        &HashSet::new(),
+        Some(condition(
+            FAILURE_TARGET,
+            "FailedIndexes",
+            "Job has failed indexes",
+            &time(2),
+        )),
+        &progress,
+        &time(2),
+    );
+    assert!(t
+        .remove_finalizer
+        .iter()
+        .any(|p| p.metadata.uid.as_deref() == Some("waiting")));
 }
 
 #[test]
@@ -308,7 +394,7 @@ fn terminal_conditions_wait_for_uncounted_and_terminating_pods() {
         &pods,
         &HashSet::new(),
         Some(target),
-        &Intervals::default(),
+        &IndexProgress::default(),
         &now,
     );
     let conditions = status.conditions.clone().unwrap_or_default();
@@ -363,7 +449,7 @@ fn terminal_conditions_wait_for_uncounted_and_terminating_pods() {
         &[],
         &HashSet::new(),
         Some(met),
-        &Intervals::default(),
+        &IndexProgress::default(),
         &now,
     );
     let Some(complete) = t.terminal else {
