@@ -94,7 +94,29 @@ pub fn apply(def: &ResourceDef, obj: &mut Value) {
                 .unwrap_or(Value::Null);
             let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
             if let Some(spec) = map(obj, "spec") {
-                ensure(spec, "backoffLimit", json!(6));
+                // Per-index limits replace the Job-wide one unless it is given.
+                let per_index = spec
+                    .get("backoffLimitPerIndex")
+                    .is_some_and(|l| !l.is_null());
+                ensure(
+                    spec,
+                    "backoffLimit",
+                    json!(if per_index { i32::MAX } else { 6 }),
+                );
+                // A rule on a pod condition without a status means the condition is True.
+                if let Some(Value::Array(rules)) = spec
+                    .get_mut("podFailurePolicy")
+                    .and_then(|p| p.get_mut("rules"))
+                {
+                    for rule in rules {
+                        if let Some(Value::Array(conditions)) = rule.get_mut("onPodConditions") {
+                            for condition in conditions.iter_mut().filter_map(Value::as_object_mut)
+                            {
+                                ensure(condition, "status", json!("True"));
+                            }
+                        }
+                    }
+                }
                 ensure(spec, "completionMode", json!("NonIndexed"));
                 ensure(spec, "suspend", json!(false));
                 // Both unset: one pod, once. Parallelism alone: a work queue (no completions).
@@ -271,6 +293,30 @@ mod tests {
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");
         assert_eq!(c["ports"][0]["protocol"], "TCP");
         assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    }
+
+    #[test]
+    fn per_index_jobs_lift_the_job_wide_backoff_limit() {
+        let registry = Registry::new();
+        let Some(def) = registry.find("batch", "v1", "jobs") else {
+            panic!("jobs are served");
+        };
+        let template = json!({"spec": {"containers": [{"name": "c", "image": "i"}], "restartPolicy": "Never"}});
+        let mut per_index = json!({"metadata": {"name": "a"}, "spec": {
+            "completionMode": "Indexed", "completions": 3, "backoffLimitPerIndex": 1,
+            "template": template.clone(),
+            "podFailurePolicy": {"rules": [{"action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget"}]}]}}});
+        apply(&def, &mut per_index);
+        assert_eq!(per_index["spec"]["backoffLimit"], i32::MAX);
+        assert_eq!(
+            per_index["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["status"],
+            "True"
+        );
+        assert_eq!(per_index["spec"]["podReplacementPolicy"], "Failed");
+        let mut plain = json!({"metadata": {"name": "b"}, "spec": {"template": template}});
+        apply(&def, &mut plain);
+        assert_eq!(plain["spec"]["backoffLimit"], 6);
     }
 
     #[test]

@@ -190,6 +190,19 @@ fn kind_checks(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
             }
         }
     }
+    match (def.group, def.kind) {
+        ("batch", "Job") => {
+            if let Some(spec) = obj.get("spec") {
+                causes.extend(job_spec_checks("spec", spec));
+            }
+        }
+        ("batch", "CronJob") => {
+            if let Some(spec) = obj.pointer("/spec/jobTemplate/spec") {
+                causes.extend(job_spec_checks("spec.jobTemplate.spec", spec));
+            }
+        }
+        _ => {}
+    }
     // Workloads only: ControllerRevisions (also apps/v1) have no selector.
     if def.group == "apps" && def.kind != "ControllerRevision" {
         let selector = obj
@@ -214,6 +227,43 @@ fn kind_checks(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
                 }
             }
             None => {}
+        }
+    }
+    causes
+}
+
+/// A Job spec's rules (as kube-apiserver's Job validation has them): its pods restart
+/// `OnFailure` or `Never`, only `Never` with a `podFailurePolicy` (the policy judges failed
+/// pods, which `OnFailure` never leaves), and `backoffLimitPerIndex` only on Indexed Jobs.
+fn job_spec_checks(path: &str, spec: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let restart = spec
+        .pointer("/template/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let field = format!("{path}.template.spec.restartPolicy");
+    if !matches!(restart, "OnFailure" | "Never") {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported".to_owned(),
+            message: format!(
+                "Unsupported value: \"{restart}\": supported values: \"OnFailure\", \"Never\""
+            ),
+            field: field.clone(),
+        });
+    } else if spec.get("podFailurePolicy").is_some_and(|p| !p.is_null()) && restart != "Never" {
+        causes.push(Cause::invalid(
+            &field,
+            format!(
+                "Invalid value: \"{restart}\": only \"Never\" is supported when podFailurePolicy is specified"
+            ),
+        ));
+    }
+    if let Some(limit) = spec.get("backoffLimitPerIndex").filter(|l| !l.is_null()) {
+        if spec.get("completionMode").and_then(Value::as_str) != Some("Indexed") {
+            causes.push(Cause::invalid(
+                &format!("{path}.backoffLimitPerIndex"),
+                format!("Invalid value: {limit}: requires indexed completion mode"),
+            ));
         }
     }
     causes
@@ -628,6 +678,60 @@ mod tests {
         };
         assert!(FieldSelector::parse("spec.nodeName=n1", &cms).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn jobs_restart_on_failure_or_never_and_policies_need_never() {
+        let registry = super::super::resources::Registry::new();
+        let Some(jobs) = registry.find("batch", "v1", "jobs") else {
+            panic!("jobs are served");
+        };
+        let fields = |spec: Value| -> Vec<String> {
+            kind_checks(&jobs, &json!({"spec": spec}))
+                .into_iter()
+                .map(|c| format!("{} {}", c.reason, c.field))
+                .collect()
+        };
+        let template = |restart: &str| json!({"spec": {"restartPolicy": restart, "containers": [{"name": "c", "image": "i"}]}});
+        assert!(fields(json!({"template": template("Never")})).is_empty());
+        assert!(fields(json!({"template": template("OnFailure")})).is_empty());
+        assert_eq!(
+            fields(json!({"template": template("Always")})),
+            ["FieldValueNotSupported spec.template.spec.restartPolicy"]
+        );
+        let policy = json!({"rules": [{"action": "FailJob",
+            "onExitCodes": {"operator": "In", "values": [42]}}]});
+        assert_eq!(
+            fields(json!({"template": template("OnFailure"), "podFailurePolicy": policy})),
+            ["FieldValueInvalid spec.template.spec.restartPolicy"]
+        );
+        assert!(
+            fields(json!({"template": template("Never"), "podFailurePolicy": policy})).is_empty()
+        );
+        assert_eq!(
+            fields(
+                json!({"template": template("Never"), "backoffLimitPerIndex": 1,
+                          "completionMode": "NonIndexed"})
+            ),
+            ["FieldValueInvalid spec.backoffLimitPerIndex"]
+        );
+        assert!(fields(
+            json!({"template": template("Never"), "backoffLimitPerIndex": 1,
+                              "completionMode": "Indexed"})
+        )
+        .is_empty());
+        let Some(cronjobs) = registry.find("batch", "v1", "cronjobs") else {
+            panic!("cronjobs are served");
+        };
+        let causes = kind_checks(
+            &cronjobs,
+            &json!({"spec": {"jobTemplate": {"spec": {"template": template("Always")}}}}),
+        );
+        assert_eq!(causes.len(), 1);
+        assert_eq!(
+            causes[0].field,
+            "spec.jobTemplate.spec.template.spec.restartPolicy"
+        );
     }
 
     #[test]
