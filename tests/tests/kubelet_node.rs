@@ -2,7 +2,8 @@
 //! adopts the containers that kept running (same IDs, no restart, the pod stays Ready);
 //! `kubectl cp` copies files into and out of a pod (tar through exec); requests and limits
 //! land in the containers' and the pods' cgroups (memory limit, CFS quota, cpu shares) under
-//! the QoS class's cgroup (kubepods, burstable, besteffort), and the pod cgroups go with the
+//! the QoS class's cgroup (kubepods, burstable, besteffort), the QoS cgroups hold the
+//! node's allocatable and the burstable pods' cpu requests, and the pod cgroups go with the
 //! pods; a container that outgrows its memory limit ends `OOMKilled`; and a manifest in the
 //! agent's manifest directory runs as a static pod with a mirror pod in the API, gone with
 //! its manifest.
@@ -408,9 +409,16 @@ fn limits_land_in_the_cgroups(lab: &Lab) -> anyhow::Result<()> {
             );
         }
     }
+    qos_tiers_hold_the_node_and_its_pods(lab, &root, cpu_dir, memory_dir, 256)?;
     for name in ["guaranteed", "burstable", "besteffort"] {
         kubectl(lab, &["delete", "pod", name, "--wait=false"])?;
     }
+    // The burstable pod gone, its tier is back to the minimum shares (no other burstable
+    // pod runs on the node).
+    eventually(lab, "the burstable tier back to 2 shares", || {
+        let shares = read_cgroup(cpu_dir, &format!("{root}/kubepods/burstable"), "cpu.shares")?;
+        Ok((shares == "2").then_some(()))
+    })?;
     // Once the pods are gone, so are their cgroups.
     eventually(lab, "the pods' cgroups removed", || {
         let left: Vec<&String> = pod_cgroups
@@ -425,6 +433,73 @@ fn limits_land_in_the_cgroups(lab: &Lab) -> anyhow::Result<()> {
             })
             .collect();
         Ok(left.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
+
+/// Thousandths of a cpu or memory quantity as the API server returns them (`2`, `250m`,
+/// `16318496Ki`).
+fn milli(quantity: &str) -> anyhow::Result<u64> {
+    let split = quantity
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("quantity {quantity:?}"))?;
+    Ok(match suffix {
+        "" => number * 1000,
+        "m" => number,
+        "Ki" => number * 1024 * 1000,
+        "Mi" => number * (1 << 20) * 1000,
+        "Gi" => number * (1 << 30) * 1000,
+        _ => bail!("unexpected quantity {quantity:?}"),
+    })
+}
+
+/// The QoS cgroups above the pods: `kubepods` sized to the node's allocatable (cpu shares,
+/// memory limit), `kubepods/burstable` with the shares of the burstable pods' cpu requests
+/// (`burstable_shares`), `kubepods/besteffort` with 2 shares.
+fn qos_tiers_hold_the_node_and_its_pods(
+    lab: &Lab,
+    root: &str,
+    cpu_dir: &str,
+    memory_dir: &str,
+    burstable_shares: u64,
+) -> anyhow::Result<()> {
+    let node = json(lab, &["get", "node", &lab.node_name(0)])?;
+    let allocatable = &node["status"]["allocatable"];
+    let cpu = milli(allocatable["cpu"].as_str().context("allocatable cpu")?)?;
+    let memory = milli(
+        allocatable["memory"]
+            .as_str()
+            .context("allocatable memory")?,
+    )? / 1000;
+    let kubepods = format!("{root}/kubepods");
+    let shares: u64 = read_cgroup(cpu_dir, &kubepods, "cpu.shares")?.parse()?;
+    ensure!(
+        shares == cpu * 1024 / 1000,
+        "kubepods: cpu shares {shares} for an allocatable of {cpu}m"
+    );
+    // The kernel keeps whole pages of a memory limit.
+    let limit: u64 = read_cgroup(memory_dir, &kubepods, "memory.limit_in_bytes")?.parse()?;
+    ensure!(
+        limit == memory / 4096 * 4096,
+        "kubepods: memory limit {limit} for an allocatable of {memory} bytes"
+    );
+    eventually(lab, "the QoS tiers' cpu shares", || {
+        let burstable: u64 =
+            read_cgroup(cpu_dir, &format!("{kubepods}/burstable"), "cpu.shares")?.parse()?;
+        let besteffort: u64 =
+            read_cgroup(cpu_dir, &format!("{kubepods}/besteffort"), "cpu.shares")?.parse()?;
+        Ok((burstable == burstable_shares && besteffort == 2).then_some(()))
+    })
+    .with_context(|| {
+        format!(
+            "burstable {:?}, besteffort {:?}",
+            read_cgroup(cpu_dir, &format!("{kubepods}/burstable"), "cpu.shares").ok(),
+            read_cgroup(cpu_dir, &format!("{kubepods}/besteffort"), "cpu.shares").ok()
+        )
     })?;
     Ok(())
 }
@@ -453,7 +528,8 @@ fn over_the_memory_limit_is_oom_killed(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A JSON manifest in `<data dir>/manifests` runs as `<name>-<node>`, mirrored in the API
+/// A JSON and a YAML manifest in `<data dir>/manifests` run as `<name>-<node>` (broken and
+/// hidden files beside them skipped), mirrored in the API
 /// (annotated `kubernetes.io/config.mirror`, owned by the Node); a mirror pod deleted by
 /// hand comes back; removing the manifest removes the pod.
 fn static_pods_run_from_the_manifest_directory(lab: &Lab) -> anyhow::Result<()> {
@@ -470,6 +546,16 @@ fn static_pods_run_from_the_manifest_directory(lab: &Lab) -> anyhow::Result<()> 
     // A hidden file and a broken manifest are skipped.
     std::fs::write(dir.join(".web.json.swp"), manifest.to_string())?;
     std::fs::write(dir.join("broken.json"), "{not json")?;
+    std::fs::write(dir.join("broken.yaml"), "spec: [")?;
+    // A YAML manifest runs too.
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cache\nspec:\n  \
+         terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    \
+         image: {BUSYBOX_IMAGE}\n    command: [sleep, \"100000\"]\n"
+    );
+    let yaml_file = dir.join("cache.yaml");
+    std::fs::write(&yaml_file, yaml)?;
+    let cache = format!("cache-{node}");
 
     let mirror = eventually(lab, "the static pod Ready", || {
         let out = lab
@@ -511,6 +597,15 @@ fn static_pods_run_from_the_manifest_directory(lab: &Lab) -> anyhow::Result<()> 
         pods.lines().filter(|l| l.starts_with("pod/web")).count() == 1,
         "pods: {pods}"
     );
+    let from_yaml = eventually(lab, "the YAML static pod Ready", || {
+        let pod = json(lab, &["get", "pod", "-n", "default", &cache]).ok();
+        Ok(pod.filter(pod_ready))
+    })?;
+    ensure!(
+        from_yaml["metadata"]["annotations"]["kubernetes.io/config.source"] == "file"
+            && from_yaml["spec"]["containers"][0]["command"] == json!(["sleep", "100000"]),
+        "the YAML static pod: {from_yaml}"
+    );
     let hello = kubectl(
         lab,
         &["exec", "-n", "kube-system", &name, "--", "echo", "static"],
@@ -532,6 +627,7 @@ fn static_pods_run_from_the_manifest_directory(lab: &Lab) -> anyhow::Result<()> 
 
     // Its manifest removed, the pod goes.
     std::fs::remove_file(&file)?;
+    std::fs::remove_file(&yaml_file)?;
     eventually(lab, "the static pod gone", || {
         let out = lab
             .kubectl()?
@@ -540,7 +636,12 @@ fn static_pods_run_from_the_manifest_directory(lab: &Lab) -> anyhow::Result<()> 
         let stderr = String::from_utf8_lossy(&out.stderr);
         Ok((!out.status.success() && stderr.contains("NotFound")).then_some(()))
     })?;
+    eventually(lab, "the YAML static pod gone", || {
+        let pods = kubectl(lab, &["get", "pods", "-n", "default", "-o", "name"])?;
+        Ok((!pods.lines().any(|l| l == format!("pod/{cache}"))).then_some(()))
+    })?;
     std::fs::remove_file(dir.join(".web.json.swp")).ok();
     std::fs::remove_file(dir.join("broken.json")).ok();
+    std::fs::remove_file(dir.join("broken.yaml")).ok();
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! ([`node`]), imports images from the image directory ([`images`]), writes the CNI config
 //! once the node has a pod CIDR, and runs the pods bound to the node through CRI
 //! ([`pods`], deciding with [`plan`], reporting with [`status`], configuring with
-//! [`runtime_config`] and the pod cgroups with [`pod_cgroups`]), probing containers with
+//! [`runtime_config`], the pod cgroups with [`pod_cgroups`] and the QoS tiers above them
+//! with [`qos_cgroups`]), probing containers with
 //! [`probes`] (checks in [`checks`]), running their hooks and killing them gracefully with
 //! [`lifecycle`], and recording [`events`];
 //! containers get their environment from [`env`] and their volumes from [`volumes`]
@@ -24,6 +25,7 @@ pub mod plan;
 pub mod pod_cgroups;
 pub mod pods;
 pub mod probes;
+pub mod qos_cgroups;
 pub mod runtime_config;
 pub mod static_pods;
 pub mod status;
@@ -111,12 +113,14 @@ fn spawn_kubelet_api(client: &Client, cri: &CriClient, config: &KubeletConfig) {
         warn!(ip = %config.node_ip, "the node IP does not parse: no kubelet API");
         return;
     };
-    let api = crate::kubelet_api::KubeletApiConfig::new(
+    let mut api = crate::kubelet_api::KubeletApiConfig::new(
         config.node_name.clone(),
         node_ip,
         config.data_dir.join("pki"),
         config.client_cas.clone(),
     );
+    api.cgroup_root = config.cgroup_root.clone();
+    api.data_dir = config.data_dir.clone();
     let (client, cri) = (client.clone(), cri.clone());
     tokio::spawn(async move {
         if let Err(err) = crate::kubelet_api::run(client, cri, api).await {

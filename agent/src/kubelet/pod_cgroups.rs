@@ -21,11 +21,11 @@ use tracing::{debug, warn};
 use super::runtime_config::{self, parse_milli};
 
 /// Where cgroup filesystems are mounted.
-const CGROUP_FS: &str = "/sys/fs/cgroup";
+pub const CGROUP_FS: &str = "/sys/fs/cgroup";
 /// The kubelet's CFS period (100 ms).
 const CPU_PERIOD: i64 = 100_000;
 /// Upstream's minimum and maximum cpu shares.
-const MIN_SHARES: i64 = 2;
+pub const MIN_SHARES: i64 = 2;
 const MAX_SHARES: i64 = 262_144;
 /// Upstream's minimum CFS quota (1 ms).
 const MIN_QUOTA: i64 = 1_000;
@@ -83,6 +83,17 @@ fn totals(pod: &Pod, name: &str) -> (i64, Option<i64>) {
     (request, limit)
 }
 
+/// cpu shares for `milli` thousandths of a CPU (upstream's MilliCPUToShares): 1024 a CPU,
+/// at least [`MIN_SHARES`] (also for none) and at most [`MAX_SHARES`].
+pub fn milli_cpu_to_shares(milli: i64) -> i64 {
+    (milli.saturating_mul(1024) / 1000).clamp(MIN_SHARES, MAX_SHARES)
+}
+
+/// The pod's cpu request in thousandths of a CPU, as upstream's PodRequests sums it.
+pub fn pod_cpu_request(pod: &Pod) -> i64 {
+    totals(pod, "cpu").0
+}
+
 /// The pod cgroup's limits as upstream's ResourceConfigForPod computes them.
 pub fn pod_limits(pod: &Pod) -> PodLimits {
     if runtime_config::qos_class(pod) == "BestEffort" {
@@ -95,7 +106,7 @@ pub fn pod_limits(pod: &Pod) -> PodLimits {
     let (cpu_request, cpu_limit) = totals(pod, "cpu");
     let (_, memory_limit) = totals(pod, "memory");
     PodLimits {
-        cpu_shares: (cpu_request * 1024 / 1000).clamp(MIN_SHARES, MAX_SHARES),
+        cpu_shares: milli_cpu_to_shares(cpu_request),
         cpu_quota: cpu_limit
             .filter(|&m| m > 0)
             .map(|m| (m * CPU_PERIOD / 1000).max(MIN_QUOTA)),
@@ -104,7 +115,7 @@ pub fn pod_limits(pod: &Pod) -> PodLimits {
 }
 
 /// Whether the host runs the unified (pure v2) hierarchy.
-fn pure_v2(fs: &Path) -> bool {
+pub fn pure_v2(fs: &Path) -> bool {
     fs.join("cgroup.controllers").is_file()
 }
 
@@ -151,7 +162,7 @@ fn files(limits: &PodLimits, v2: bool) -> Vec<(Option<&'static str>, &'static st
 }
 
 /// The v1 hierarchy that holds `controller` (`cpu` may be mounted as `cpu,cpuacct`).
-fn v1_dir(fs: &Path, controller: &str) -> Option<PathBuf> {
+pub fn v1_dir(fs: &Path, controller: &str) -> Option<PathBuf> {
     let exact = fs.join(controller);
     if exact.is_dir() {
         return Some(exact);
@@ -169,12 +180,19 @@ fn v1_dir(fs: &Path, controller: &str) -> Option<PathBuf> {
 
 /// Makes the pod's cgroup with its limits (before its sandbox runs).
 pub fn apply(pod: &Pod, cgroup_root: &str) -> io::Result<()> {
-    let fs = Path::new(CGROUP_FS);
     let parent = runtime_config::cgroup_parent(pod, cgroup_root);
-    let relative = parent.trim_start_matches('/');
     let limits = pod_limits(pod);
+    write_limits(Path::new(CGROUP_FS), &parent, &limits)?;
+    debug!(pod = ?pod.metadata.name, cgroup = %parent, ?limits, "pod cgroup ready");
+    Ok(())
+}
+
+/// Makes the cgroup `cgroup` (a path from the hierarchies' root) in every hierarchy that
+/// holds a controller of `limits` under the cgroup filesystems at `fs`, and writes `limits`.
+pub(super) fn write_limits(fs: &Path, cgroup: &str, limits: &PodLimits) -> io::Result<()> {
+    let relative = cgroup.trim_start_matches('/');
     let v2 = pure_v2(fs);
-    for (controller, file, value) in files(&limits, v2) {
+    for (controller, file, value) in files(limits, v2) {
         let base = match controller {
             None => fs.to_path_buf(),
             Some(c) => match v1_dir(fs, c) {
@@ -187,7 +205,6 @@ pub fn apply(pod: &Pod, cgroup_root: &str) -> io::Result<()> {
         std::fs::write(dir.join(file), &value)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display())))?;
     }
-    debug!(pod = ?pod.metadata.name, cgroup = %parent, ?limits, "pod cgroup ready");
     Ok(())
 }
 
@@ -266,6 +283,43 @@ mod tests {
                 memory: None
             }
         );
+    }
+
+    #[test]
+    fn millicores_become_shares() {
+        assert_eq!(milli_cpu_to_shares(0), 2);
+        assert_eq!(milli_cpu_to_shares(1), 2);
+        assert_eq!(milli_cpu_to_shares(2), 2);
+        assert_eq!(milli_cpu_to_shares(3), 3);
+        assert_eq!(milli_cpu_to_shares(250), 256);
+        assert_eq!(milli_cpu_to_shares(1000), 1024);
+        assert_eq!(milli_cpu_to_shares(1500), 1536);
+        assert_eq!(milli_cpu_to_shares(-5), 2);
+        assert_eq!(milli_cpu_to_shares(1_000_000), MAX_SHARES);
+        assert_eq!(milli_cpu_to_shares(i64::MAX), MAX_SHARES);
+    }
+
+    #[test]
+    fn limits_are_written_in_the_v1_hierarchies() -> io::Result<()> {
+        let fs = tempfile::tempdir()?;
+        std::fs::create_dir(fs.path().join("cpu,cpuacct"))?;
+        std::fs::create_dir(fs.path().join("memory"))?;
+        let limits = PodLimits {
+            cpu_shares: 512,
+            cpu_quota: Some(50_000),
+            memory: Some(64 << 20),
+        };
+        write_limits(fs.path(), "/root/kubepods/podx", &limits)?;
+        let read = |dir: &str, file: &str| {
+            std::fs::read_to_string(fs.path().join(dir).join("root/kubepods/podx").join(file))
+        };
+        assert_eq!(read("cpu,cpuacct", "cpu.shares")?, "512");
+        assert_eq!(read("cpu,cpuacct", "cpu.cfs_quota_us")?, "50000");
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes")?,
+            (64u64 << 20).to_string()
+        );
+        Ok(())
     }
 
     #[test]

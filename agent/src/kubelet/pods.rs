@@ -6,7 +6,8 @@
 //! stops the containers within the grace period ([`lifecycle`](super::lifecycle)), removes
 //! the sandbox and only then removes the pod from the API (the kubelet's final delete). Each
 //! pod syncs in its own task.
-//! Sandboxes of pods that no longer exist are removed.
+//! Sandboxes of pods that no longer exist are removed. Every pass first brings the QoS
+//! cgroups ([`qos_cgroups`](super::qos_cgroups)) in step with the node's pods.
 //!
 //! Owns the CRI calls for pods; decisions are in `plan`, shapes in `runtime_config`.
 use std::{
@@ -42,6 +43,7 @@ use super::{
     plan::{self, Action},
     pod_cgroups,
     probes::ProbeManager,
+    qos_cgroups::QosCgroups,
     runtime_config::{self, PodFields, CONTAINER_NAME_LABEL, POD_UID_LABEL},
     status,
     volumes::{VolumeError, VolumeManager},
@@ -129,6 +131,7 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
         return;
     }
     let mut generation: u64 = 0;
+    let mut qos = QosCgroups::new(&worker.config.cgroup_root, worker.allocatable.clone());
     loop {
         tokio::select! {
             _ = changed.notified() => {}
@@ -136,6 +139,8 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
         }
         let pods = reader.state();
         let live: HashSet<String> = pods.iter().map(|p| uid_of(p)).collect();
+        // The QoS tiers first, so a new pod's cgroup lands in a tier that counts it.
+        qos.update(pods.iter().map(|p| p.as_ref()));
         // Each pod syncs in its own task, so a pod that waits (a grace period, a hook, a
         // probe kill) holds up no other; a pod still syncing is skipped this pass, unless it
         // is now being deleted: then its sync (a postStart hook may run forever) is

@@ -1,6 +1,8 @@
-//! Static pods (upstream's file pod source): every manifest in the agent's manifest directory
-//! (`<data dir>/manifests`, looked at every two seconds; hidden files skipped) is a pod of
-//! this node named `<name>-<node>`, in its namespace or `default`. It reaches the pod worker
+//! Static pods (upstream's file pod source): every regular file in the agent's manifest
+//! directory (`<data dir>/manifests`, looked at every two seconds) is a pod manifest in YAML
+//! or JSON, whatever its name ends in, as upstream reads them; files whose names start with a
+//! dot are skipped and directories are not entered. A manifest is a pod of this node named
+//! `<name>-<node>`, in its namespace or `default`. It reaches the pod worker
 //! as its mirror pod in the API: spec.nodeName set to this node, annotated
 //! `kubernetes.io/config.mirror` (and `config.hash`, `config.source: file`) with a hash of
 //! the manifest, owned by the Node, tolerating every NoExecute taint as upstream's static pods
@@ -8,8 +10,8 @@
 //! created); a removed manifest deletes its mirror pod, and the pod worker stops the
 //! containers before the pod leaves the API; a mirror pod deleted by hand comes back.
 //!
-//! Manifests are JSON (YAML manifests need a YAML parser the agent does not link).
-//! Unlike upstream, the containers run from the mirror pod, so they do not run while the API
+//! A manifest that does not parse or is not a v1 Pod is logged once and skipped; the others
+//! still run. Unlike upstream, the containers run from the mirror pod, so they do not run while the API
 //! server is unreachable, and deleting the mirror pod restarts them.
 //!
 //! Owns reading manifests and the mirror pods' lifecycle; it never touches containers.
@@ -24,6 +26,7 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams},
     Api, Client,
 };
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
@@ -40,15 +43,31 @@ const PERIOD: Duration = Duration::from_secs(2);
 /// Why a manifest is not a pod.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// Not JSON.
+    /// Starts like JSON (`{`) but is not JSON.
     #[error("{file}: not a JSON manifest: {source}")]
-    Parse {
+    Json {
         /// The manifest's file name.
         file: String,
         /// The parser's error.
         source: serde_json::Error,
     },
-    /// JSON, but not a v1 Pod with a name.
+    /// Not YAML (nor JSON).
+    #[error("{file}: not a YAML or JSON manifest: {source}")]
+    Yaml {
+        /// The manifest's file name.
+        file: String,
+        /// The parser's error.
+        source: serde_yaml::Error,
+    },
+    /// The file could not be read.
+    #[error("{file}: cannot read the manifest: {source}")]
+    Read {
+        /// The manifest's file name.
+        file: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A document, but not a v1 Pod with a name.
     #[error("{file}: {reason}")]
     Invalid {
         /// The manifest's file name.
@@ -70,6 +89,25 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     hash
 }
 
+/// A manifest as JSON: text that starts with `{` is JSON, anything else YAML (of which only
+/// the first document counts), as upstream's YAML-to-JSON step decides.
+fn parse(file: &str, text: &str) -> Result<Value, ManifestError> {
+    if text.trim_start().starts_with('{') {
+        return serde_json::from_str(text).map_err(|source| ManifestError::Json {
+            file: file.to_owned(),
+            source,
+        });
+    }
+    let yaml = |source| ManifestError::Yaml {
+        file: file.to_owned(),
+        source,
+    };
+    match serde_yaml::Deserializer::from_str(text).next() {
+        Some(document) => Value::deserialize(document).map_err(yaml),
+        None => Ok(Value::Null),
+    }
+}
+
 /// The mirror pod for the manifest `text` of file `file` on node `node` (whose UID is
 /// `node_uid`).
 pub fn mirror_pod(
@@ -82,10 +120,7 @@ pub fn mirror_pod(
         file: file.to_owned(),
         reason: reason.to_owned(),
     };
-    let mut pod: Value = serde_json::from_str(text).map_err(|source| ManifestError::Parse {
-        file: file.to_owned(),
-        source,
-    })?;
+    let mut pod = parse(file, text)?;
     if pod.get("kind").and_then(Value::as_str) != Some("Pod")
         || pod.get("apiVersion").and_then(Value::as_str) != Some("v1")
     {
@@ -158,25 +193,61 @@ pub fn mirror_pod(
     Ok(pod)
 }
 
-/// The manifests in `dir`, by file name, sorted; hidden files and directories skipped.
-fn manifests(dir: &Path) -> Vec<(String, String)> {
+/// The manifests in `dir`, by file name, sorted: every regular file (or link to one) whose
+/// name does not start with a dot, with its text or why it could not be read.
+fn manifests(dir: &Path) -> Vec<(String, std::io::Result<String>)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut found: Vec<(String, String)> = entries
+    let mut found: Vec<(String, std::io::Result<String>)> = entries
         .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()))
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 return None;
             }
-            let text = std::fs::read_to_string(e.path()).ok()?;
-            Some((name, text))
+            Some((name, std::fs::read_to_string(e.path())))
         })
         .collect();
-    found.sort();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
     found
+}
+
+/// The mirror pods the manifests ask for, by (namespace, name), and the manifests that are
+/// not pods; one bad manifest leaves the others alone.
+fn wanted_mirrors(
+    files: Vec<(String, std::io::Result<String>)>,
+    node: &str,
+    node_uid: &str,
+) -> (BTreeMap<(String, String), Value>, Vec<ManifestError>) {
+    let mut wanted = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (file, text) in files {
+        let pod = text
+            .map_err(|source| ManifestError::Read {
+                file: file.clone(),
+                source,
+            })
+            .and_then(|text| mirror_pod(&file, &text, node, node_uid));
+        match pod {
+            Ok(pod) => {
+                let key = (
+                    pod["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    pod["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+                wanted.insert(key, pod);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (wanted, errors)
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
@@ -234,28 +305,11 @@ async fn sync(
         .metadata
         .uid
         .unwrap_or_default();
-    let mut wanted: BTreeMap<(String, String), Value> = BTreeMap::new();
-    for (file, text) in &files {
-        match mirror_pod(file, text, node, &node_uid) {
-            Ok(pod) => {
-                let key = (
-                    pod["metadata"]["namespace"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    pod["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-                wanted.insert(key, pod);
-            }
-            Err(e) => {
-                let message = e.to_string();
-                if reported.insert(message.clone()) {
-                    warn!(error = %message, "skipping a static pod manifest");
-                }
-            }
+    let (wanted, errors) = wanted_mirrors(files, node, &node_uid);
+    for e in errors {
+        let message = e.to_string();
+        if reported.insert(message.clone()) {
+            warn!(error = %message, "skipping a static pod manifest");
         }
     }
     for ((namespace, name), pod) in &mirrors {
@@ -347,10 +401,51 @@ mod tests {
     }
 
     #[test]
+    fn yaml_and_json_manifests_make_the_same_pod() {
+        let json_text = r#"{"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "kube-system", "labels": {"tier": "static"}},
+            "spec": {"containers": [{"name": "c", "image": "i", "command": ["sleep", "10"],
+                "env": [{"name": "N", "value": "1"}]}]}}"#;
+        let yaml_text = "# a comment\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  \
+            namespace: kube-system\n  labels:\n    tier: static\nspec:\n  containers:\n  - name: c\n    \
+            image: i\n    command: [sleep, \"10\"]\n    env:\n    - {name: N, value: \"1\"}\n";
+        let from_json =
+            mirror_pod("m", json_text, "n0", "u").unwrap_or_else(|e| panic!("json: {e}"));
+        let from_yaml =
+            mirror_pod("m", yaml_text, "n0", "u").unwrap_or_else(|e| panic!("yaml: {e}"));
+        assert_eq!(from_yaml, from_json);
+        assert_eq!(from_yaml["metadata"]["name"], "web-n0");
+        assert_eq!(from_yaml["metadata"]["namespace"], "kube-system");
+        assert_eq!(
+            from_yaml["spec"]["containers"][0]["command"],
+            json!(["sleep", "10"])
+        );
+        // Only the first document of a YAML stream counts.
+        let two = format!("{yaml_text}---\napiVersion: v1\nkind: Service\n");
+        assert_eq!(
+            mirror_pod("m", &two, "n0", "u").unwrap_or_else(|e| panic!("{e}")),
+            from_json
+        );
+    }
+
+    #[test]
     fn bad_manifests_are_refused() {
         assert!(matches!(
+            mirror_pod("a", "{not json", "n0", "u"),
+            Err(ManifestError::Json { .. })
+        ));
+        assert!(matches!(
+            mirror_pod("a", "kind: Pod\n  bad: [indent", "n0", "u"),
+            Err(ManifestError::Yaml { .. })
+        ));
+        // YAML, but not a pod.
+        assert!(matches!(
             mirror_pod("a", "name: web", "n0", "u"),
-            Err(ManifestError::Parse { .. })
+            Err(ManifestError::Invalid { .. })
+        ));
+        assert!(matches!(
+            mirror_pod("a", "", "n0", "u"),
+            Err(ManifestError::Invalid { .. })
         ));
         assert!(matches!(
             mirror_pod(
@@ -370,5 +465,72 @@ mod tests {
             ),
             Err(ManifestError::Invalid { .. })
         ));
+    }
+
+    fn pod_yaml(name: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  \
+             - name: c\n    image: i\n"
+        )
+    }
+
+    #[test]
+    fn every_visible_file_is_read_whatever_its_name() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("a.yaml"), pod_yaml("a"))?;
+        std::fs::write(dir.path().join("b.yml"), pod_yaml("b"))?;
+        std::fs::write(
+            dir.path().join("c.json"),
+            r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c"},
+                "spec": {"containers": [{"name": "c", "image": "i"}]}}"#,
+        )?;
+        // Upstream reads any name: the extension does not matter.
+        std::fs::write(dir.path().join("d.manifest"), pod_yaml("d"))?;
+        std::fs::write(dir.path().join(".e.yaml.swp"), pod_yaml("e"))?;
+        std::fs::create_dir(dir.path().join("sub"))?;
+        std::fs::write(dir.path().join("sub").join("f.yaml"), pod_yaml("f"))?;
+        let files = manifests(dir.path());
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a.yaml", "b.yml", "c.json", "d.manifest"]);
+        let (wanted, errors) = wanted_mirrors(files, "n0", "u");
+        assert!(errors.is_empty(), "{errors:?}");
+        let pods: Vec<&str> = wanted.keys().map(|(_, name)| name.as_str()).collect();
+        assert_eq!(pods, ["a-n0", "b-n0", "c-n0", "d-n0"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_manifest_leaves_the_others_alone() {
+        let files = vec![
+            ("a.yaml".to_owned(), Ok(pod_yaml("a"))),
+            ("broken.json".to_owned(), Ok("{not json".to_owned())),
+            ("broken.yaml".to_owned(), Ok("spec: [".to_owned())),
+            (
+                "service.yaml".to_owned(),
+                Ok("apiVersion: v1\nkind: Service\n".to_owned()),
+            ),
+            (
+                "unreadable.yaml".to_owned(),
+                Err(std::io::Error::from(std::io::ErrorKind::InvalidData)),
+            ),
+            ("z.yaml".to_owned(), Ok(pod_yaml("z"))),
+        ];
+        let (wanted, errors) = wanted_mirrors(files, "n0", "u");
+        let pods: Vec<&str> = wanted.keys().map(|(_, name)| name.as_str()).collect();
+        assert_eq!(pods, ["a-n0", "z-n0"]);
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 4, "{messages:?}");
+        for (message, file) in messages.iter().zip([
+            "broken.json",
+            "broken.yaml",
+            "service.yaml",
+            "unreadable.yaml",
+        ]) {
+            assert!(message.starts_with(&format!("{file}: ")), "{message}");
+        }
+        assert!(matches!(errors[0], ManifestError::Json { .. }));
+        assert!(matches!(errors[1], ManifestError::Yaml { .. }));
+        assert!(matches!(errors[2], ManifestError::Invalid { .. }));
+        assert!(matches!(errors[3], ManifestError::Read { .. }));
     }
 }

@@ -1,8 +1,10 @@
 //! The kubelet API (DESIGN.md §7, upstream kubelet's server): HTTPS on `:10250` with client
 //! certificates from the cluster CA ([`tls`]), serving `/healthz`, `/pods` (this node's pods),
 //! `/containerLogs/NAMESPACE/POD/CONTAINER` (CRI log files, [`logs`], of the instance
-//! [`containers`] picks) and `/exec/...`, `/attach/...` and `/portForward/...` (forwarded to
-//! the runtime's streaming server, [`streaming`]); and plain `/healthz` on `127.0.0.1:10248`.
+//! [`containers`] picks), `/exec/...`, `/attach/...` and `/portForward/...` (forwarded to
+//! the runtime's streaming server, [`streaming`]), `/stats/summary` (the Summary API,
+//! [`stats`], from the cgroups and `/proc` through [`resource_usage`]) and `/metrics`
+//! ([`metrics`]); and plain `/healthz` on `127.0.0.1:10248`.
 //! The API server proxies `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward` here.
 //!
 //! Owns the node's HTTP endpoints and who may use them (the API server's kubelet client and
@@ -10,6 +12,9 @@
 //! change either.
 pub mod containers;
 pub mod logs;
+pub mod metrics;
+pub mod resource_usage;
+pub mod stats;
 pub mod streaming;
 pub mod tls;
 
@@ -29,7 +34,10 @@ use hyper::{
     Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use k8s_cri::v1::{ContainerState, ContainerStatusRequest};
+use k8s_cri::v1::{
+    Container, ContainerState, ContainerStatusRequest, ListContainersRequest,
+    ListPodSandboxRequest, PodSandbox,
+};
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{api::ListParams, Api, Client};
 use tokio::{net::TcpListener, sync::mpsc};
@@ -79,10 +87,15 @@ pub struct KubeletApiConfig {
     pub address: SocketAddr,
     /// The plain healthz address (`127.0.0.1:10248`); none to serve no plain healthz.
     pub healthz_address: Option<SocketAddr>,
+    /// The cgroup the pods' QoS cgroups are under (the kubelet's cgroup root).
+    pub cgroup_root: String,
+    /// The agent's data directory (its filesystem is the node's in `/stats/summary`).
+    pub data_dir: PathBuf,
 }
 
 impl KubeletApiConfig {
-    /// Upstream's ports on every address.
+    /// Upstream's ports on every address; pods under the root cgroup, the data directory
+    /// the one holding `pki_dir`.
     pub fn new(
         node_name: String,
         node_ip: IpAddr,
@@ -92,13 +105,15 @@ impl KubeletApiConfig {
         Self {
             node_name,
             node_ip,
-            pki_dir,
             client_cas,
             address: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), KUBELET_PORT),
             healthz_address: Some(SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 HEALTHZ_PORT,
             )),
+            cgroup_root: "/".to_owned(),
+            data_dir: pki_dir.parent().map(PathBuf::from).unwrap_or_default(),
+            pki_dir,
         }
     }
 }
@@ -111,6 +126,7 @@ struct Handler {
     client: Client,
     cri: CriClient,
     node_name: String,
+    stats: Arc<stats::StatsProvider>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -166,6 +182,11 @@ pub async fn run(
     let handler = Handler {
         client,
         cri,
+        stats: Arc::new(stats::StatsProvider::new(
+            &config.node_name,
+            &config.cgroup_root,
+            &config.data_dir,
+        )),
         node_name: config.node_name,
     };
     serve_https(listener, tls, handler).await;
@@ -289,6 +310,8 @@ impl Handler {
         let query = req.uri().query().unwrap_or_default().to_owned();
         match segments.as_slice() {
             ["pods"] => self.pods().await,
+            ["stats", "summary"] => self.summary(&query).await,
+            ["metrics"] => self.metrics().await,
             ["containerLogs", namespace, pod, container] => {
                 self.container_logs(namespace, pod, container, &query).await
             }
@@ -312,6 +335,81 @@ impl Handler {
                 format!("listing this node's pods: {err}"),
             ),
         }
+    }
+
+    /// The runtime's sandboxes and containers.
+    async fn runtime_state(&self) -> Result<(Vec<PodSandbox>, Vec<Container>), Response<Body>> {
+        let mut cri = self.cri.clone();
+        let failed = |call: &str, status: tonic::Status| {
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("asking the runtime ({call}): {}", status.message()),
+            )
+        };
+        let sandboxes = cri
+            .runtime()
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .map_err(|s| failed("ListPodSandbox", s))?
+            .into_inner()
+            .items;
+        let containers = cri
+            .runtime()
+            .list_containers(ListContainersRequest { filter: None })
+            .await
+            .map_err(|s| failed("ListContainers", s))?
+            .into_inner()
+            .containers;
+        Ok((sandboxes, containers))
+    }
+
+    /// `/stats/summary` (`?only_cpu_and_memory=true` as upstream).
+    async fn summary(&self, query: &str) -> Response<Body> {
+        let (sandboxes, containers) = match self.runtime_state().await {
+            Ok(state) => state,
+            Err(response) => return response,
+        };
+        let only_cpu_and_memory = form_urlencoded::parse(query.as_bytes())
+            .any(|(k, v)| k == "only_cpu_and_memory" && v == "true");
+        let provider = self.stats.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let summary = provider.summary(
+                &sandboxes,
+                &containers,
+                &crate::kubelet::node::now_rfc3339(),
+                std::time::Instant::now(),
+            );
+            if only_cpu_and_memory {
+                stats::only_cpu_and_memory(summary)
+            } else {
+                summary
+            }
+        })
+        .await;
+        match built.map(serde_json::to_value) {
+            Ok(Ok(document)) => json(&document),
+            Ok(Err(err)) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+            Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        }
+    }
+
+    /// `/metrics`.
+    async fn metrics(&self) -> Response<Body> {
+        let (sandboxes, containers) = match self.runtime_state().await {
+            Ok(state) => state,
+            Err(response) => return response,
+        };
+        let counts = metrics::count(&sandboxes, &containers);
+        let process = metrics::ProcessMetrics::of_self();
+        let mut response = text(
+            StatusCode::OK,
+            metrics::render(&self.node_name, &counts, &process),
+        );
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        response
     }
 
     /// The pod `namespace/name` if it is bound to this node; else the response to give.
