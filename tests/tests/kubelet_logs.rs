@@ -5,7 +5,12 @@
 //! message before there is one), the API server's errors for an unknown pod or container or
 //! an ambiguous one, `kubectl exec` runs commands with standard input and their exit code,
 //! `kubectl port-forward` reaches a pod's port,
-//! the kubelet refuses clients without a cluster certificate, and the Python `kubernetes`
+//! the kubelet refuses clients without a cluster certificate, serves `/stats/summary` (the
+//! running containers' memory) and `/metrics` (`kubelet_running_pods`) to a master's
+//! certificate and refuses a node's, the API server's `nodes/NAME/proxy` passes requests
+//! to the kubelet (`/stats/summary` and `/metrics` with `kubectl get --raw`, the kubelet's
+//! status, content type and body as they are, the query, the `NAME:PORT` forms, a `Status`
+//! 404 for an unknown node), and the Python `kubernetes`
 //! client reads the same lines (`read_namespaced_pod_log`) and execs (WebSocket v4).
 //!
 //! Safety: everything runs inside the lab's namespaces; every wait and read is bounded.
@@ -157,6 +162,8 @@ fn kubectl_logs_reads_the_kubelets_container_logs() -> anyhow::Result<()> {
     port_forward_reaches_the_pod(&lab)?;
     previous_instance(&lab)?;
     kubelet_requires_a_cluster_certificate(&lab)?;
+    kubelet_serves_stats_and_metrics(&lab)?;
+    api_server_proxies_the_node(&lab)?;
     python_client_reads_logs(&lab)?;
     lab.down()
 }
@@ -392,6 +399,293 @@ fn kubelet_requires_a_cluster_certificate(lab: &Lab) -> anyhow::Result<()> {
         healthz.stdout == b"ok",
         "healthz said {:?}",
         String::from_utf8_lossy(&healthz.stdout)
+    );
+    Ok(())
+}
+
+/// The client certificate and key of `kubeconfig`, written as PEM files into `dir`.
+fn client_pair(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<(String, String)> {
+    use base64::Engine as _;
+    let config: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kubeconfig)?)?;
+    let mut paths = Vec::new();
+    for (field, file) in [
+        ("client-certificate-data", "client.crt"),
+        ("client-key-data", "client.key"),
+    ] {
+        let encoded = config["users"][0]["user"][field]
+            .as_str()
+            .with_context(|| format!("{} has no {field}", kubeconfig.display()))?;
+        let path = dir.join(file);
+        std::fs::write(
+            &path,
+            base64::engine::general_purpose::STANDARD.decode(encoded)?,
+        )?;
+        paths.push(path.to_str().context("temp path")?.to_owned());
+    }
+    Ok((paths[0].clone(), paths[1].clone()))
+}
+
+/// GET `path` of node 0's kubelet API with a client certificate: (HTTP status, body).
+fn kubelet_get(lab: &Lab, pair: &(String, String), path: &str) -> anyhow::Result<(u16, String)> {
+    let url = format!("https://{}:10250{path}", lab.node_ip(0));
+    let out = lab
+        .command(0, "curl")?
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            "--cert",
+            &pair.0,
+            "--key",
+            &pair.1,
+        ])
+        .args(["-w", "\n%{http_code}", &url])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((code.trim().parse()?, body.to_owned()))
+}
+
+/// `/stats/summary` reports the running pods' containers with their memory, and `/metrics`
+/// counts the running pods, for the cluster's masters; a node's own certificate is refused.
+fn kubelet_serves_stats_and_metrics(lab: &Lab) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("{}-kubelet-client", lab.name()));
+    std::fs::create_dir_all(&dir)?;
+    let admin = client_pair(&lab.admin_kubeconfig()?, &dir)?;
+    let summary = eventually(lab, "the counter container in /stats/summary", || {
+        let (code, body) = kubelet_get(lab, &admin, "/stats/summary")?;
+        ensure!(code == 200, "/stats/summary answered {code}: {body}");
+        let summary: serde_json::Value = serde_json::from_str(&body)?;
+        let counter = summary["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["podRef"]["name"] == "counter" && p["podRef"]["namespace"] == "default")
+            .cloned();
+        Ok(counter.map(|pod| (summary, pod)))
+    })?;
+    let (summary, counter) = summary;
+    let node = &summary["node"];
+    ensure!(
+        node["nodeName"] == lab.node_name(0).as_str()
+            && node["startTime"].is_string()
+            && node["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0)
+            && node["memory"]["workingSetBytes"].as_u64() > Some(0)
+            && node["fs"]["capacityBytes"].as_u64() > Some(0)
+            && node["network"]["interfaces"].is_array(),
+        "node stats: {node}"
+    );
+    let count = counter["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "count")
+        .with_context(|| format!("no container count in {counter}"))?;
+    ensure!(
+        count["memory"]["usageBytes"].as_u64() > Some(0)
+            && count["memory"]["workingSetBytes"].as_u64() > Some(0)
+            && count["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0),
+        "the counter container's stats: {count}"
+    );
+    ensure!(
+        counter["podRef"]["uid"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty())
+            && counter["memory"]["usageBytes"].as_u64() >= count["memory"]["usageBytes"].as_u64()
+            && counter["network"]["name"].is_string(),
+        "the counter pod's stats: {counter}"
+    );
+
+    // kubelet_running_pods is the number of the node's Running pods.
+    let selector = format!("spec.nodeName={},status.phase=Running", lab.node_name(0));
+    eventually(
+        lab,
+        "kubelet_running_pods equal to the running pods",
+        || {
+            let (code, body) = kubelet_get(lab, &admin, "/metrics")?;
+            ensure!(code == 200, "/metrics answered {code}: {body}");
+            let running: u64 = body
+                .lines()
+                .find_map(|l| l.strip_prefix("kubelet_running_pods "))
+                .context("no kubelet_running_pods sample")?
+                .trim()
+                .parse()?;
+            ensure!(
+                body.contains(&format!(
+                    "kubelet_node_name{{node=\"{}\"}} 1",
+                    lab.node_name(0)
+                )) && body.contains("# TYPE kubelet_running_containers gauge")
+                    && body.contains("process_resident_memory_bytes "),
+                "/metrics: {body}"
+            );
+            let pods = kubectl(
+                lab,
+                &[
+                    "get",
+                    "pods",
+                    "-A",
+                    "--field-selector",
+                    &selector,
+                    "-o",
+                    "name",
+                ],
+            )?;
+            Ok((running == pods.lines().count() as u64 && running >= 4).then_some(()))
+        },
+    )?;
+
+    // A node's certificate is the cluster's, but not allowed.
+    let node = client_pair(&lab.node_kubeconfig(0)?, &dir)?;
+    let (code, _) = kubelet_get(lab, &node, "/stats/summary")?;
+    ensure!(
+        code == 403,
+        "a node's certificate got {code} from /stats/summary"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+/// GET `path` of the API server with a client certificate: (HTTP status, content type,
+/// body).
+fn api_get(
+    lab: &Lab,
+    pair: &(String, String),
+    path: &str,
+) -> anyhow::Result<(u16, String, String)> {
+    let url = format!("{}{path}", lab.server_url()?);
+    let out = lab
+        .command(0, "curl")?
+        .args([
+            "-sk",
+            "--max-time",
+            "15",
+            "--cert",
+            &pair.0,
+            "--key",
+            &pair.1,
+        ])
+        .args(["-w", "\n%{http_code} %{content_type}", &url])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, trailer) = text.rsplit_once('\n').context("curl printed no status")?;
+    let (code, content_type) = trailer.split_once(' ').unwrap_or((trailer, ""));
+    Ok((
+        code.trim().parse()?,
+        content_type.to_owned(),
+        body.to_owned(),
+    ))
+}
+
+/// `nodes/NAME/proxy/...` through the API server reaches the node's kubelet: what the
+/// kubelet answers comes back as it is.
+fn api_server_proxies_the_node(lab: &Lab) -> anyhow::Result<()> {
+    let node = lab.node_name(0);
+    let base = format!("/api/v1/nodes/{node}/proxy");
+
+    // kubectl get --raw: the summary has the counter pod, the metrics count running pods.
+    let summary: serde_json::Value = serde_json::from_str(&kubectl(
+        lab,
+        &["get", "--raw", &format!("{base}/stats/summary")],
+    )?)?;
+    let counter = summary["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["podRef"]["name"] == "counter" && p["podRef"]["namespace"] == "default")
+        .with_context(|| format!("no counter pod in the proxied summary: {summary}"))?;
+    ensure!(
+        summary["node"]["nodeName"] == node.as_str()
+            && summary["node"]["fs"]["capacityBytes"].as_u64() > Some(0)
+            && counter["containers"][0]["memory"]["workingSetBytes"].as_u64() > Some(0),
+        "the proxied summary: {summary}"
+    );
+    let metrics = kubectl(lab, &["get", "--raw", &format!("{base}/metrics")])?;
+    let running: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kubelet_running_pods "))
+        .with_context(|| format!("no kubelet_running_pods in the proxied metrics: {metrics}"))?
+        .trim()
+        .parse()?;
+    ensure!(
+        running >= 4 && metrics.contains(&format!("kubelet_node_name{{node=\"{node}\"}} 1")),
+        "the proxied metrics: {metrics}"
+    );
+
+    // The query goes along: only CPU and memory, no file systems.
+    let small: serde_json::Value = serde_json::from_str(&kubectl(
+        lab,
+        &[
+            "get",
+            "--raw",
+            &format!("{base}/stats/summary?only_cpu_and_memory=true"),
+        ],
+    )?)?;
+    ensure!(
+        small["node"]["fs"].is_null()
+            && small["node"]["memory"]["workingSetBytes"].as_u64() > Some(0),
+        "the summary with only_cpu_and_memory: {}",
+        small["node"]
+    );
+
+    // The NAME:PORT forms naming the kubelet's port reach the kubelet too.
+    for id in [format!("{node}:10250"), format!("https:{node}:10250")] {
+        let healthz = kubectl(
+            lab,
+            &["get", "--raw", &format!("/api/v1/nodes/{id}/proxy/healthz")],
+        )?;
+        ensure!(healthz == "ok", "{id}: /healthz said {healthz:?}");
+    }
+
+    // Status, content type and body are the kubelet's, also when it answers 404.
+    let dir = std::env::temp_dir().join(format!("{}-node-proxy", lab.name()));
+    std::fs::create_dir_all(&dir)?;
+    let admin = client_pair(&lab.admin_kubeconfig()?, &dir)?;
+    let (code, content_type, body) = api_get(lab, &admin, &format!("{base}/metrics"))?;
+    ensure!(
+        code == 200
+            && content_type == "text/plain; version=0.0.4; charset=utf-8"
+            && body.contains("# TYPE kubelet_running_pods gauge"),
+        "GET {base}/metrics: {code} {content_type}: {body}"
+    );
+    let (code, _, body) = api_get(lab, &admin, &format!("{base}/nosuch"))?;
+    ensure!(
+        code == 404 && body == "404 page not found\n",
+        "the kubelet's 404 came back as {code}: {body:?}"
+    );
+
+    // An unknown node: a NotFound Status from the API server.
+    let (code, content_type, body) = api_get(lab, &admin, "/api/v1/nodes/nosuch/proxy/metrics")?;
+    let status: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("not a Status ({code} {content_type}): {body}"))?;
+    ensure!(
+        code == 404
+            && status["kind"] == "Status"
+            && status["reason"] == "NotFound"
+            && status["message"] == "nodes \"nosuch\" not found",
+        "an unknown node: {code} {body}"
+    );
+    let missing = kubectl_fails(lab, &["get", "--raw", "/api/v1/nodes/nosuch/proxy/metrics"])?;
+    ensure!(
+        missing.contains("nodes \"nosuch\" not found"),
+        "kubectl on an unknown node: {missing}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+
+    // Discovery lists the subresource with upstream's kind and verbs.
+    let v1: serde_json::Value = serde_json::from_str(&kubectl(lab, &["get", "--raw", "/api/v1"])?)?;
+    let proxy = v1["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["name"] == "nodes/proxy")
+        .context("no nodes/proxy in /api/v1")?;
+    ensure!(
+        proxy["kind"] == "NodeProxyOptions"
+            && proxy["verbs"] == json!(["create", "delete", "get", "patch", "update"]),
+        "nodes/proxy in discovery: {proxy}"
     );
     Ok(())
 }

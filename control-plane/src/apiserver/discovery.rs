@@ -160,6 +160,11 @@ fn subresource_kind(r: &ResourceDef, sub: &str) -> (Value, Value) {
             json!({"group": "", "version": "v1", "kind": "Pod"}),
             json!(["get"]),
         ),
+        // Every proxied method, named as upstream's connect verbs are.
+        "proxy" => (
+            json!({"group": r.group, "version": r.version, "kind": format!("{}ProxyOptions", r.kind)}),
+            json!(["create", "delete", "get", "patch", "update"]),
+        ),
         "token" => (
             json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}),
             json!(["create"]),

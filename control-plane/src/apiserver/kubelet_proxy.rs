@@ -1,23 +1,34 @@
 //! The API server's side of the kubelet API: the `pods/log` subresource, answered by the
 //! kubelet of the pod's node (`GET https://NODE:PORT/containerLogs/NS/POD/CONTAINER`) and
-//! streamed back as it comes, as kube-apiserver's `LogREST` does.
+//! streamed back as it comes, as kube-apiserver's `LogREST` does; and the `nodes/proxy`
+//! subresource (`/api/v1/nodes/NAME[:PORT]/proxy/PATH?QUERY`), whose requests go to the
+//! node's kubelet (or, with `[SCHEME:]NAME:PORT`, another port of the node) and whose
+//! answers come back as they are — status, headers and body — as kube-apiserver's node
+//! `ProxyREST` does. [`kubelet_target`] finds a Node's kubelet for these and for
+//! [`super::kubelet_streams`].
 //!
 //! The server authenticates to kubelets with its own client certificate
 //! (`kube-apiserver-kubelet-client` in `system:masters`, issued from the cluster CA) and, like
 //! kube-apiserver without `--kubelet-certificate-authority`, does not verify the kubelets'
-//! self-signed serving certificates (it still checks the handshake's signatures).
+//! self-signed serving certificates (it still checks the handshake's signatures). Other ports
+//! of a node are reached without that certificate.
 //!
 //! Owns the request options, the choice of container and node address, and the translation
-//! of kubelet answers into `Status` errors; it must not write anything.
-use std::{convert::Infallible, sync::Arc, time::Duration};
+//! of kubelet answers into `Status` errors; it must not write to the store.
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{combinators::BoxBody, BodyExt, BodyStream, Full, StreamBody};
 use hyper::{
     body::{Frame, Incoming},
-    header::{HeaderValue, CONTENT_TYPE},
-    Request, Response, StatusCode,
+    header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST},
+    Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::TokioIo;
 use rustls::{
@@ -117,7 +128,23 @@ impl ServerCertVerifier for AnyKubeletCertificate {
 /// The API server's HTTPS client for kubelets.
 #[derive(Clone)]
 pub struct KubeletClient {
+    /// TLS presenting the API server's kubelet client certificate: for kubelets only.
     connector: tokio_rustls::TlsConnector,
+    /// TLS without a client certificate: for the other ports of a node (`nodes/proxy` with
+    /// `https:NAME:PORT`), which must never see the kubelet credential.
+    anonymous: tokio_rustls::TlsConnector,
+}
+
+/// How a request reaches a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeScheme {
+    /// The kubelet API: TLS with the API server's kubelet client certificate.
+    Kubelet,
+    /// Another port of the node over plain HTTP.
+    Http,
+    /// Another port of the node over TLS, without a client certificate and without
+    /// verifying the server's (upstream's proxy transport).
+    Https,
 }
 
 impl std::fmt::Debug for KubeletClient {
@@ -182,10 +209,16 @@ impl KubeletClient {
         let config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyKubeletCertificate(provider)))
+            .with_custom_certificate_verifier(Arc::new(AnyKubeletCertificate(provider.clone())))
             .with_client_auth_cert(chain, key)?;
+        let anonymous = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyKubeletCertificate(provider)))
+            .with_no_client_auth();
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            anonymous: tokio_rustls::TlsConnector::from(Arc::new(anonymous)),
         })
     }
 
@@ -195,33 +228,7 @@ impl KubeletClient {
         host: &str,
         port: u16,
     ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, KubeletRequestError> {
-        let address = join_host_port(host, port);
-        let dial = async {
-            let tcp = tokio::net::TcpStream::connect(&address)
-                .await
-                .map_err(|source| KubeletRequestError::Connect {
-                    address: address.clone(),
-                    source,
-                })?;
-            let name =
-                ServerName::try_from(host.to_owned()).map_err(|e| KubeletRequestError::Tls {
-                    address: address.clone(),
-                    source: std::io::Error::other(e),
-                })?;
-            self.connector
-                .connect(name, tcp)
-                .await
-                .map_err(|source| KubeletRequestError::Tls {
-                    address: address.clone(),
-                    source,
-                })
-        };
-        tokio::time::timeout(KUBELET_TIMEOUT, dial)
-            .await
-            .map_err(|_| KubeletRequestError::Timeout {
-                address: address.clone(),
-                seconds: KUBELET_TIMEOUT.as_secs(),
-            })?
+        dial_tls(&self.connector, host, port).await
     }
 
     /// `GET https://host:port{path_and_query}`; the response's body streams as the kubelet
@@ -232,28 +239,122 @@ impl KubeletClient {
         port: u16,
         path_and_query: &str,
     ) -> Result<Response<Incoming>, KubeletRequestError> {
-        let address = join_host_port(host, port);
-        let tls = self.connect(host, port).await?;
-        let exchange = async {
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    debug!("kubelet connection ended: {err}");
-                }
-            });
-            let request = Request::get(path_and_query)
-                .header(hyper::header::HOST, &address)
-                .body(Full::new(Bytes::new()))?;
-            Ok(sender.send_request(request).await?)
-        };
-        tokio::time::timeout(KUBELET_TIMEOUT, exchange)
-            .await
-            .map_err(|_| KubeletRequestError::Timeout {
-                address: address.clone(),
-                seconds: KUBELET_TIMEOUT.as_secs(),
-            })?
+        let request = Request::get(path_and_query)
+            .header(HOST, join_host_port(host, port))
+            .body(Full::new(Bytes::new()))?;
+        self.send(NodeScheme::Kubelet, host, port, request).await
     }
+
+    /// Sends `request` (its URI the path and query, its `Host` set) to `host:port` over
+    /// `scheme`; the response's body streams as the server writes it. Connecting and the
+    /// response's headers are each bounded by the kubelet timeout.
+    pub async fn send<B>(
+        &self,
+        scheme: NodeScheme,
+        host: &str,
+        port: u16,
+        request: Request<B>,
+    ) -> Result<Response<Incoming>, KubeletRequestError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let address = join_host_port(host, port);
+        match scheme {
+            NodeScheme::Kubelet => {
+                exchange(self.connect(host, port).await?, request, address).await
+            }
+            NodeScheme::Https => {
+                exchange(
+                    dial_tls(&self.anonymous, host, port).await?,
+                    request,
+                    address,
+                )
+                .await
+            }
+            NodeScheme::Http => exchange(dial_tcp(&address).await?, request, address).await,
+        }
+    }
+}
+
+/// A TCP connection to `address`, bounded by the kubelet timeout.
+async fn dial_tcp(address: &str) -> Result<tokio::net::TcpStream, KubeletRequestError> {
+    tokio::time::timeout(KUBELET_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| KubeletRequestError::Timeout {
+            address: address.to_owned(),
+            seconds: KUBELET_TIMEOUT.as_secs(),
+        })?
+        .map_err(|source| KubeletRequestError::Connect {
+            address: address.to_owned(),
+            source,
+        })
+}
+
+/// A TLS connection to `host:port` through `connector`, bounded by the kubelet timeout.
+async fn dial_tls(
+    connector: &tokio_rustls::TlsConnector,
+    host: &str,
+    port: u16,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, KubeletRequestError> {
+    let address = join_host_port(host, port);
+    let dial = async {
+        let tcp = tokio::net::TcpStream::connect(&address)
+            .await
+            .map_err(|source| KubeletRequestError::Connect {
+                address: address.clone(),
+                source,
+            })?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| KubeletRequestError::Tls {
+            address: address.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|source| KubeletRequestError::Tls {
+                address: address.clone(),
+                source,
+            })
+    };
+    tokio::time::timeout(KUBELET_TIMEOUT, dial)
+        .await
+        .map_err(|_| KubeletRequestError::Timeout {
+            address: address.clone(),
+            seconds: KUBELET_TIMEOUT.as_secs(),
+        })?
+}
+
+/// One HTTP/1.1 request on `io` (to `address`); the connection lives while the response's
+/// body is read.
+async fn exchange<IO, B>(
+    io: IO,
+    request: Request<B>,
+    address: String,
+) -> Result<Response<Incoming>, KubeletRequestError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let exchange = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                debug!("kubelet connection ended: {err}");
+            }
+        });
+        Ok(sender.send_request(request).await?)
+    };
+    tokio::time::timeout(KUBELET_TIMEOUT, exchange)
+        .await
+        .map_err(|_| KubeletRequestError::Timeout {
+            address,
+            seconds: KUBELET_TIMEOUT.as_secs(),
+        })?
 }
 
 fn join_host_port(host: &str, port: u16) -> String {
@@ -491,6 +592,57 @@ fn plain(body: Body) -> Response<Body> {
     response
 }
 
+/// Where a Node's kubelet listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeletTarget {
+    /// The Node's name.
+    pub node: String,
+    /// Its preferred address ([`kubelet_address`]).
+    pub host: String,
+    /// The kubelet's port.
+    pub port: u16,
+}
+
+/// The kubelet of Node `node_name`: an error (404 `NotFound`) when there is no such Node,
+/// `None` when the Node has no address to reach its kubelet by (each subresource answers
+/// that its own way).
+pub async fn kubelet_target(
+    rest: &Rest,
+    node_name: &str,
+) -> Result<Option<KubeletTarget>, ApiError> {
+    let nodes = rest
+        .registry
+        .find("", "v1", "nodes")
+        .ok_or_else(|| ApiError::internal("nodes are not served"))?;
+    let node = rest.get(&nodes, None, node_name).await?;
+    Ok(kubelet_address(&node).map(|(host, port)| KubeletTarget {
+        node: node_name.to_owned(),
+        host,
+        port,
+    }))
+}
+
+/// The message for a Node without an address.
+pub fn no_kubelet_address(node_name: &str) -> String {
+    format!("node {node_name:?} has no address to reach its kubelet")
+}
+
+/// The pod `namespace/name` (404 `NotFound` when there is none).
+pub async fn get_pod(rest: &Rest, namespace: &str, name: &str) -> Result<Value, ApiError> {
+    let pods = rest
+        .registry
+        .find("", "v1", "pods")
+        .ok_or_else(|| ApiError::internal("pods are not served"))?;
+    rest.get(&pods, Some(namespace), name).await
+}
+
+/// The Node a pod is bound to; empty while it is not scheduled.
+pub fn pod_node_name(pod: &Value) -> &str {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
 /// GET `pods/NAME/log`: the kubelet's answer, streamed.
 pub async fn pod_log(
     rest: &Rest,
@@ -499,31 +651,17 @@ pub async fn pod_log(
     name: &str,
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
-    let pods = rest
-        .registry
-        .find("", "v1", "pods")
-        .ok_or_else(|| ApiError::internal("pods are not served"))?;
-    let nodes = rest
-        .registry
-        .find("", "v1", "nodes")
-        .ok_or_else(|| ApiError::internal("nodes are not served"))?;
-    let pod = rest.get(&pods, Some(namespace), name).await?;
+    let pod = get_pod(rest, namespace, name).await?;
     let options = PodLogOptions::from_query(query, name)?;
     let container = choose_container(&pod, &options.container)?;
-    let node_name = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let node_name = pod_node_name(&pod);
     if node_name.is_empty() {
         // Not scheduled yet: an empty log, as kube-apiserver answers.
         return Ok(plain(Full::new(Bytes::new()).boxed()));
     }
-    let node = rest.get(&nodes, None, node_name).await?;
-    let (host, port) = kubelet_address(&node).ok_or_else(|| {
-        ApiError::internal(format!(
-            "node {node_name:?} has no address to reach its kubelet"
-        ))
-    })?;
+    let KubeletTarget { host, port, .. } = kubelet_target(rest, node_name)
+        .await?
+        .ok_or_else(|| ApiError::internal(no_kubelet_address(node_name)))?;
     let mut path = format!("/containerLogs/{namespace}/{name}/{container}");
     let kubelet_query = options.kubelet_query();
     if !kubelet_query.is_empty() {
@@ -549,6 +687,253 @@ pub async fn pod_log(
         Some(Ok::<_, Infallible>(Frame::data(data)))
     });
     Ok(plain(BodyExt::boxed(StreamBody::new(frames))))
+}
+
+/// The methods `nodes/proxy` forwards (upstream's node `ProxyREST`).
+pub const NODE_PROXY_METHODS: &[Method] = &[
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+];
+
+/// The name in a `nodes/NAME/proxy` request: `NAME`, `NAME:PORT` or `SCHEME:NAME:PORT`
+/// (upstream's `SplitSchemeNamePort`: the name is not empty, the scheme is `http` or
+/// `https`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeProxyName<'a> {
+    /// `http`, `https` or empty.
+    pub scheme: &'a str,
+    /// The Node.
+    pub node: &'a str,
+    /// The port asked for; empty for the kubelet's.
+    pub port: &'a str,
+}
+
+impl<'a> NodeProxyName<'a> {
+    /// Splits `id`; `None` when it is none of the three forms.
+    pub fn parse(id: &'a str) -> Option<Self> {
+        let parts: Vec<&str> = id.split(':').collect();
+        let (scheme, node, port) = match parts.as_slice() {
+            [node] => ("", *node, ""),
+            [node, port] => ("", *node, *port),
+            [scheme, node, port] => (*scheme, *node, *port),
+            _ => return None,
+        };
+        (!node.is_empty() && matches!(scheme, "" | "http" | "https")).then_some(Self {
+            scheme,
+            node,
+            port,
+        })
+    }
+
+    /// How and at which port the node is reached when its kubelet listens on
+    /// `kubelet_port`: the kubelet when no port is asked for or the kubelet's is (whatever
+    /// the scheme), else the port asked for over the scheme asked for (plain HTTP when
+    /// none). 400 for a port that is not a port number.
+    pub fn destination(&self, kubelet_port: u16) -> Result<(NodeScheme, u16), ApiError> {
+        if self.port.is_empty() {
+            return Ok((NodeScheme::Kubelet, kubelet_port));
+        }
+        let port = self
+            .port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid node request {:?}: {:?} is not a port",
+                    self.to_string(),
+                    self.port
+                ))
+            })?;
+        Ok(match self.scheme {
+            _ if port == kubelet_port => (NodeScheme::Kubelet, port),
+            "https" => (NodeScheme::Https, port),
+            _ => (NodeScheme::Http, port),
+        })
+    }
+}
+
+impl std::fmt::Display for NodeProxyName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.scheme, self.port) {
+            ("", "") => write!(f, "{}", self.node),
+            ("", port) => write!(f, "{}:{port}", self.node),
+            (scheme, port) => write!(f, "{scheme}:{}:{port}", self.node),
+        }
+    }
+}
+
+/// The path sent to the node for the part of a `nodes/NAME/proxy` path after `/proxy`:
+/// lexically cleaned (empty and `.` segments dropped, `..` climbs but not above the root),
+/// absolute, and ending in `/` when the request's did (upstream's
+/// `JoinPreservingTrailingSlash`).
+pub fn node_proxy_path(subpath: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in subpath.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut path = format!("/{}", segments.join("/"));
+    if subpath.ends_with('/') && !path.ends_with('/') {
+        path.push('/');
+    }
+    path
+}
+
+/// Whether the API server proxies to `ip` (upstream's `isProxyableHostname`: only global
+/// unicast addresses; never loopback, link-local, multicast, unspecified or broadcast).
+pub fn proxyable(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_multicast()
+                || v4.is_link_local()
+                || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local())
+        }
+    }
+}
+
+/// 400 unless every address `host` names is [`proxyable`] (a name is resolved, bounded
+/// by the kubelet timeout).
+async fn check_proxyable(host: &str, port: u16) -> Result<(), ApiError> {
+    let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::time::timeout(KUBELET_TIMEOUT, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| ApiError::bad_request(format!("resolving {host:?} timed out")))?
+            .map_err(|err| ApiError::bad_request(format!("resolving {host:?}: {err}")))?
+            .collect(),
+    };
+    if addresses.is_empty() {
+        return Err(ApiError::bad_request("no addresses for hostname"));
+    }
+    if addresses.iter().any(|a| !proxyable(a.ip())) {
+        return Err(ApiError::bad_request("address not allowed"));
+    }
+    Ok(())
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether header `name` of a message with `headers` crosses the proxy: not hop-by-hop
+/// (nor named by `Connection`), and, for requests, not the client's credentials, its
+/// `Host` or what the proxy sets itself.
+fn crosses(name: &HeaderName, headers: &HeaderMap, request: bool) -> bool {
+    let name = name.as_str();
+    let connection_named = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(name));
+    if HOP_BY_HOP.contains(&name) || connection_named {
+        return false;
+    }
+    !request
+        || !(matches!(
+            name,
+            "host" | "authorization" | "cookie" | "content-length" | "expect"
+        ) || name.starts_with("impersonate-"))
+}
+
+/// `nodes/ID/proxy` with `subpath` (what followed `/proxy` in the request's path, as
+/// sent): the request, with its method, query, body and headers (less credentials and
+/// hop-by-hop ones), goes to the node's kubelet — or another port, see [`NodeProxyName`] —
+/// and the answer comes back as it is, its body streamed. 404 for an unknown Node, 503 when
+/// it has no address or cannot be reached, 400 for a malformed ID or an address the server
+/// must not proxy to.
+pub async fn node_proxy<B>(
+    rest: &Rest,
+    kubelet: &KubeletClient,
+    id: &str,
+    subpath: &str,
+    inbound: Request<B>,
+) -> Result<Response<Body>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let method = inbound.method().clone();
+    if !NODE_PROXY_METHODS.contains(&method) {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource: {method}"
+        )));
+    }
+    let name = NodeProxyName::parse(id)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid node request {id:?}")))?;
+    let target = kubelet_target(rest, name.node)
+        .await?
+        .ok_or_else(|| ApiError::unavailable(no_kubelet_address(name.node)))?;
+    let (scheme, port) = name.destination(target.port)?;
+    check_proxyable(&target.host, port).await?;
+    let mut path = node_proxy_path(subpath);
+    if let Some(query) = inbound.uri().query() {
+        path = format!("{path}?{query}");
+    }
+    let address = join_host_port(&target.host, port);
+    let (parts, body) = inbound.into_parts();
+    let mut request = Request::builder().method(method).uri(&path);
+    for (header, value) in &parts.headers {
+        if crosses(header, &parts.headers, true) {
+            request = request.header(header, value);
+        }
+    }
+    let request = request
+        .header(HOST, &address)
+        .body(body)
+        .map_err(|err| ApiError::bad_request(format!("invalid proxy request: {err}")))?;
+    let response = kubelet
+        .send(scheme, &target.host, port, request)
+        .await
+        .map_err(|err| ApiError::unavailable(format!("error trying to reach service: {err}")))?;
+    let (parts, body) = response.into_parts();
+    let frames = BodyStream::new(body)
+        .take_while(|frame| {
+            if let Err(err) = frame {
+                debug!("reading a proxied node response: {err}");
+            }
+            futures::future::ready(frame.is_ok())
+        })
+        .filter_map(|frame| async move {
+            let data = frame.ok()?.into_data().ok()?;
+            Some(Ok::<_, Infallible>(Frame::data(data)))
+        });
+    let mut answer = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    *answer.status_mut() = parts.status;
+    for (header, value) in &parts.headers {
+        if crosses(header, &parts.headers, false) {
+            answer.headers_mut().append(header.clone(), value.clone());
+        }
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]
@@ -648,6 +1033,198 @@ mod tests {
             (&json!("PodExecOptions"), &json!(["create", "get"]))
         );
         assert_eq!(find("pods/attach")["kind"], "PodAttachOptions");
+    }
+
+    #[test]
+    fn node_proxy_names_split_as_upstream() {
+        let parsed = |id| NodeProxyName::parse(id).map(|n| (n.scheme, n.node, n.port));
+        assert_eq!(parsed("n1"), Some(("", "n1", "")));
+        assert_eq!(parsed("n1:10255"), Some(("", "n1", "10255")));
+        assert_eq!(parsed("https:n1:443"), Some(("https", "n1", "443")));
+        assert_eq!(parsed("http:n1:"), Some(("http", "n1", "")));
+        assert_eq!(parsed("ftp:n1:21"), None);
+        assert_eq!(parsed(":10250"), None);
+        assert_eq!(parsed("a:b:c:d"), None);
+        assert_eq!(
+            NodeProxyName::parse("https:n1:443").map(|n| n.to_string()),
+            Some("https:n1:443".to_owned())
+        );
+    }
+
+    #[test]
+    fn node_proxy_goes_to_the_kubelet_unless_another_port_is_named() {
+        let destination = |id: &str| {
+            NodeProxyName::parse(id)
+                .ok_or_else(|| ApiError::bad_request(id))
+                .and_then(|n| n.destination(10250))
+                .map_err(|e| e.code)
+        };
+        assert_eq!(destination("n1"), Ok((NodeScheme::Kubelet, 10250)));
+        // The kubelet's own port is the kubelet, whatever the scheme.
+        assert_eq!(destination("n1:10250"), Ok((NodeScheme::Kubelet, 10250)));
+        assert_eq!(
+            destination("http:n1:10250"),
+            Ok((NodeScheme::Kubelet, 10250))
+        );
+        assert_eq!(destination("n1:8080"), Ok((NodeScheme::Http, 8080)));
+        assert_eq!(destination("http:n1:8080"), Ok((NodeScheme::Http, 8080)));
+        assert_eq!(destination("https:n1:8443"), Ok((NodeScheme::Https, 8443)));
+        assert_eq!(destination("n1:web"), Err(400));
+        assert_eq!(destination("n1:0"), Err(400));
+        assert_eq!(destination("n1:70000"), Err(400));
+    }
+
+    #[test]
+    fn node_proxy_paths_are_cleaned_and_keep_a_trailing_slash() {
+        assert_eq!(node_proxy_path(""), "/");
+        assert_eq!(node_proxy_path("/"), "/");
+        assert_eq!(node_proxy_path("/stats/summary"), "/stats/summary");
+        assert_eq!(node_proxy_path("/logs/"), "/logs/");
+        assert_eq!(node_proxy_path("//stats/./summary"), "/stats/summary");
+        assert_eq!(node_proxy_path("/a/../../metrics"), "/metrics");
+        assert_eq!(node_proxy_path("/a/b/.."), "/a");
+        assert_eq!(node_proxy_path("/a/%2e%2e/b"), "/a/%2e%2e/b");
+    }
+
+    #[test]
+    fn only_global_unicast_addresses_are_proxied() {
+        let ok = |s: &str| s.parse::<IpAddr>().map(proxyable).unwrap_or(false);
+        assert!(ok("172.30.0.11"));
+        assert!(ok("10.0.0.1"));
+        assert!(ok("fd00::11"));
+        assert!(ok("2001:db8::1"));
+        for refused in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "169.254.169.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!ok(refused), "{refused} is proxied");
+        }
+    }
+
+    #[test]
+    fn proxies_drop_hop_by_hop_headers_and_the_clients_credentials() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("accept", "application/json"),
+            ("authorization", "Bearer secret"),
+            ("impersonate-user", "someone"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/plain"),
+            ("content-length", "3"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let kept = |request| -> Vec<&str> {
+            headers
+                .keys()
+                .filter(|name| crosses(name, &headers, request))
+                .map(HeaderName::as_str)
+                .collect()
+        };
+        assert_eq!(kept(true), ["accept", "content-type"]);
+        assert_eq!(
+            kept(false),
+            [
+                "accept",
+                "authorization",
+                "impersonate-user",
+                "content-type",
+                "content-length"
+            ]
+        );
+    }
+
+    #[test]
+    fn nodes_proxy_is_discoverable_with_upstreams_verbs() {
+        let registry = super::super::resources::Registry::new();
+        let legacy =
+            super::super::discovery::resource_list(&registry, "", "v1").unwrap_or_default();
+        let proxy = legacy["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == "nodes/proxy"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            (&proxy["kind"], &proxy["namespaced"], &proxy["verbs"]),
+            (
+                &json!("NodeProxyOptions"),
+                &json!(false),
+                &json!(["create", "delete", "get", "patch", "update"])
+            )
+        );
+    }
+
+    /// `nodes/ID/proxy/metrics` against a REST layer holding Nodes `bare` (no address) and
+    /// `local` (a loopback address): the error codes, or 200.
+    async fn node_proxy_codes(requests: &[(Method, &str)]) -> anyhow::Result<Vec<u16>> {
+        use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+        let dir = tempfile::tempdir()?;
+        let store = EmbeddedStore::open(&dir.path().join("db"), EmbeddedOptions::default())?;
+        let rest = Rest {
+            store,
+            registry: Arc::new(super::super::resources::Registry::new()),
+            services: super::super::services::ServiceNetwork::parse("10.43.0.0/16")
+                .ok_or_else(|| anyhow::anyhow!("a service network"))?,
+        };
+        let nodes = rest
+            .registry
+            .find("", "v1", "nodes")
+            .ok_or_else(|| anyhow::anyhow!("nodes are served"))?;
+        let none = Query::default();
+        for name in ["bare", "local"] {
+            let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+            rest.create(&nodes, None, node, &none)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        }
+        let status = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "local"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}});
+        rest.update_status(&nodes, None, "local", status, &none)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let ca = crate::pki::ClusterCa::load_or_create(&dir.path().join("tls"))?;
+        let identity = ca.client_pair("kubelet-client", KUBELET_CLIENT_USER, &[])?;
+        let kubelet = KubeletClient::new(&identity)?;
+        let mut codes = Vec::new();
+        for (method, id) in requests {
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(format!("/api/v1/nodes/{id}/proxy/metrics?x=1"))
+                .body(http_body_util::Empty::<Bytes>::new())?;
+            let answer = node_proxy(&rest, &kubelet, id, "/metrics", request).await;
+            codes.push(answer.map_or_else(|e| e.code, |r| r.status().as_u16()));
+        }
+        Ok(codes)
+    }
+
+    #[tokio::test]
+    async fn node_proxy_answers_unknown_unreachable_and_refused_nodes() -> anyhow::Result<()> {
+        let codes = node_proxy_codes(&[
+            (Method::GET, "nosuch"),
+            (Method::GET, "bare"),
+            (Method::GET, "local"),
+            (Method::GET, "ftp:bare:21"),
+            (Method::GET, "local:web"),
+            (Method::CONNECT, "bare"),
+        ])
+        .await?;
+        // Unknown node; no address; loopback is never proxied to; a scheme and a port that
+        // are none; a method the proxy does not forward.
+        assert_eq!(codes, [404, 503, 400, 400, 400, 405]);
+        Ok(())
     }
 
     #[test]

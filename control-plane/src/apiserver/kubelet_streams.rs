@@ -13,11 +13,13 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Limited};
 use hyper::{body::Incoming, header::HOST, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
 use tracing::debug;
 
 use super::{
-    kubelet_proxy::{choose_container, kubelet_address, kubelet_failure, KubeletClient},
+    kubelet_proxy::{
+        choose_container, get_pod, kubelet_failure, kubelet_target, no_kubelet_address,
+        pod_node_name, KubeletClient, KubeletTarget,
+    },
     rest::Rest,
     status::ApiError,
 };
@@ -47,15 +49,7 @@ pub async fn pod_stream(
     kind: &str,
     mut inbound: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let pods = rest
-        .registry
-        .find("", "v1", "pods")
-        .ok_or_else(|| ApiError::internal("pods are not served"))?;
-    let nodes = rest
-        .registry
-        .find("", "v1", "nodes")
-        .ok_or_else(|| ApiError::internal("nodes are not served"))?;
-    let pod = rest.get(&pods, Some(namespace), name).await?;
+    let pod = get_pod(rest, namespace, name).await?;
     let raw_query = inbound.uri().query().unwrap_or_default().to_owned();
     let asked = form_urlencoded::parse(raw_query.as_bytes())
         .find(|(k, _)| k == "container")
@@ -67,21 +61,15 @@ pub async fn pod_stream(
     } else {
         choose_container(&pod, &asked)?
     };
-    let node_name = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let node_name = pod_node_name(&pod);
     if node_name.is_empty() {
         return Err(ApiError::bad_request(format!(
             "pod {name} does not have a host assigned"
         )));
     }
-    let node = rest.get(&nodes, None, node_name).await?;
-    let (host, port) = kubelet_address(&node).ok_or_else(|| {
-        ApiError::internal(format!(
-            "node {node_name:?} has no address to reach its kubelet"
-        ))
-    })?;
+    let KubeletTarget { host, port, .. } = kubelet_target(rest, node_name)
+        .await?
+        .ok_or_else(|| ApiError::internal(no_kubelet_address(node_name)))?;
     let path = if forward {
         format!("/portForward/{namespace}/{name}?{raw_query}")
     } else {

@@ -6,7 +6,7 @@
 //! request bodies into the JSON the rest reads), [`serviceaccount_token`] service-account
 //! tokens (issued by the `token` subresource, accepted as bearer tokens; [`jwt`] signs and
 //! verifies them), [`kubelet_proxy`] and [`kubelet_streams`] the subresources kubelets answer
-//! (`pods/log`, `pods/exec`, `pods/attach`), [`rest`]
+//! (`pods/log`, `pods/exec`, `pods/attach`, `pods/portforward`, `nodes/proxy`), [`rest`]
 //! the verbs, [`watch`] watch
 //! streams, [`resources`] the table of served resources, [`discovery`] and [`table`] the
 //! documents kubectl reads, [`objects`] metadata rules, [`namespaces`] namespace lifecycle,

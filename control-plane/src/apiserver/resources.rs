@@ -56,7 +56,8 @@ pub struct ResourceDef {
     pub has_spec: bool,
     /// Whether the object names must be DNS labels (63 chars) rather than subdomains.
     pub label_names: bool,
-    /// Subresources served (`status`, `scale`, `binding`, `eviction`, `token`).
+    /// Subresources served (`status`, `scale`, `binding`, `eviction`, `token`, the kubelet's
+    /// `log`, `exec`, `attach`, `portforward` and `proxy`).
     pub subresources: &'static [&'static str],
     /// How objects are checked.
     pub check: Check,
@@ -179,6 +180,7 @@ const POD_SUBRESOURCES: &[&str] = &[
     "portforward",
 ];
 const SERVICE_ACCOUNT_SUBRESOURCES: &[&str] = &["token"];
+const NODE_SUBRESOURCES: &[&str] = &["status", "proxy"];
 const ALL: &[&str] = &["all"];
 
 /// The built-in resources served today.
@@ -224,7 +226,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             labels: false, sub: NONE, core::Endpoints),
         resource!("", "v1", "Node", "nodes", "node", namespaced: false,
             short: &["no"], categories: NONE, storage: "minions", spec: false,
-            labels: false, sub: STATUS, core::Node),
+            labels: false, sub: NODE_SUBRESOURCES, core::Node),
         resource!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", namespaced: false,
             short: &["pv"], categories: NONE, storage: "persistentvolumes", spec: false,
             labels: false, sub: STATUS, core::PersistentVolume),

@@ -54,7 +54,7 @@ pub struct ServerState {
     /// Issues the `serviceaccounts/NAME/token` subresource's tokens and authenticates bearer
     /// tokens.
     pub tokens: super::serviceaccount_token::ServiceAccountTokens,
-    /// Asks kubelets for what they serve (`pods/log`).
+    /// Asks kubelets for what they serve (`pods/log`, `pods/exec`, `nodes/proxy`, ...).
     pub kubelet: super::kubelet_proxy::KubeletClient,
 }
 
@@ -151,6 +151,8 @@ struct Target {
     resource: String,
     name: Option<String>,
     subresource: Option<String>,
+    /// How many path segments follow a `proxy` subresource (`nodes/NAME/proxy/a/b`: 2).
+    proxy_tail: usize,
 }
 
 /// Parses `/api/v1/...` or `/apis/G/V/...` after the group version.
@@ -188,9 +190,37 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
             target.name = Some((*name).to_owned());
             target.subresource = Some((*sub).to_owned());
         }
+        // A proxy subresource takes the rest of the path (`nodes/NAME/proxy/stats/summary`).
+        [resource, name, "proxy", tail @ ..] => {
+            target.resource = (*resource).to_owned();
+            target.name = Some((*name).to_owned());
+            target.subresource = Some("proxy".to_owned());
+            target.proxy_tail = tail.len();
+        }
         _ => return None,
     }
     Some(target)
+}
+
+/// What follows the first `skip` non-empty segments of the raw request `path`, as sent
+/// (empty segments and a trailing `/` kept): the path a proxy subresource forwards.
+fn after_segments(path: &str, skip: usize) -> &str {
+    if skip == 0 {
+        return path;
+    }
+    let mut offset = 0;
+    let mut seen = 0;
+    for segment in path.split('/') {
+        let end = offset + segment.len();
+        if !segment.is_empty() {
+            seen += 1;
+            if seen == skip {
+                return &path[end..];
+            }
+        }
+        offset = end + 1;
+    }
+    ""
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
@@ -464,6 +494,22 @@ async fn resource(
         let Some(name) = target.name.clone() else {
             return error(&ApiError::no_route(path));
         };
+        if sub == "proxy" {
+            if !def.namespaced && target.namespace.is_some() {
+                return error(&ApiError::no_route(path));
+            }
+            let segments = path.split('/').filter(|s| !s.is_empty()).count();
+            let subpath = after_segments(path, segments.saturating_sub(target.proxy_tail));
+            return super::kubelet_proxy::node_proxy(
+                &state.rest,
+                &state.kubelet,
+                &name,
+                subpath,
+                req,
+            )
+            .await
+            .unwrap_or_else(|err| error(&err));
+        }
         return subresource(state, &def, namespace.as_deref(), &name, sub, query, req).await;
     }
     let wants_table = table::wants_table(accept);
@@ -609,7 +655,8 @@ async fn resource(
 }
 
 /// Requests on `/status`, `/scale`, `/binding`, `/eviction`, `/token`, `/log`, `/exec`,
-/// `/attach` and `/portforward`.
+/// `/attach` and `/portforward` (`/proxy` is answered by [`resource`], which has the raw
+/// path).
 async fn subresource(
     state: &ServerState,
     def: &super::resources::ResourceDef,
@@ -856,6 +903,43 @@ mod tests {
             Some(("namespaces".to_owned(), Some("status".to_owned())))
         );
         assert!(parse_target("", "v1", &["a", "b", "c", "d"]).is_none());
+    }
+
+    #[test]
+    fn the_proxy_subresource_forwards_the_rest_of_the_path() {
+        let segments = ["nodes", "n1", "proxy", "stats", "summary"];
+        let proxy = parse_target("", "v1", &segments)
+            .map(|t| (t.resource, t.name, t.subresource, t.proxy_tail));
+        assert_eq!(
+            proxy,
+            Some((
+                "nodes".to_owned(),
+                Some("n1".to_owned()),
+                Some("proxy".to_owned()),
+                2
+            ))
+        );
+        let bare = parse_target("", "v1", &["nodes", "https:n1:10250", "proxy"])
+            .map(|t| (t.name, t.subresource, t.proxy_tail));
+        assert_eq!(
+            bare,
+            Some((
+                Some("https:n1:10250".to_owned()),
+                Some("proxy".to_owned()),
+                0
+            ))
+        );
+        // Another subresource with a longer path is no route.
+        assert!(parse_target("", "v1", &["nodes", "n1", "status", "x"]).is_none());
+        // The raw path after `/proxy`: the first 5 segments skipped, the rest as sent.
+        let path = "/api/v1/nodes/n1/proxy/stats//summary/";
+        assert_eq!(after_segments(path, 5), "/stats//summary/");
+        assert_eq!(after_segments("/api/v1/nodes/n1/proxy", 5), "");
+        assert_eq!(after_segments("/api/v1/nodes/n1/proxy/", 5), "/");
+        assert_eq!(
+            after_segments("/api/v1//nodes/n1/proxy/metrics", 5),
+            "/metrics"
+        );
     }
 
     #[test]
