@@ -777,3 +777,53 @@ async fn pods_for_another_scheduler_are_left_alone() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn replicas_spread_by_hostname_under_the_system_defaults() -> Result<()> {
+    // Nodes so large that the replicas' requests leave every resource score equal, and no
+    // zone labels: only the default hostname constraint tells the nodes apart.
+    let (_server, client, pods) = setup(vec![
+        node("h1", "64", 256, 110, json!({}), json!([])),
+        node("h2", "64", 256, 110, json!({}), json!([])),
+        node("h3", "64", 256, 110, json!({}), json!([])),
+    ])
+    .await?;
+    let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+        Api::namespaced(client.clone(), "default");
+    let set = serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 6,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "main", "image": "corten/busybox:1",
+                    "resources": {"requests": {"cpu": "10m", "memory": "10Mi"}}}]},
+            },
+        },
+    }))?;
+    sets.create(&PostParams::default(), &set).await?;
+    let per_node = eventually(WAIT, "6 replicas to be scheduled", || async {
+        let list = pods.list(&Default::default()).await?;
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        for pod in &list.items {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            if labels.get("app").map(String::as_str) != Some("web") {
+                continue;
+            }
+            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                *per_node.entry(node).or_insert(0) += 1;
+            }
+        }
+        Ok((per_node.values().sum::<usize>() == 6).then_some(per_node))
+    })
+    .await?;
+    // Random tie-breaking alone would give 2/2/2 one time in eight.
+    ensure!(
+        per_node.values().all(|n| *n == 2) && per_node.len() == 3,
+        "{per_node:?}"
+    );
+    Ok(())
+}

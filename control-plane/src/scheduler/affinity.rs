@@ -1,19 +1,22 @@
 //! The filters and scores that look at other pods: inter-pod affinity and anti-affinity
-//! (`InterPodAffinity`) and topology spread constraints (`PodTopologySpread`). Both need
-//! counts over the whole cluster, so they are computed once per scheduling attempt into a
-//! [`Context`] (upstream's PreFilter / PreScore state) and then checked per node cheaply.
+//! (`InterPodAffinity`), and topology spread constraints (`PodTopologySpread`, whose counts
+//! [`spread`](super::spread) keeps). Both need counts over the whole cluster, so a
+//! scheduling attempt gathers them once into a [`Context`] (upstream's PreFilter / PreScore
+//! state) and then checks each node cheaply.
 //!
-//! Owns those counts and their per-node verdicts; it must not look at resources or taints.
+//! Owns the inter-pod affinity counts and both per-node verdicts; it must not look at
+//! resources or taints.
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::{
-    api::core::v1::{Pod, PodAffinityTerm, TopologySpreadConstraint},
+    api::core::v1::{Pod, PodAffinityTerm},
     apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 
 use super::{
     cache::{Cache, NodeInfo, PodInfo},
-    filters::{self, Reason},
+    filters::Reason,
+    spread::{FilterState, PodSpread, ScoreState},
 };
 
 /// Labels of every namespace, for `namespaceSelector`.
@@ -129,18 +132,10 @@ impl DomainCounts {
     }
 }
 
-/// One topology spread constraint with its per-domain counts.
-#[derive(Debug)]
-struct Spread {
-    constraint: TopologySpreadConstraint,
-    counts: HashMap<String, i64>,
-    /// Whether the incoming pod matches its own selector (it counts once placed).
-    self_match: i64,
-}
-
-/// Everything the pod-aware filters and scores need for one pod.
+/// Everything the pod-aware filters and scores need for one pod; it borrows the cache's
+/// spread counts and the pod's resolved constraints.
 #[derive(Debug, Default)]
-pub struct Context {
+pub struct Context<'a> {
     required_affinity: Vec<Term>,
     affinity_counts: Vec<HashMap<String, i64>>,
     /// Whether some pod anywhere matches all required affinity terms.
@@ -152,8 +147,8 @@ pub struct Context {
     existing_anti: DomainCounts,
     /// Preferred (anti-)affinity weights per domain, both directions.
     preferred: DomainCounts,
-    spread_filter: Vec<Spread>,
-    spread_score: Vec<Spread>,
+    spread_filter: Option<FilterState<'a>>,
+    spread_score: Option<ScoreState<'a>>,
 }
 
 fn required_terms(pod: &Pod, namespaces: &NamespaceLabels) -> (Vec<Term>, Vec<Term>) {
@@ -230,62 +225,46 @@ pub fn has_pod_affinity(pod: &Pod) -> bool {
         .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
 }
 
-impl Context {
-    /// Computes the counts for `pod` over the cluster in `cache`.
-    pub fn new(pod: &PodInfo, cache: &Cache, namespaces: &NamespaceLabels) -> Self {
-        let mut context = Self::default();
+impl<'a> Context<'a> {
+    /// Computes the counts for `pod` over the cluster in `cache`; `spread` holds the pod's
+    /// topology spread constraints, whose counts the cache keeps when they were prepared
+    /// ([`Cache::prepare_spread`]) and are counted here otherwise.
+    pub fn new(
+        pod: &PodInfo,
+        cache: &'a Cache,
+        namespaces: &NamespaceLabels,
+        spread: &'a PodSpread,
+    ) -> Self {
+        let mut context = Self {
+            spread_filter: spread.hard.as_ref().map(|set| {
+                FilterState::new(&pod.pod, set, cache.spread_domains(set), cache.nodes())
+            }),
+            spread_score: spread
+                .soft
+                .as_ref()
+                .map(|set| ScoreState::new(set, cache.spread_domains(set), cache.nodes())),
+            ..Self::default()
+        };
         let (affinity, anti) = required_terms(&pod.pod, namespaces);
         let preferred = preferred_terms(&pod.pod, namespaces);
-        let (spread_filter, spread_score) = spread_constraints(&pod.pod);
         context.self_matches_affinity =
             !affinity.is_empty() && affinity.iter().all(|t| t.matches(&pod.pod));
         context.affinity_counts = vec![HashMap::new(); affinity.len()];
         context.anti_counts = vec![HashMap::new(); anti.len()];
-        let namespace = pod.pod.metadata.namespace.as_deref().unwrap_or_default();
-        let mut spreads: Vec<Spread> =
-            spread_filter
-                .into_iter()
-                .chain(spread_score.iter().cloned())
-                .map(|constraint| {
-                    let self_match =
-                        i64::from(constraint.label_selector.as_ref().is_some_and(|s| {
-                            selector_matches(s, pod.pod.metadata.labels.as_ref())
-                        }));
-                    Spread {
-                        constraint,
-                        counts: HashMap::new(),
-                        self_match,
-                    }
-                })
-                .collect();
-        let any_pod_work = !affinity.is_empty()
-            || !anti.is_empty()
-            || !preferred.is_empty()
-            || !spreads.is_empty();
-        if !any_pod_work && cache.pods_with_affinity() == 0 {
+        let own_terms = !affinity.is_empty() || !anti.is_empty() || !preferred.is_empty();
+        if !own_terms && cache.pods_with_affinity() == 0 {
             // Nothing to count: no terms of its own, and no placed pod has terms about others.
             return context;
         }
         let mut affinity_anywhere = false;
         for node in cache.nodes() {
-            // Topology spread counts only nodes the pod could go to by affinity/selector.
-            let eligible = !spreads.is_empty() && filters::node_affinity(&pod.pod, node).is_ok();
-            if eligible {
-                for spread in &mut spreads {
-                    if let Some(value) = node_label(node, &spread.constraint.topology_key) {
-                        if !spread.counts.contains_key(value) {
-                            spread.counts.insert(value.to_owned(), 0);
-                        }
-                    }
-                }
-            }
-            if !any_pod_work && node.pods_with_affinity == 0 {
+            if !own_terms && node.pods_with_affinity == 0 {
                 continue;
             }
             // The pod being scheduled is pending, so it is on no node: no self-check needed.
             for other in node.pods.values() {
                 let other_pod = &other.pod;
-                if any_pod_work {
+                if own_terms {
                     if !affinity.is_empty() && affinity.iter().all(|t| t.matches(other_pod)) {
                         affinity_anywhere = true;
                     }
@@ -311,29 +290,6 @@ impl Context {
                                 context
                                     .preferred
                                     .add(&term.topology_key, value, term.weight);
-                            }
-                        }
-                    }
-                    if eligible {
-                        for spread in &mut spreads {
-                            let same_ns =
-                                other_pod.metadata.namespace.as_deref() == Some(namespace);
-                            let selected =
-                                spread.constraint.label_selector.as_ref().is_some_and(|s| {
-                                    selector_matches(s, other_pod.metadata.labels.as_ref())
-                                });
-                            let terminating = other_pod.metadata.deletion_timestamp.is_some();
-                            if same_ns && selected && !terminating {
-                                if let Some(value) =
-                                    node_label(node, &spread.constraint.topology_key)
-                                {
-                                    match spread.counts.get_mut(value) {
-                                        Some(count) => *count += 1,
-                                        None => {
-                                            spread.counts.insert(value.to_owned(), 1);
-                                        }
-                                    }
-                                }
                             }
                         }
                     }
@@ -363,15 +319,15 @@ impl Context {
         context.affinity_anywhere = affinity_anywhere;
         context.required_affinity = affinity;
         context.required_anti = anti;
-        let filter_count = spreads.len() - spread_score.len();
-        let score_spreads = spreads.split_off(filter_count);
-        context.spread_filter = spreads;
-        context.spread_score = score_spreads;
         context
     }
 
     /// `InterPodAffinity` and `PodTopologySpread` filters for one node.
     pub fn filter(&self, _pod: &PodInfo, node: &NodeInfo) -> Result<(), Reason> {
+        // Upstream's plugin order: PodTopologySpread before InterPodAffinity.
+        if let Some(spread) = &self.spread_filter {
+            spread.check(node)?;
+        }
         if self.existing_anti.on(node) > 0 {
             return Err(Reason(
                 "node(s) didn't satisfy existing pods anti-affinity rules".to_owned(),
@@ -399,27 +355,6 @@ impl Context {
                 }
             }
         }
-        for spread in &self.spread_filter {
-            let Some(value) = node_label(node, &spread.constraint.topology_key) else {
-                return Err(Reason(
-                    "node(s) didn't match pod topology spread constraints (missing required label)"
-                        .to_owned(),
-                ));
-            };
-            let min_domains = spread.constraint.min_domains.unwrap_or(1).max(1) as usize;
-            let global_min = if spread.counts.len() < min_domains {
-                0
-            } else {
-                spread.counts.values().copied().min().unwrap_or(0)
-            };
-            let here = spread.counts.get(value).copied().unwrap_or(0);
-            let skew = here + spread.self_match - global_min;
-            if skew > i64::from(spread.constraint.max_skew) {
-                return Err(Reason(
-                    "node(s) didn't match pod topology spread constraints".to_owned(),
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -428,55 +363,14 @@ impl Context {
         self.preferred.on(node)
     }
 
-    /// The raw topology spread score of a node: matching pods in its domains, weighted by
-    /// how many domains each constraint has (lower is better; `None` when the node lacks a
-    /// constraint's key).
-    pub fn spread_score(&self, node: &NodeInfo) -> Option<f64> {
-        let mut total = 0.0;
-        for spread in &self.spread_score {
-            let value = node_label(node, &spread.constraint.topology_key)?;
-            let weight = ((spread.counts.len() + 2) as f64).ln();
-            let count = spread.counts.get(value).copied().unwrap_or(0) as f64;
-            total += (count + f64::from(spread.constraint.max_skew - 1)) * weight;
-        }
-        Some(total)
-    }
-
-    /// Whether any spread constraint scores nodes.
-    pub fn scores_spread(&self) -> bool {
-        !self.spread_score.is_empty()
+    /// Normalized topology spread scores of the feasible nodes, in their order; `None`
+    /// when no constraint scores (upstream's PreScore skip).
+    pub fn spread_scores(&self, nodes: &[&NodeInfo]) -> Option<Vec<i64>> {
+        self.spread_score.as_ref().map(|s| s.scores(nodes))
     }
 
     /// Whether preferred pod affinity scores nodes.
     pub fn scores_affinity(&self) -> bool {
         !self.preferred.is_empty()
     }
-}
-
-/// The pod's constraints, split into hard (DoNotSchedule) and soft (ScheduleAnyway).
-fn spread_constraints(pod: &Pod) -> (Vec<TopologySpreadConstraint>, Vec<TopologySpreadConstraint>) {
-    let all = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.topology_spread_constraints.clone())
-        .unwrap_or_default();
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let all: Vec<TopologySpreadConstraint> = all
-        .into_iter()
-        .map(|mut c| {
-            // matchLabelKeys: the pod's values for those keys join the selector.
-            for key in c.match_label_keys.clone().into_iter().flatten() {
-                if let Some(value) = labels.get(&key) {
-                    let selector = c.label_selector.get_or_insert_with(LabelSelector::default);
-                    selector
-                        .match_labels
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert(key, value.clone());
-                }
-            }
-            c
-        })
-        .collect();
-    all.into_iter()
-        .partition(|c| c.when_unsatisfiable == "DoNotSchedule")
 }

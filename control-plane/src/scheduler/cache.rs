@@ -3,6 +3,9 @@
 //! are those the scheduler chose a node for whose binding is still in flight, so the next
 //! pod already sees their requests (kube-scheduler's assume/forget).
 //!
+//! It also keeps the topology spread counts of recent constraint sets up to date
+//! ([`SpreadIndex`]): every pod and node change below is told to it.
+//!
 //! Owns that bookkeeping; it is fed by informer events and by the scheduling loop alone
 //! (one task), so it needs no locks. It must not decide placement.
 use std::{
@@ -12,7 +15,11 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use super::resources::{allocatable, pod_requests, Resources};
+use super::{
+    affinity::has_pod_affinity,
+    resources::{allocatable, pod_requests, Resources},
+    spread::{ConstraintSet, Domains, SpreadIndex},
+};
 
 /// CPU counted for a container without a CPU request, for scoring only (upstream's 100m).
 pub const DEFAULT_MILLI_CPU: i64 = 100;
@@ -157,7 +164,7 @@ impl NodeInfo {
 
     /// Counts a pod on this node.
     pub fn add_pod(&mut self, info: PodInfo) {
-        if super::affinity::has_pod_affinity(&info.pod) {
+        if has_pod_affinity(&info.pod) {
             self.pods_with_affinity += 1;
         }
         self.requested.add(&info.requests);
@@ -172,7 +179,7 @@ impl NodeInfo {
     }
 
     fn forget_usage(&mut self, info: &PodInfo) {
-        if super::affinity::has_pod_affinity(&info.pod) {
+        if has_pod_affinity(&info.pod) {
             self.pods_with_affinity = self.pods_with_affinity.saturating_sub(1);
         }
         self.requested.sub(&info.requests);
@@ -232,6 +239,17 @@ pub struct Cache {
     image_nodes: HashMap<String, usize>,
     /// Nodes with a Node object.
     node_total: usize,
+    /// Placed pods with pod (anti-)affinity terms of their own.
+    pods_with_affinity: usize,
+    /// Topology spread counts of recently used constraint sets.
+    spread: SpreadIndex,
+}
+
+/// Whether a node change may move topology spread counts: its labels (domains, node
+/// affinity) or taints (`nodeTaintsPolicy`).
+fn topology_changed(old: &Node, new: &Node) -> bool {
+    let taints = |n: &Node| n.spec.as_ref().and_then(|s| s.taints.clone());
+    old.metadata.labels != new.metadata.labels || taints(old) != taints(new)
 }
 
 impl Cache {
@@ -242,10 +260,20 @@ impl Cache {
         for image in info.images.keys() {
             forget_image(&mut self.image_nodes, image);
         }
-        if info.node.is_none() {
-            self.node_total += 1;
+        let recount = match info.node.as_deref() {
+            None => {
+                self.node_total += 1;
+                true
+            }
+            Some(old) => topology_changed(old, &node),
+        };
+        if recount && info.node.is_some() {
+            self.spread.node_removed(info);
         }
         info.set_node(node);
+        if recount {
+            self.spread.node_added(info);
+        }
         for image in info.images.keys() {
             *self.image_nodes.entry(image.clone()).or_insert(0) += 1;
         }
@@ -273,6 +301,9 @@ impl Cache {
                 forget_image(&mut self.image_nodes, image);
             }
             info.images.clear();
+            if info.node.is_some() {
+                self.spread.node_removed(info);
+            }
             if info.node.take().is_some() {
                 self.node_total -= 1;
             }
@@ -299,7 +330,17 @@ impl Cache {
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
         self.pod_nodes.insert(key, node.clone());
-        self.nodes.entry(node).or_default().add_pod(info);
+        self.place(info, node);
+    }
+
+    /// Counts a pod on its node, in the node and in the cluster-wide tallies.
+    fn place(&mut self, info: PodInfo, node: String) {
+        if has_pod_affinity(&info.pod) {
+            self.pods_with_affinity += 1;
+        }
+        let node = self.nodes.entry(node).or_default();
+        self.spread.pod_added(node, &info.pod);
+        node.add_pod(info);
     }
 
     /// Forgets a pod (deleted, or its assumption failed).
@@ -307,6 +348,12 @@ impl Cache {
         self.assumed.remove(key);
         if let Some(node) = self.pod_nodes.remove(key) {
             if let Some(info) = self.nodes.get_mut(&node) {
+                if let Some(pod) = info.pods.get(key) {
+                    if has_pod_affinity(&pod.pod) {
+                        self.pods_with_affinity = self.pods_with_affinity.saturating_sub(1);
+                    }
+                    self.spread.pod_removed(info, &pod.pod);
+                }
                 info.remove_pod(key);
                 if info.node.is_none() && info.pods.is_empty() {
                     self.nodes.remove(&node);
@@ -321,7 +368,7 @@ impl Cache {
         self.remove_pod(&key);
         self.pod_nodes.insert(key.clone(), node.to_owned());
         self.assumed.insert(key);
-        self.nodes.entry(node.to_owned()).or_default().add_pod(info);
+        self.place(info, node.to_owned());
     }
 
     /// Whether the pod is assumed (binding in flight) or bound.
@@ -341,7 +388,19 @@ impl Cache {
 
     /// How many placed pods have pod (anti-)affinity terms.
     pub fn pods_with_affinity(&self) -> usize {
-        self.nodes.values().map(|n| n.pods_with_affinity).sum()
+        self.pods_with_affinity
+    }
+
+    /// Makes sure the spread counts of a constraint set are kept, counting the cluster
+    /// once for a set not seen recently.
+    pub fn prepare_spread(&mut self, set: &ConstraintSet) {
+        let nodes = self.nodes.values().filter(|n| n.node.is_some());
+        self.spread.prepare(set, nodes);
+    }
+
+    /// The kept spread counts of a constraint set (see [`Cache::prepare_spread`]).
+    pub fn spread_domains(&self, set: &ConstraintSet) -> Option<&[Domains]> {
+        self.spread.get(set)
     }
 
     /// How many nodes exist.
@@ -352,5 +411,43 @@ impl Cache {
     /// One node.
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.nodes.get(name).filter(|n| n.node.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, node: &str, anti_affinity: bool) -> Result<Arc<Pod>, serde_json::Error> {
+        let mut spec = json!({"nodeName": node, "containers": [{"name": "main"}]});
+        if anti_affinity {
+            spec["affinity"] = json!({"podAntiAffinity": {}});
+        }
+        Ok(Arc::new(serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": spec,
+        }))?))
+    }
+
+    #[test]
+    fn pods_with_affinity_are_tallied_as_they_come_and_go() -> Result<(), serde_json::Error> {
+        let mut cache = Cache::default();
+        cache.set_pod(pod("a", "n1", true)?);
+        cache.set_pod(pod("b", "n2", true)?);
+        cache.set_pod(pod("c", "n2", false)?);
+        assert_eq!(cache.pods_with_affinity(), 2);
+        // An update replaces the pod: still one.
+        cache.set_pod(pod("a", "n1", true)?);
+        assert_eq!(cache.pods_with_affinity(), 2);
+        // Terms dropped, a pod deleted, one assumed elsewhere.
+        cache.set_pod(pod("b", "n2", false)?);
+        cache.remove_pod("ns/a");
+        assert_eq!(cache.pods_with_affinity(), 0);
+        cache.assume(PodInfo::new(pod("d", "", true)?), "n3");
+        assert_eq!(cache.pods_with_affinity(), 1);
+        let per_node: usize = cache.nodes.values().map(|n| n.pods_with_affinity).sum();
+        assert_eq!(per_node, 1);
+        Ok(())
     }
 }

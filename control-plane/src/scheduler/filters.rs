@@ -17,7 +17,11 @@ use super::{
 pub struct Reason(pub String);
 
 /// Runs every filter; the first failure is the node's reason.
-pub fn run_all(pod: &PodInfo, node: &NodeInfo, context: &affinity::Context) -> Result<(), Reason> {
+pub fn run_all(
+    pod: &PodInfo,
+    node: &NodeInfo,
+    context: &affinity::Context<'_>,
+) -> Result<(), Reason> {
     node_unschedulable(&pod.pod, node)?;
     node_name(&pod.pod, node)?;
     node_affinity(&pod.pod, node)?;

@@ -1,14 +1,19 @@
 //! The scheduler (DESIGN.md §6): binds each pending pod whose `schedulerName` is
 //! `default-scheduler` to a node, as kube-scheduler does — pop the highest-priority pod,
-//! filter nodes ([`filters`], [`affinity`]), score the feasible ones ([`scores`]), assume the
-//! pod on the best node in the [`cache`] and write the binding in the background. A pod that
-//! fits nowhere gets `PodScheduled=False` with the reasons, a `FailedScheduling` event, and
-//! waits in the [`queue`] for a cluster change; preemption ([`preemption`]) may first evict
-//! lower-priority pods to make room.
+//! filter nodes ([`filters`], [`affinity`], [`spread`]), score the feasible ones
+//! ([`scores`]), assume the pod on the best node in the [`cache`] and write the binding in
+//! the background. Topology spread counts are not recounted per attempt: the cache keeps
+//! them up to date for the constraint sets recently scheduled with ([`spread::SpreadIndex`]),
+//! and pods without constraints of their own get upstream's system defaults (hostname and
+//! zone, scoring only) over the selectors of the Services and controllers that own them.
+//! A pod that fits nowhere gets `PodScheduled=False` with the reasons, a `FailedScheduling`
+//! event, and waits in the [`queue`] for a cluster change; preemption ([`preemption`]) may
+//! first evict lower-priority pods to make room.
 //!
-//! Owns placement. It reads pods, nodes and namespaces through informers and writes only
-//! bindings, pod status conditions, nominated node names, evictions (for preemption) and
-//! events. It schedules only while this process leads (the `kube-scheduler` Lease).
+//! Owns placement. It reads pods, nodes and namespaces through informers (and Services,
+//! ReplicaSets and StatefulSets for the spread defaults) and writes only bindings, pod
+//! status conditions, nominated node names, evictions (for preemption) and events. It
+//! schedules only while this process leads (the `kube-scheduler` Lease).
 pub mod affinity;
 pub mod cache;
 pub mod filters;
@@ -16,6 +21,7 @@ pub mod preemption;
 pub mod queue;
 pub mod resources;
 pub mod scores;
+pub mod spread;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,7 +30,12 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod},
+    api::{
+        apps::v1::{ReplicaSet, StatefulSet},
+        core::v1::{
+            Binding, Namespace, Node, ObjectReference, Pod, ReplicationController, Service,
+        },
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use serde_json::json;
@@ -39,6 +50,7 @@ use crate::client::{
 use affinity::{Context, NamespaceLabels};
 use cache::{Cache, NodeInfo, PodInfo};
 use queue::SchedulingQueue;
+use spread::{PodSpread, WorkloadInformers};
 
 /// The scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -87,6 +99,14 @@ pub fn start(
     let pods = informers.get::<Pod>()?;
     let nodes = informers.get::<Node>()?;
     let namespaces = informers.get::<Namespace>()?;
+    // What the system default spread constraints select by; ReplicationControllers only
+    // where the API serves them.
+    let workloads = WorkloadInformers {
+        services: Some(informers.get::<Service>()?),
+        replication_controllers: informers.get::<ReplicationController>().ok(),
+        replica_sets: Some(informers.get::<ReplicaSet>()?),
+        stateful_sets: Some(informers.get::<StatefulSet>()?),
+    };
     let sender = tx.clone();
     pods.on_change(Box::new(move |old, new| {
         let _ = sender.send(Change::Pod(old.cloned(), new.cloned()));
@@ -107,19 +127,29 @@ pub fn start(
         cache: Cache::default(),
         queue: SchedulingQueue::new(),
         namespaces: NamespaceLabels::new(),
+        workloads: workloads.clone(),
         changes: tx,
         next_start: 0,
         nominated: HashMap::new(),
     };
-    tokio::spawn(scheduler.run(
-        rx,
-        leadership,
-        vec![
-            Box::pin(async move { pods.synced().await }),
-            Box::pin(async move { nodes.synced().await }),
-            Box::pin(async move { namespaces.synced().await }),
-        ],
-    ));
+    let mut syncs: Vec<SyncWait> = vec![
+        Box::pin(async move { pods.synced().await }),
+        Box::pin(async move { nodes.synced().await }),
+        Box::pin(async move { namespaces.synced().await }),
+    ];
+    if let Some(services) = workloads.services {
+        syncs.push(Box::pin(async move { services.synced().await }));
+    }
+    if let Some(controllers) = workloads.replication_controllers {
+        syncs.push(Box::pin(async move { controllers.synced().await }));
+    }
+    if let Some(sets) = workloads.replica_sets {
+        syncs.push(Box::pin(async move { sets.synced().await }));
+    }
+    if let Some(sets) = workloads.stateful_sets {
+        syncs.push(Box::pin(async move { sets.synced().await }));
+    }
+    tokio::spawn(scheduler.run(rx, leadership, syncs));
     Ok(())
 }
 
@@ -133,6 +163,7 @@ struct Scheduler {
     cache: Cache,
     queue: SchedulingQueue,
     namespaces: NamespaceLabels,
+    workloads: WorkloadInformers,
     changes: mpsc::UnboundedSender<Change>,
     next_start: usize,
     /// Pending pods nominated to a node by preemption: they hold room there against pods
@@ -303,7 +334,11 @@ impl Scheduler {
 
     async fn schedule_one(&mut self, key: String, pod: Arc<Pod>) {
         let info = PodInfo::new(pod.clone());
-        let context = Context::new(&info, &self.cache, &self.namespaces);
+        let spread = PodSpread::new(&info.pod, &self.workloads);
+        for set in [&spread.hard, &spread.soft].into_iter().flatten() {
+            self.cache.prepare_spread(set);
+        }
+        let context = Context::new(&info, &self.cache, &self.namespaces, &spread);
         let nodes: Vec<&NodeInfo> = self.cache.nodes().collect();
         let total = nodes.len();
         let wanted = self.feasible_nodes_to_find(total);
@@ -333,14 +368,9 @@ impl Scheduler {
         self.next_start = start + examined;
         if feasible.is_empty() {
             let summary = summarize(total, &reasons);
-            let nominated = preemption::try_preempt(
-                &info,
-                &self.cache,
-                &self.namespaces,
-                &self.pods,
-                &self.recorder,
-            )
-            .await;
+            let nominated =
+                preemption::try_preempt(&info, &self.cache, &context, &self.pods, &self.recorder)
+                    .await;
             drop(nodes);
             let message = match &nominated {
                 Some(node) => format!("{summary} preemption: victims evicted on node {node}."),

@@ -11,7 +11,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
-    affinity::{Context, NamespaceLabels},
+    affinity::Context,
     cache::{Cache, NodeInfo, PodInfo},
     filters,
 };
@@ -52,12 +52,12 @@ fn may_preempt(pod: &Pod) -> bool {
 }
 
 /// Whether the pod fits the node as it is in `node` (with a context computed for it).
-fn fits(pod: &PodInfo, node: &NodeInfo, context: &Context) -> bool {
+fn fits(pod: &PodInfo, node: &NodeInfo, context: &Context<'_>) -> bool {
     filters::run_all(pod, node, context).is_ok()
 }
 
 /// The victims on one node, or `None` when evicting every lower-priority pod is not enough.
-fn victims_on(pod: &PodInfo, node: &NodeInfo, context: &Context) -> Option<Vec<Arc<Pod>>> {
+fn victims_on(pod: &PodInfo, node: &NodeInfo, context: &Context<'_>) -> Option<Vec<Arc<Pod>>> {
     let preemptor_priority = pod.priority();
     let mut lower: Vec<PodInfo> = node
         .pods
@@ -89,12 +89,12 @@ fn victims_on(pod: &PodInfo, node: &NodeInfo, context: &Context) -> Option<Vec<A
     Some(victims)
 }
 
-/// Tries to make room for `pod`; returns the nominated node when victims were (or are
-/// being) evicted for it.
+/// Tries to make room for `pod`, with the attempt's `context`; returns the nominated node
+/// when victims were (or are being) evicted for it.
 pub async fn try_preempt(
     pod: &PodInfo,
     cache: &Cache,
-    namespaces: &NamespaceLabels,
+    context: &Context<'_>,
     pods: &Api<Pod>,
     recorder: &Recorder,
 ) -> Option<String> {
@@ -117,7 +117,6 @@ pub async fn try_preempt(
             return nominated;
         }
     }
-    let context = Context::new(pod, cache, namespaces);
     let best = cache
         .nodes()
         .filter(|node| {
@@ -128,7 +127,7 @@ pub async fn try_preempt(
                 && filters::taint_toleration(&pod.pod, node).is_ok()
         })
         .filter_map(|node| {
-            victims_on(pod, node, &context).map(|victims| Candidate {
+            victims_on(pod, node, context).map(|victims| Candidate {
                 node: node.name().to_owned(),
                 victims,
             })

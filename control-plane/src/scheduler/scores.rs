@@ -183,7 +183,7 @@ fn normalize(raw: &[i64], reverse: bool) -> Vec<i64> {
 pub fn score_all(
     pod: &PodInfo,
     nodes: &[&NodeInfo],
-    context: &Context,
+    context: &Context<'_>,
     image_spread: impl Fn(&str) -> f64,
 ) -> Vec<i64> {
     let images = pod_images(pod, image_spread);
@@ -213,17 +213,8 @@ pub fn score_all(
             }
         }
     }
-    if context.scores_spread() {
-        let raw: Vec<Option<f64>> = nodes.iter().map(|n| context.spread_score(n)).collect();
-        let present = raw.iter().flatten().copied();
-        let max = present.clone().fold(f64::MIN, f64::max);
-        let min = present.fold(f64::MAX, f64::min);
-        for (total, r) in totals.iter_mut().zip(raw) {
-            let score = match r {
-                None => 0,
-                Some(_) if max <= 0.0 => MAX_SCORE,
-                Some(s) => (MAX_SCORE as f64 * (max + min - s) / max) as i64,
-            };
+    if let Some(spread) = context.spread_scores(nodes) {
+        for (total, score) in totals.iter_mut().zip(spread) {
             *total += WEIGHT_SPREAD * score;
         }
     }
