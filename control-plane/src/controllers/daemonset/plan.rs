@@ -440,6 +440,33 @@ pub fn is_rolling(ds: &DaemonSet) -> bool {
         .is_none_or(|t| t != "OnDelete")
 }
 
+/// A node's live current pod and live old pod, each if there is one.
+type CurrentAndOld<'a> = (Option<&'a Arc<Pod>>, Option<&'a Arc<Pod>>);
+
+/// A node's live pods as (current, old), at most one of each; `None` when it has more (the
+/// manage loop prunes the extras).
+fn current_and_old<'a>(
+    list: &'a [Arc<Pod>],
+    hash: &str,
+    generation: Option<i64>,
+) -> Option<CurrentAndOld<'a>> {
+    let (mut new, mut old) = (None, None);
+    for pod in list
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let slot = if is_updated(pod, hash, generation) {
+            &mut new
+        } else {
+            &mut old
+        };
+        if slot.replace(pod).is_some() {
+            return None;
+        }
+    }
+    Some((new, old))
+}
+
 /// The old pods a rolling update without surge deletes now (upstream's `rollingUpdate` with
 /// maxSurge 0): unavailable old pods always, available ones only while fewer than
 /// maxUnavailable nodes are unavailable; the manage loop then creates their replacements.
@@ -457,32 +484,14 @@ pub fn rolling_deletions(
     for list in by_node.values() {
         // At most one current and one old pod per node; anything else is the manage loop's
         // to sort out and counts as unavailable meanwhile.
-        let mut new = None;
-        let mut old = None;
-        let mut sorted = true;
-        for pod in list
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-        {
-            let slot = if is_updated(pod, hash, generation) {
-                &mut new
-            } else {
-                &mut old
-            };
-            if slot.is_some() {
-                sorted = false;
-                break;
-            }
-            *slot = Some(pod);
-        }
-        match (sorted, new, old) {
-            (false, _, _) | (true, None, None) | (true, Some(_), Some(_)) => unavailable += 1,
-            (true, Some(new), None) => {
+        match current_and_old(list, hash, generation) {
+            None | Some((None, None) | (Some(_), Some(_))) => unavailable += 1,
+            Some((Some(new), None)) => {
                 if !pods::is_available(new, min_ready(ds), now) {
                     unavailable += 1;
                 }
             }
-            (true, None, Some(old)) => {
+            Some((None, Some(old))) => {
                 let name = old.metadata.name.clone().unwrap_or_default();
                 if !pods::is_available(old, min_ready(ds), now) {
                     replace_now.push(name);
@@ -528,29 +537,11 @@ pub fn surge_update(
         let Some(node) = known.get(node_name.as_str()) else {
             continue;
         };
-        let mut new = None;
-        let mut old = None;
-        let mut sorted = true;
-        for pod in list
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-        {
-            let slot = if is_updated(pod, hash, generation) {
-                &mut new
-            } else {
-                &mut old
-            };
-            if slot.is_some() {
-                sorted = false;
-                break;
-            }
-            *slot = Some(pod);
-        }
-        if !sorted {
+        let Some((new, old)) = current_and_old(list, hash, generation) else {
             // Excess pods: the manage loop prunes them; the node counts as surging.
             surging += 1;
             continue;
-        }
+        };
         let counted = old.or(new);
         if counted.is_some_and(|p| pods::is_available(p, min_ready, now)) {
             available += 1;
