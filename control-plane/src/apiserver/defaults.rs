@@ -15,6 +15,21 @@ fn ensure<'a>(obj: &'a mut Map<String, Value>, key: &str, default: Value) -> &'a
     slot
 }
 
+/// A workload's update strategy defaulted field by field as upstream does: `RollingUpdate`
+/// when no type is given, and then each of `maxUnavailable` and `maxSurge` that is unset.
+fn rolling_update(spec: &mut Map<String, Value>, key: &str, unavailable: Value, surge: Value) {
+    let Some(strategy) = ensure(spec, key, json!({})).as_object_mut() else {
+        return;
+    };
+    if ensure(strategy, "type", json!("RollingUpdate")) != "RollingUpdate" {
+        return;
+    }
+    if let Some(rolling) = ensure(strategy, "rollingUpdate", json!({})).as_object_mut() {
+        ensure(rolling, "maxUnavailable", unavailable);
+        ensure(rolling, "maxSurge", surge);
+    }
+}
+
 fn map<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Value>> {
     let obj = value.as_object_mut()?;
     ensure(obj, key, json!({})).as_object_mut()
@@ -38,17 +53,7 @@ pub fn apply(def: &ResourceDef, obj: &mut Value) {
                 ensure(spec, "replicas", json!(1));
                 ensure(spec, "revisionHistoryLimit", json!(10));
                 ensure(spec, "progressDeadlineSeconds", json!(600));
-                let strategy = ensure(spec, "strategy", json!({}));
-                if let Some(strategy) = strategy.as_object_mut() {
-                    let kind = ensure(strategy, "type", json!("RollingUpdate")).clone();
-                    if kind == "RollingUpdate" {
-                        let rolling = ensure(strategy, "rollingUpdate", json!({}));
-                        if let Some(rolling) = rolling.as_object_mut() {
-                            ensure(rolling, "maxUnavailable", json!("25%"));
-                            ensure(rolling, "maxSurge", json!("25%"));
-                        }
-                    }
-                }
+                rolling_update(spec, "strategy", json!("25%"), json!("25%"));
                 template(spec);
             }
         }
@@ -79,11 +84,7 @@ pub fn apply(def: &ResourceDef, obj: &mut Value) {
         ("apps", "DaemonSet") => {
             if let Some(spec) = map(obj, "spec") {
                 ensure(spec, "revisionHistoryLimit", json!(10));
-                ensure(
-                    spec,
-                    "updateStrategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
-                );
+                rolling_update(spec, "updateStrategy", json!(1), json!(0));
                 template(spec);
             }
         }

@@ -201,6 +201,26 @@ fn kind_checks(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
                 causes.extend(job_spec_checks("spec.jobTemplate.spec", spec));
             }
         }
+        ("apps", "Deployment") => {
+            if let Some(strategy) = obj.pointer("/spec/strategy") {
+                causes.extend(strategy_checks(
+                    "spec.strategy",
+                    strategy,
+                    "Recreate",
+                    rolling_update_deployment_checks,
+                ));
+            }
+        }
+        ("apps", "DaemonSet") => {
+            if let Some(strategy) = obj.pointer("/spec/updateStrategy") {
+                causes.extend(strategy_checks(
+                    "spec.updateStrategy",
+                    strategy,
+                    "OnDelete",
+                    rolling_update_daemonset_checks,
+                ));
+            }
+        }
         _ => {}
     }
     // Workloads only: ControllerRevisions (also apps/v1) have no selector.
@@ -265,6 +285,131 @@ fn job_spec_checks(path: &str, spec: &Value) -> Vec<Cause> {
                 format!("Invalid value: {limit}: requires indexed completion mode"),
             ));
         }
+    }
+    causes
+}
+
+/// A Deployment's or DaemonSet's update strategy (kube-apiserver's rules): its type is
+/// `RollingUpdate` or the kind's `other` type; `rollingUpdate` is required with the first
+/// (defaulting fills it) and forbidden with the second, and its numbers are checked by
+/// `rolling`.
+fn strategy_checks(
+    path: &str,
+    strategy: &Value,
+    other: &str,
+    rolling: fn(&str, &Value) -> Vec<Cause>,
+) -> Vec<Cause> {
+    let kind = strategy.get("type").and_then(Value::as_str).unwrap_or("");
+    let update = strategy.get("rollingUpdate").filter(|r| !r.is_null());
+    match (kind, update) {
+        ("RollingUpdate", Some(update)) => rolling(&format!("{path}.rollingUpdate"), update),
+        ("RollingUpdate", None) => vec![Cause::required(&format!("{path}.rollingUpdate"))],
+        (kind, Some(_)) if kind == other => vec![Cause {
+            reason: "FieldValueForbidden".to_owned(),
+            message: format!("Forbidden: may not be specified when strategy `type` is '{other}'"),
+            field: format!("{path}.rollingUpdate"),
+        }],
+        (kind, None) if kind == other => Vec::new(),
+        (kind, _) => vec![Cause {
+            reason: "FieldValueNotSupported".to_owned(),
+            message: format!(
+                "Unsupported value: \"{kind}\": supported values: \"{other}\", \"RollingUpdate\""
+            ),
+            field: format!("{path}.type"),
+        }],
+    }
+}
+
+/// One int-or-percent field of a rolling update, read as upstream reads it: its value (a
+/// percent string counts its number; anything else not an integer counts 0) and the causes
+/// when it is negative, malformed or, with `bounded`, a percent over 100%.
+fn int_or_percent(path: &str, value: Option<&Value>, bounded: bool) -> (i64, Vec<Cause>) {
+    let shown = value
+        .map(Value::to_string)
+        .unwrap_or_else(|| "0".to_owned());
+    let invalid = |detail: &str| Cause::invalid(path, format!("Invalid value: {shown}: {detail}"));
+    match value {
+        None | Some(Value::Null) => (0, Vec::new()),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(n) if n >= 0 => (n, Vec::new()),
+            Some(n) => (n, vec![invalid("must be greater than or equal to 0")]),
+            None => (
+                0,
+                vec![invalid("must be an integer or percentage (e.g '5%')")],
+            ),
+        },
+        Some(Value::String(text)) => {
+            let number = text
+                .strip_suffix('%')
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<i64>().ok());
+            match number {
+                Some(percent) if bounded && percent > 100 => {
+                    (percent, vec![invalid("must not be greater than 100%")])
+                }
+                Some(percent) => (percent, Vec::new()),
+                None => (
+                    0,
+                    vec![invalid(
+                        "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                    )],
+                ),
+            }
+        }
+        Some(_) => (
+            0,
+            vec![invalid("must be an integer or percentage (e.g '5%')")],
+        ),
+    }
+}
+
+/// A Deployment's rolling update: both numbers valid, `maxUnavailable` at most 100%, and not
+/// both zero (the rollout could never move).
+fn rolling_update_deployment_checks(path: &str, update: &Value) -> Vec<Cause> {
+    let unavailable_path = format!("{path}.maxUnavailable");
+    let (unavailable, mut causes) =
+        int_or_percent(&unavailable_path, update.get("maxUnavailable"), true);
+    // A Deployment may surge by more than 100%.
+    let (surge, surge_causes) =
+        int_or_percent(&format!("{path}.maxSurge"), update.get("maxSurge"), false);
+    causes.extend(surge_causes);
+    if unavailable == 0 && surge == 0 {
+        let shown = update
+            .get("maxUnavailable")
+            .map_or_else(|| "0".to_owned(), Value::to_string);
+        causes.push(Cause::invalid(
+            &unavailable_path,
+            format!("Invalid value: {shown}: may not be 0 when `maxSurge` is 0"),
+        ));
+    }
+    causes
+}
+
+/// A DaemonSet's rolling update: both numbers valid and at most 100%, and exactly one of them
+/// non-zero (a node cannot both surge and lose its pod).
+fn rolling_update_daemonset_checks(path: &str, update: &Value) -> Vec<Cause> {
+    let unavailable_path = format!("{path}.maxUnavailable");
+    let surge_path = format!("{path}.maxSurge");
+    let (unavailable, mut causes) =
+        int_or_percent(&unavailable_path, update.get("maxUnavailable"), true);
+    let (surge, surge_causes) = int_or_percent(&surge_path, update.get("maxSurge"), true);
+    causes.extend(surge_causes);
+    match (unavailable != 0, surge != 0) {
+        (true, true) => causes.push(Cause::invalid(
+            &surge_path,
+            format!(
+                "Invalid value: {}: may not be set when maxUnavailable is non-zero",
+                update
+                    .get("maxSurge")
+                    .map_or_else(String::new, Value::to_string)
+            ),
+        )),
+        (false, false) => causes.push(Cause {
+            reason: "FieldValueRequired".to_owned(),
+            message: "Required value: cannot be 0 when maxSurge is 0".to_owned(),
+            field: unavailable_path,
+        }),
+        _ => {}
     }
     causes
 }
@@ -732,6 +877,93 @@ mod tests {
             causes[0].field,
             "spec.jobTemplate.spec.template.spec.restartPolicy"
         );
+    }
+
+    #[test]
+    fn rolling_updates_keep_upstream_bounds_after_defaulting() {
+        let registry = super::super::resources::Registry::new();
+        let causes = |resource: &str, strategy: Value| -> Vec<String> {
+            let Some(def) = registry.find("apps", "v1", resource) else {
+                panic!("{resource} are served");
+            };
+            let key = if resource == "deployments" {
+                "strategy"
+            } else {
+                "updateStrategy"
+            };
+            let mut obj = json!({"spec": {key: strategy}});
+            super::super::defaults::apply(&def, &mut obj);
+            kind_checks(&def, &obj)
+                .into_iter()
+                .filter(|c| c.field.contains("trategy"))
+                .map(|c| format!("{} {}", c.reason, c.field))
+                .collect()
+        };
+        // Defaults alone are valid for both kinds.
+        assert!(causes("deployments", Value::Null).is_empty());
+        assert!(causes("daemonsets", Value::Null).is_empty());
+        let rolling = |update: Value| json!({"type": "RollingUpdate", "rollingUpdate": update});
+        // Deployments: not both zero, maxUnavailable at most 100%, surge unbounded.
+        assert_eq!(
+            causes(
+                "deployments",
+                rolling(json!({"maxSurge": 0, "maxUnavailable": "0%"}))
+            ),
+            ["FieldValueInvalid spec.strategy.rollingUpdate.maxUnavailable"]
+        );
+        assert!(causes("deployments", rolling(json!({"maxSurge": "200%"}))).is_empty());
+        assert_eq!(
+            causes(
+                "deployments",
+                rolling(json!({"maxSurge": -1, "maxUnavailable": "101%"}))
+            ),
+            [
+                "FieldValueInvalid spec.strategy.rollingUpdate.maxUnavailable",
+                "FieldValueInvalid spec.strategy.rollingUpdate.maxSurge"
+            ]
+        );
+        assert_eq!(
+            causes("deployments", rolling(json!({"maxSurge": "5 %"}))),
+            ["FieldValueInvalid spec.strategy.rollingUpdate.maxSurge"]
+        );
+        assert_eq!(
+            causes(
+                "deployments",
+                json!({"type": "Recreate", "rollingUpdate": {"maxSurge": 1}})
+            ),
+            ["FieldValueForbidden spec.strategy.rollingUpdate"]
+        );
+        assert!(causes("deployments", json!({"type": "Recreate"})).is_empty());
+        assert_eq!(
+            causes("deployments", json!({"type": "Sometimes"})),
+            ["FieldValueNotSupported spec.strategy.type"]
+        );
+        // DaemonSets: exactly one of the two non-zero; a surge alone keeps the defaulted
+        // maxUnavailable of 1 and is refused, as upstream does.
+        assert_eq!(
+            causes("daemonsets", rolling(json!({"maxSurge": 1}))),
+            ["FieldValueInvalid spec.updateStrategy.rollingUpdate.maxSurge"]
+        );
+        assert!(causes(
+            "daemonsets",
+            rolling(json!({"maxSurge": "10%", "maxUnavailable": 0}))
+        )
+        .is_empty());
+        assert_eq!(
+            causes(
+                "daemonsets",
+                rolling(json!({"maxSurge": 0, "maxUnavailable": 0}))
+            ),
+            ["FieldValueRequired spec.updateStrategy.rollingUpdate.maxUnavailable"]
+        );
+        assert_eq!(
+            causes(
+                "daemonsets",
+                rolling(json!({"maxSurge": "150%", "maxUnavailable": 0}))
+            ),
+            ["FieldValueInvalid spec.updateStrategy.rollingUpdate.maxSurge"]
+        );
+        assert!(causes("daemonsets", json!({"type": "OnDelete"})).is_empty());
     }
 
     #[test]
