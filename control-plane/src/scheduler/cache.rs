@@ -10,10 +10,11 @@
 //! (one task), so it needs no locks. It must not decide placement.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    ops::Bound,
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 
 use super::{
     affinity::has_pod_affinity,
@@ -108,11 +109,20 @@ impl PodInfo {
     }
 }
 
-/// One node and what its pods take.
+/// One node and what its pods take. What every filter reads of the Node (name,
+/// `unschedulable`, taints) is copied here, so that looking through hundreds of nodes for one
+/// pod reads these entries and not each Node object behind them.
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
-    /// The Node (None while only pods bound to it are known).
+    /// The Node (None while only pods bound to it are known). Set through [`NodeInfo::new`]
+    /// or the cache, which keep the copies below in step.
     pub node: Option<Arc<Node>>,
+    /// The Node's name ("" while the Node is unknown).
+    name: String,
+    /// `spec.unschedulable` (cordoned).
+    pub unschedulable: bool,
+    /// `spec.taints`.
+    pub taints: Vec<Taint>,
     /// Allocatable resources.
     pub allocatable: Resources,
     /// How many pods it takes.
@@ -132,15 +142,27 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
+    /// A node with no pods counted yet (what the filters need to judge one Node alone).
+    pub fn new(node: Arc<Node>) -> Self {
+        let mut info = Self::default();
+        info.set_node(node);
+        info
+    }
+
     /// The node's name ("" when unknown).
     pub fn name(&self) -> &str {
-        self.node
-            .as_ref()
-            .and_then(|n| n.metadata.name.as_deref())
-            .unwrap_or_default()
+        &self.name
     }
 
     fn set_node(&mut self, node: Arc<Node>) {
+        node.metadata
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .clone_into(&mut self.name);
+        let spec = node.spec.as_ref();
+        self.unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        self.taints = spec.and_then(|s| s.taints.clone()).unwrap_or_default();
         let (allocatable, pods) = allocatable(&node);
         self.allocatable = allocatable;
         self.allowed_pods = pods;
@@ -307,6 +329,9 @@ impl Cache {
             if info.node.take().is_some() {
                 self.node_total -= 1;
             }
+            info.name.clear();
+            info.unschedulable = false;
+            info.taints.clear();
             if info.pods.is_empty() {
                 self.nodes.remove(name);
             }
@@ -386,6 +411,19 @@ impl Cache {
         self.nodes.values().filter(|n| n.node.is_some())
     }
 
+    /// Every node once, in name order from `start` (inclusive) round to the one before it:
+    /// the scheduler's round-robin walk, which upstream keeps as an index into its node list.
+    pub fn nodes_from<'a>(&'a self, start: &'a str) -> impl Iterator<Item = &'a NodeInfo> {
+        self.nodes
+            .range::<str, _>((Bound::Included(start), Bound::Unbounded))
+            .chain(
+                self.nodes
+                    .range::<str, _>((Bound::Unbounded, Bound::Excluded(start))),
+            )
+            .map(|(_, info)| info)
+            .filter(|n| n.node.is_some())
+    }
+
     /// How many placed pods have pod (anti-)affinity terms.
     pub fn pods_with_affinity(&self) -> usize {
         self.pods_with_affinity
@@ -448,6 +486,67 @@ mod tests {
         assert_eq!(cache.pods_with_affinity(), 1);
         let per_node: usize = cache.nodes.values().map(|n| n.pods_with_affinity).sum();
         assert_eq!(per_node, 1);
+        Ok(())
+    }
+
+    fn node(name: &str, spec: serde_json::Value) -> Result<Arc<Node>, serde_json::Error> {
+        Ok(Arc::new(serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": spec}),
+        )?))
+    }
+
+    #[test]
+    fn the_round_robin_walk_visits_every_known_node_once_from_any_start(
+    ) -> Result<(), serde_json::Error> {
+        let mut cache = Cache::default();
+        for name in ["n1", "n2", "n3", "n4"] {
+            cache.set_node(node(name, json!({}))?);
+        }
+        // Pods on a node whose Node is unknown make an entry the walk skips.
+        cache.set_pod(pod("p", "ghost", false)?);
+        let walk = |start: &str| -> Vec<String> {
+            cache
+                .nodes_from(start)
+                .map(|n| n.name().to_owned())
+                .collect()
+        };
+        assert_eq!(walk(""), ["n1", "n2", "n3", "n4"]);
+        assert_eq!(walk("n3"), ["n3", "n4", "n1", "n2"]);
+        // A start that is gone (or never was) begins at the next name.
+        assert_eq!(walk("n25"), ["n3", "n4", "n1", "n2"]);
+        assert_eq!(walk("zz"), ["n1", "n2", "n3", "n4"]);
+        Ok(())
+    }
+
+    #[test]
+    fn node_fields_the_filters_read_follow_the_node() -> Result<(), serde_json::Error> {
+        let mut cache = Cache::default();
+        let taint = json!({"key": "k", "effect": "NoSchedule"});
+        cache.set_node(node(
+            "n1",
+            json!({"unschedulable": true, "taints": [taint]}),
+        )?);
+        let info = cache.node("n1").cloned().unwrap_or_default();
+        assert_eq!(
+            (info.name(), info.unschedulable, info.taints.len()),
+            ("n1", true, 1)
+        );
+        // Uncordoned and untainted by an update.
+        cache.set_node(node("n1", json!({}))?);
+        let info = cache.node("n1").cloned().unwrap_or_default();
+        assert_eq!(
+            (info.name(), info.unschedulable, info.taints.len()),
+            ("n1", false, 0)
+        );
+        // A Node built for one filter alone carries them too.
+        let alone = NodeInfo::new(node("n2", json!({"unschedulable": true}))?);
+        assert!(alone.unschedulable);
+        // A removed Node leaves nothing of it behind.
+        cache.set_pod(pod("p", "n1", false)?);
+        cache.remove_node("n1");
+        assert!(cache.node("n1").is_none());
+        let left = cache.nodes.get("n1").cloned().unwrap_or_default();
+        assert_eq!((left.name(), left.taints.len()), ("", 0));
         Ok(())
     }
 }

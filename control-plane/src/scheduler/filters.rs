@@ -38,13 +38,7 @@ fn reason(text: impl Into<String>) -> Reason {
 
 /// `NodeUnschedulable`: cordoned nodes take only pods that tolerate it.
 pub fn node_unschedulable(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
-    let cordoned = node
-        .node
-        .as_ref()
-        .and_then(|n| n.spec.as_ref())
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false);
-    if !cordoned {
+    if !node.unschedulable {
         return Ok(());
     }
     let taint = Taint {
@@ -74,8 +68,13 @@ pub fn node_affinity(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
     let Some(spec) = pod.spec.as_ref() else {
         return Ok(());
     };
-    let labels = node.node.as_ref().and_then(|n| n.metadata.labels.as_ref());
-    let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+    let label = |key: &str| {
+        node.node
+            .as_ref()
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|l| l.get(key))
+            .map(String::as_str)
+    };
     let fail = || Err(reason("node(s) didn't match Pod's node affinity/selector"));
     for (key, value) in spec.node_selector.iter().flatten() {
         if label(key) != Some(value.as_str()) {
@@ -175,11 +174,7 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
 
 /// The node's taints.
 pub fn taints(node: &NodeInfo) -> &[Taint] {
-    node.node
-        .as_ref()
-        .and_then(|n| n.spec.as_ref())
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default()
+    &node.taints
 }
 
 /// `TaintToleration`: every NoSchedule and NoExecute taint must be tolerated.

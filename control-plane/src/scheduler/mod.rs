@@ -129,7 +129,7 @@ pub fn start(
         namespaces: NamespaceLabels::new(),
         workloads: workloads.clone(),
         changes: tx,
-        next_start: 0,
+        next_start: String::new(),
         nominated: HashMap::new(),
     };
     let mut syncs: Vec<SyncWait> = vec![
@@ -165,7 +165,9 @@ struct Scheduler {
     namespaces: NamespaceLabels,
     workloads: WorkloadInformers,
     changes: mpsc::UnboundedSender<Change>,
-    next_start: usize,
+    /// The node the next pod's search starts at (upstream's `nextStartNodeIndex`, kept
+    /// as a name).
+    next_start: String,
     /// Pending pods nominated to a node by preemption: they hold room there against pods
     /// of lower priority.
     nominated: HashMap<String, (String, PodInfo)>,
@@ -339,20 +341,13 @@ impl Scheduler {
             self.cache.prepare_spread(set);
         }
         let context = Context::new(&info, &self.cache, &self.namespaces, &spread);
-        let nodes: Vec<&NodeInfo> = self.cache.nodes().collect();
-        let total = nodes.len();
+        let total = self.cache.node_count();
         let wanted = self.feasible_nodes_to_find(total);
         let mut feasible: Vec<&NodeInfo> = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let start = if total == 0 {
-            0
-        } else {
-            self.next_start % total
-        };
-        let mut examined = 0;
-        for i in 0..total {
-            let node = nodes[(start + i) % total];
-            examined += 1;
+        let start = self.next_start.clone();
+        let mut walk = self.cache.nodes_from(&start);
+        for node in walk.by_ref() {
             let with_nominated = self.with_nominated(&info, node);
             let node_view = with_nominated.as_ref().unwrap_or(node);
             match filters::run_all(&info, node_view, &context) {
@@ -365,13 +360,18 @@ impl Scheduler {
                 Err(reason) => *reasons.entry(reason.0).or_insert(0) += 1,
             }
         }
-        self.next_start = start + examined;
+        // The next pod's search starts where this one stopped (after a full round, where it
+        // started).
+        let next = walk.next().map(|n| n.name().to_owned());
+        drop(walk);
+        if let Some(next) = next {
+            self.next_start = next;
+        }
         if feasible.is_empty() {
             let summary = summarize(total, &reasons);
             let nominated =
                 preemption::try_preempt(&info, &self.cache, &context, &self.pods, &self.recorder)
                     .await;
-            drop(nodes);
             let message = match &nominated {
                 Some(node) => format!("{summary} preemption: victims evicted on node {node}."),
                 None => format!(
@@ -392,7 +392,6 @@ impl Scheduler {
         });
         let best = select_host(&scores);
         let node = feasible[best].name().to_owned();
-        drop(nodes);
         self.queue.remove(&key);
         self.cache.assume(info, &node);
         self.bind(pod, node);

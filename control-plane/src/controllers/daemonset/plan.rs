@@ -94,10 +94,7 @@ pub fn node_should_run(node: &Arc<Node>, ds: &DaemonSet) -> (bool, bool) {
         spec: Some(spec),
         status: None,
     };
-    let info = NodeInfo {
-        node: Some(node.clone()),
-        ..NodeInfo::default()
-    };
+    let info = NodeInfo::new(node.clone());
     if filters::node_affinity(&pod, &info).is_err() {
         return (false, false);
     }

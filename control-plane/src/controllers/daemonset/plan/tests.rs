@@ -234,10 +234,7 @@ fn daemon_pods_are_pinned_by_affinity_and_carry_the_revision() {
         .unwrap_or_default();
     assert_eq!(tolerations.len(), 6);
     // The scheduler's own filter agrees with the pin.
-    let info = |n: &str| NodeInfo {
-        node: Some(node(n, &[], vec![])),
-        ..NodeInfo::default()
-    };
+    let info = |n: &str| NodeInfo::new(node(n, &[], vec![]));
     assert!(filters::node_affinity(&pod, &info("n1")).is_ok());
     assert!(filters::node_affinity(&pod, &info("n2")).is_err());
     // Adding the tolerations twice changes nothing.
