@@ -96,6 +96,15 @@ struct Args {
     /// ClientIP-affinity Service; the oldest are forgotten first).
     #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_AFFINITY)]
     proxy_max_affinity: u32,
+    /// An interface that clients from outside the cluster reach the node on: the service
+    /// proxy's tc programs attach there and NAT NodePort, externalIP and LoadBalancer traffic
+    /// to backends. Repeat for several.
+    #[arg(long = "proxy-external-interface", value_name = "NAME")]
+    proxy_external_interfaces: Vec<String>,
+    /// Capacity of the tc programs' flow map (LRU, two entries per flow from outside; evicted
+    /// flows are counted and logged).
+    #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_NAT_FLOWS)]
+    proxy_max_nat_flows: u32,
 }
 
 /// A hold time RFC 4271 allows: 0 or at least 3 seconds.
@@ -200,8 +209,10 @@ async fn main() -> anyhow::Result<()> {
                     services: args.proxy_max_services,
                     backends: args.proxy_max_backends,
                     affinity: args.proxy_max_affinity,
+                    nat_flows: args.proxy_max_nat_flows,
                     ..MapSizes::default()
                 },
+                external_interfaces: args.proxy_external_interfaces,
             },
         ))
     });

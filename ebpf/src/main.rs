@@ -7,7 +7,10 @@
 #![no_std]
 #![no_main]
 
+mod maps;
+mod select;
 mod socket_lb;
+mod tc_nat;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -14,28 +14,22 @@
 //! backend that leaves the service's slots gets no new connections while the connections
 //! already made to it keep going straight to it until they close.
 //!
-//! ClientIP session affinity: the client is the connecting socket's network namespace (see
-//! [`AffinityKey`]); its entry is used while it is younger than the service's timeout (counted
-//! from the client's last new connection, as kube-proxy's `recent` match does) and its slot
-//! still holds its backend. A backend that moved to another slot because another one left is
-//! found again by searching the first [`AFFINITY_SCAN_SLOTS`] slots; beyond them (services
-//! with more backends) its clients lose their affinity once and are pinned to a new pick.
+//! ClientIP session affinity (see `select`): the client is the connecting socket's network
+//! namespace (see [`AffinityKey`](corten_ebpf_common::AffinityKey)).
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{
-        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_set_retval,
-    },
-    macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
 };
 use corten_ebpf_common::{
-    protocol, when_empty, AffinityKey, AffinityValue, Backend, BackendKey, FrontendKey,
-    FrontendValue, MaglevKey, RevNatKey, RevNatValue, ServiceValue, TerminatingKey,
-    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_MAGLEV_ENTRIES,
-    DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCK_REV_NAT, DEFAULT_MAX_TERMINATING,
+    affinity_client, protocol, when_empty, FrontendKey, RevNatKey, RevNatValue,
+};
+
+use crate::{
+    maps::{FRONTENDS, SERVICES, SOCK_REV_NAT},
+    select,
 };
 
 /// Let the call proceed (possibly with a rewritten address).
@@ -46,38 +40,6 @@ const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 /// `EHOSTUNREACH`: a `Local` service without local endpoints drops.
 const EHOSTUNREACH: i32 = 113;
-
-#[map(name = "CORTEN_FRONTENDS")]
-static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
-    HashMap::with_max_entries(DEFAULT_MAX_FRONTENDS, 0);
-
-#[map(name = "CORTEN_SERVICES")]
-static SERVICES: HashMap<u32, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
-
-#[map(name = "CORTEN_BACKENDS")]
-static BACKENDS: HashMap<BackendKey, Backend> = HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
-
-/// Written by the agent for the tc programs to come; the socket programs do not read it.
-#[map(name = "CORTEN_MAGLEV")]
-static MAGLEV: HashMap<MaglevKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_MAGLEV_ENTRIES, 0);
-
-/// Written by the agent for the tc programs to come; the socket programs do not read it.
-#[map(name = "CORTEN_TERMINATING")]
-static TERMINATING: HashMap<TerminatingKey, u8> =
-    HashMap::with_max_entries(DEFAULT_MAX_TERMINATING, 0);
-
-#[map(name = "CORTEN_SOCK_REV_NAT")]
-static SOCK_REV_NAT: LruHashMap<RevNatKey, RevNatValue> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_SOCK_REV_NAT, 0);
-
-#[map(name = "CORTEN_AFFINITY")]
-static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_AFFINITY, 0);
-
-const NANOS_PER_SECOND: u64 = 1_000_000_000;
-/// How many slots an affinity lookup searches for a backend that is no longer in the slot it
-/// was chosen from (the last slot moves into the hole another backend leaves).
-const AFFINITY_SCAN_SLOTS: u32 = 64;
 
 /// What became of a socket address.
 enum Translation {
@@ -162,16 +124,15 @@ fn translate(ctx: &SockAddrContext, sa: &mut bpf_sock_addr) -> Translation {
         };
         return Translation::Refused(errno);
     }
-    let backend = if service.affinity_timeout_seconds == 0 {
-        match pick_random(target.from_node, &service) {
-            Some((_, backend)) => backend,
-            None => return Translation::Refused(ECONNREFUSED),
-        }
-    } else {
-        match pick_with_affinity(ctx, target.from_node, &service) {
-            Some(backend) => backend,
-            None => return Translation::Refused(ECONNREFUSED),
-        }
+    // SAFETY: the context pointer is the one the kernel passed to this program.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let Some(backend) = select::pick(
+        target.from_node,
+        &service,
+        netns_cookie,
+        affinity_client::NETNS_COOKIE,
+    ) else {
+        return Translation::Refused(ECONNREFUSED);
     };
     // SAFETY: the context pointer is the one the kernel passed to this program.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -192,88 +153,6 @@ fn translate(ctx: &SockAddrContext, sa: &mut bpf_sock_addr) -> Translation {
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
     Translation::Translated
-}
-
-/// A uniformly random slot of a service with backends, and its backend.
-#[inline(always)]
-fn pick_random(service_id: u32, service: &ServiceValue) -> Option<(u32, Backend)> {
-    // SAFETY: a plain helper call without pointer arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % service.backend_count;
-    let key = BackendKey { service_id, slot };
-    // SAFETY: the value is copied out before any other map operation.
-    let backend = (unsafe { BACKENDS.get(&key) }).copied()?;
-    Some((slot, backend))
-}
-
-/// ClientIP affinity: the client's backend while its entry is fresh and the backend still
-/// holds its slot, else a random one; either way the entry is refreshed.
-#[inline(always)]
-fn pick_with_affinity(
-    ctx: &SockAddrContext,
-    service_id: u32,
-    service: &ServiceValue,
-) -> Option<Backend> {
-    // SAFETY: the context pointer is the one the kernel passed to this program.
-    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    // SAFETY: a plain helper call without pointer arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let key = AffinityKey {
-        netns_cookie,
-        service_id,
-        pad: 0,
-    };
-    let timeout_ns = u64::from(service.affinity_timeout_seconds) * NANOS_PER_SECOND;
-    // SAFETY: the value is copied out before any other map operation.
-    let remembered = (unsafe { AFFINITY.get(&key) })
-        .copied()
-        // Another CPU may have stored a later time than this one read: saturate.
-        .filter(|entry| now.saturating_sub(entry.last_used_ns) <= timeout_ns)
-        .and_then(|entry| find_backend(service_id, service, &entry));
-    let (slot, backend) = match remembered {
-        Some(found) => found,
-        None => pick_random(service_id, service)?,
-    };
-    let value = AffinityValue {
-        last_used_ns: now,
-        backend,
-        slot,
-        pad: 0,
-    };
-    // A full LRU map evicts its least recently used entry; if the insert fails anyway the
-    // connection still works and the client only loses its affinity.
-    let _ = AFFINITY.insert(&key, &value, 0);
-    Some(backend)
-}
-
-/// The slot that holds an affinity entry's backend now: its old slot, else (the backend moved
-/// when another one left) the first [`AFFINITY_SCAN_SLOTS`] slots. None if the backend is no
-/// longer among them (gone or terminating, or beyond the scan).
-#[inline(always)]
-fn find_backend(
-    service_id: u32,
-    service: &ServiceValue,
-    entry: &AffinityValue,
-) -> Option<(u32, Backend)> {
-    let holds = |slot: u32| -> Option<Backend> {
-        if slot >= service.backend_count {
-            return None;
-        }
-        // SAFETY: the value is copied out before any other map operation.
-        let current = (unsafe { BACKENDS.get(&BackendKey { service_id, slot }) }).copied()?;
-        (current.addr == entry.backend.addr && current.port == entry.backend.port)
-            .then_some(current)
-    };
-    if let Some(backend) = holds(entry.slot) {
-        return Some((entry.slot, backend));
-    }
-    let mut slot = 0;
-    while slot < AFFINITY_SCAN_SLOTS && slot < service.backend_count {
-        if let Some(backend) = holds(slot) {
-            return Some((slot, backend));
-        }
-        slot += 1;
-    }
-    None
 }
 
 /// recvmsg4 and getpeername4: a backend this socket was sent to reads as its service.

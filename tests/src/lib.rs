@@ -1,7 +1,8 @@
 //! corten's end-to-end test support: the lab ([`lab`]), a multi-node cluster inside network
 //! namespaces on one machine (DESIGN.md §9), used by the tests under `tests/tests/` and by
-//! `cargo xtask lab`; [`kubectl`], the small conveniences those tests drive it with; and
-//! [`pod_network`], the pod network checks the network tests share.
+//! `cargo xtask lab`; [`kubectl`], the small conveniences those tests drive it with;
+//! [`pod_network`], the pod network checks the network tests share; and [`scripts`], the
+//! Python helpers they run inside the lab.
 //!
 //! Owns everything a test creates on the host: namespaces, links, cgroups, bpffs mounts,
 //! containerd processes and their state. It must never touch host state it did not create:
@@ -11,3 +12,4 @@
 pub mod kubectl;
 pub mod lab;
 pub mod pod_network;
+pub mod scripts;

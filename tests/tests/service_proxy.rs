@@ -23,6 +23,7 @@ use anyhow::{bail, ensure, Context};
 use corten_tests::{
     kubectl::{apply, eventually, eventually_within, json, kubectl},
     lab::{self, Lab, LabSpec, BUSYBOX_IMAGE},
+    scripts::{PYTHON, UDP_BACKEND},
 };
 use serde_json::Value;
 
@@ -31,8 +32,6 @@ use serde_json::Value;
 const REQUESTS: usize = 30;
 /// The externalIP of Service `outer`.
 const EXTERNAL_IP: &str = "203.0.113.10";
-/// The host's Python, run inside the node (its network namespace and cgroup).
-const PYTHON: &str = "/usr/bin/python3";
 
 /// Connects to `argv[1]:argv[2]`, asks for `/hostname` and prints `PEER BODY`: the peer the
 /// socket reports and the backend's answer.
@@ -63,22 +62,6 @@ try:
 except OSError as e:
     code = e.errno or -1
 print(f"{code} {time.monotonic() - started:.6f}")
-"#;
-
-/// A UDP backend on `argv[1]:argv[2]`: answers every datagram with `udp-PORT`, for at most
-/// 120 seconds.
-const UDP_BACKEND: &str = r#"
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.settimeout(1)
-deadline = time.monotonic() + 120
-while time.monotonic() < deadline:
-    try:
-        _, peer = s.recvfrom(512)
-    except socket.timeout:
-        continue
-    s.sendto(f"udp-{sys.argv[2]}".encode(), peer)
 "#;
 
 /// A UDP client of `argv[1]:argv[2]`: `argv[3]` unconnected sockets send one datagram each

@@ -1,5 +1,6 @@
 //! The service proxy's control loop on one node: watch Services and EndpointSlices, and after
-//! every change recompute the desired datapath and bring the socket-LB's maps to it.
+//! every change recompute the desired datapath and bring the socket-LB's maps to it; attach
+//! the tc programs to the external interfaces and log their counters.
 //!
 //! Owns the order of things at start (load and attach, then wait until both watches have
 //! listed everything before the first sync, so that a restart never empties maps it reused
@@ -19,12 +20,15 @@ use tracing::{debug, info, warn};
 use super::{
     desired::{self, NodeContext},
     socket_lb::{MapSizes, SocketLb, SocketLbError},
+    tc_nat::{self, NatStats, StatLevel},
 };
 
 /// Changes that arrive within this time of each other are synced together.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// Wait before retrying a sync that failed.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often the tc programs' counters are read and their changes logged.
+const NAT_STATS_PERIOD: Duration = Duration::from_secs(10);
 
 /// How the proxy runs (corten-agent's flags).
 #[derive(Debug, Clone)]
@@ -37,6 +41,9 @@ pub struct ProxyConfig {
     pub pin_dir: Option<PathBuf>,
     /// Map capacities.
     pub sizes: MapSizes,
+    /// Interfaces that traffic from outside the cluster arrives on: the tc programs attach
+    /// to each (NodePorts, externalIPs and LoadBalancer IPs for outside clients).
+    pub external_interfaces: Vec<String>,
 }
 
 /// Why the proxy stopped. Both need a change on the host; the loop itself retries
@@ -57,7 +64,14 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
     let mut lb =
         SocketLb::load(config.sizes, config.pin_dir.as_deref()).map_err(ProxyError::Start)?;
     lb.attach(&config.cgroup).map_err(ProxyError::Start)?;
-    info!(cgroup = %config.cgroup.display(), "service proxy attached");
+    for interface in &config.external_interfaces {
+        lb.attach_external(interface).map_err(ProxyError::Start)?;
+    }
+    info!(
+        cgroup = %config.cgroup.display(),
+        external_interfaces = ?config.external_interfaces,
+        "service proxy attached"
+    );
 
     let changed = Arc::new(Notify::new());
     let (services, services_writer) = reflector::store::<Service>();
@@ -96,6 +110,8 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
         _ = &mut slices_task => return Err(ProxyError::WatchEnded("EndpointSlice")),
     }
     info!("service proxy synced its watches");
+    let mut nat_stats = tokio::time::interval(NAT_STATS_PERIOD);
+    let mut last_nat_stats: Option<NatStats> = None;
     loop {
         let services: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
         let slices: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
@@ -119,13 +135,46 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
                 true
             }
         };
-        tokio::select! {
-            _ = changed.notified() => tokio::time::sleep(DEBOUNCE).await,
-            _ = tokio::time::sleep(RETRY), if retry => {}
-            _ = &mut services_task => return Err(ProxyError::WatchEnded("Service")),
-            _ = &mut slices_task => return Err(ProxyError::WatchEnded("EndpointSlice")),
+        // Wait for a change (or the retry); the counters are reported meanwhile.
+        let retry_at = tokio::time::Instant::now() + RETRY;
+        loop {
+            tokio::select! {
+                _ = changed.notified() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    break;
+                }
+                _ = tokio::time::sleep_until(retry_at), if retry => break,
+                _ = nat_stats.tick() => report_nat_stats(&lb, &mut last_nat_stats),
+                _ = &mut services_task => return Err(ProxyError::WatchEnded("Service")),
+                _ = &mut slices_task => return Err(ProxyError::WatchEnded("EndpointSlice")),
+            }
         }
     }
+}
+
+/// Logs what the tc programs counted since the last reading: new flows at debug level,
+/// anything dropped or lost (a full flow map among them) as a warning.
+fn report_nat_stats(lb: &SocketLb, last: &mut Option<NatStats>) {
+    let now = match lb.nat_stats() {
+        Ok(Some(now)) => now,
+        Ok(None) => return,
+        Err(error) => {
+            warn!(%error, "reading the tc NAT counters failed");
+            return;
+        }
+    };
+    let before = last.unwrap_or_default();
+    for (counter, increase, level) in tc_nat::stat_changes(&before, &now) {
+        match level {
+            StatLevel::Info => debug!(counter, increase, "tc NAT"),
+            StatLevel::Warn => warn!(
+                counter,
+                increase,
+                "tc NAT dropped or lost flows (raise --proxy-max-nat-flows if flows are missing)"
+            ),
+        }
+    }
+    *last = Some(now);
 }
 
 /// Drives a reflector's stream and wakes the loop on every change; errors are logged (the

@@ -8,7 +8,9 @@
 //! ordered operations (with stable service ids and backend slots), `maglev` builds the
 //! consistent-hashing tables; none of them touches the kernel. `maps` lowers operations to
 //! map writes and reads the maps back after a restart, `socket_lb` loads and attaches the
-//! programs and runs plan-then-apply, and `controller` watches the API and drives it all.
+//! programs and runs plan-then-apply, `tc_nat` loads and attaches the tc programs that NAT
+//! traffic from outside the cluster (they read the same maps) and reads their counters, and
+//! `controller` watches the API and drives it all.
 
 pub mod controller;
 pub mod desired;
@@ -17,5 +19,6 @@ pub mod maglev;
 pub mod maps;
 mod object;
 pub mod socket_lb;
+pub mod tc_nat;
 
 pub use socket_lb::{Protocol, SocketLb, SocketLbError};

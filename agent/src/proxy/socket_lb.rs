@@ -2,7 +2,8 @@
 //! `recvmsg4`, `getpeername4`), attaches them to a node's cgroup v2 directory, opens their
 //! maps (pinned under the node's bpffs directory, reused when a previous run left them), and
 //! brings the maps to a [`DesiredState`] by planning against what they hold and applying
-//! only the difference.
+//! only the difference. The tc programs for traffic from outside live in the same object and
+//! read the same maps; [`SocketLb::attach_external`] hands them to `tc_nat`.
 //!
 //! Owns the loaded object, its attachments and the applied state. It must not compute which
 //! backends a service has (callers hand it the desired state) nor lower single operations to
@@ -16,15 +17,15 @@ use aya::{
     maps::{HashMap, MapData, MapError, MapInfo, MapType},
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSockAddr, Program, ProgramError,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
 use corten_ebpf_common::{
     maps, programs, AffinityKey, AffinityValue, Backend, BackendKey, FrontendKey, FrontendValue,
-    MaglevKey, RevNatKey, RevNatValue, ServiceValue, TerminatingKey, DEFAULT_MAX_AFFINITY,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_MAGLEV_ENTRIES, DEFAULT_MAX_SERVICES,
-    DEFAULT_MAX_SOCK_REV_NAT, DEFAULT_MAX_TERMINATING,
+    MaglevKey, NatFlowKey, NatFlowValue, RevNatKey, RevNatValue, ServiceValue, TerminatingKey,
+    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_MAGLEV_ENTRIES,
+    DEFAULT_MAX_NAT_FLOWS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCK_REV_NAT, DEFAULT_MAX_TERMINATING,
 };
 use tracing::{debug, info, warn};
 
@@ -33,6 +34,7 @@ use super::{
     diff::{self, AppliedState, BackendSelection, PlanConfig, PlanError},
     maps::{MapsError, ServiceMaps},
     object::CORTEN_EBPF,
+    tc_nat::{NatStats, TcNat},
 };
 
 /// Failures of the socket-LB. Loading and attaching failures need a change on the host;
@@ -117,6 +119,8 @@ pub struct MapSizes {
     pub sock_rev_nat: u32,
     /// Entries in the session affinity map (LRU; one per client and affinity service).
     pub affinity: u32,
+    /// Entries in the tc programs' flow map (LRU; two per flow from outside).
+    pub nat_flows: u32,
 }
 
 impl Default for MapSizes {
@@ -129,6 +133,7 @@ impl Default for MapSizes {
             terminating: DEFAULT_MAX_TERMINATING,
             sock_rev_nat: DEFAULT_MAX_SOCK_REV_NAT,
             affinity: DEFAULT_MAX_AFFINITY,
+            nat_flows: DEFAULT_MAX_NAT_FLOWS,
         }
     }
 }
@@ -149,6 +154,8 @@ pub struct SocketLb {
     maps: ServiceMaps,
     applied: AppliedState,
     config: PlanConfig,
+    /// The tc programs, once loaded for the first external interface.
+    tc: Option<TcNat>,
 }
 
 impl std::fmt::Debug for SocketLb {
@@ -182,14 +189,15 @@ impl SocketLb {
             .map_max_entries(maps::MAGLEV, sizes.maglev)
             .map_max_entries(maps::TERMINATING, sizes.terminating)
             .map_max_entries(maps::SOCK_REV_NAT, sizes.sock_rev_nat)
-            .map_max_entries(maps::AFFINITY, sizes.affinity);
+            .map_max_entries(maps::AFFINITY, sizes.affinity)
+            .map_max_entries(maps::NAT_FLOWS, sizes.nat_flows);
         for (name, path) in &pins {
             remove_if_incompatible(name, path)?;
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(CORTEN_EBPF)?;
         for name in programs::ALL {
-            program(&mut ebpf, name)?
+            program::<CgroupSockAddr>(&mut ebpf, name)?
                 .load()
                 .map_err(|source| SocketLbError::Program { name, source })?;
         }
@@ -221,7 +229,30 @@ impl SocketLb {
             maps,
             applied,
             config,
+            tc: None,
         })
+    }
+
+    /// Attaches the tc programs (ingress and egress) to an interface that traffic from
+    /// outside the cluster arrives on, loading them the first time: NodePorts, externalIPs and
+    /// LoadBalancer IPs then answer clients on that link. With a pin directory the attachments
+    /// are pinned there (`link_<program>_<interface>`) and replace a previous run's.
+    pub fn attach_external(&mut self, interface: &str) -> Result<(), SocketLbError> {
+        let tc = match self.tc.take() {
+            Some(tc) => tc,
+            None => TcNat::load(&mut self.ebpf)?,
+        };
+        let attached = tc.attach(&mut self.ebpf, interface, self.pin_dir.as_deref());
+        self.tc = Some(tc);
+        self.links.extend(attached?);
+        debug!(interface, "attached the tc programs");
+        Ok(())
+    }
+
+    /// The tc programs' counters (summed over CPUs), by [`corten_ebpf_common::nat_stat`]
+    /// index; `None` while no external interface is attached.
+    pub fn nat_stats(&self) -> Result<Option<NatStats>, SocketLbError> {
+        self.tc.as_ref().map(TcNat::stats).transpose()
     }
 
     /// Attaches every socket program to a cgroup v2 directory: every process in that subtree
@@ -239,29 +270,18 @@ impl SocketLb {
             // On kernels with bpf_link (5.7+, which aya uses) a cgroup link always coexists
             // with other programs, and the kernel rejects any attach flag on it: `Single`
             // sends none.
-            let program = program(&mut self.ebpf, name)?;
+            let program = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
             let link_id = program
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| SocketLbError::Program { name, source })?;
             let Some(pin_dir) = &self.pin_dir else {
                 continue;
             };
-            let path = pin_dir.join(format!("link_{name}"));
-            let link_error = |reason: String| SocketLbError::Link {
-                path: path.clone(),
-                reason,
-            };
             let link = program
                 .take_link(link_id)
                 .map_err(|source| SocketLbError::Program { name, source })?;
-            let link = FdLink::try_from(link).map_err(|e| link_error(e.to_string()))?;
-            if path.exists() {
-                // Dropping the unpinned old link closes its last reference: it detaches.
-                let old = PinnedLink::from_pin(&path).map_err(|e| link_error(e.to_string()))?;
-                drop(old.unpin().map_err(|e| link_error(e.to_string()))?);
-            }
-            let pinned = link.pin(&path).map_err(|e| link_error(e.to_string()))?;
-            self.links.push(pinned);
+            self.links
+                .push(pin_link(link, &pin_dir.join(format!("link_{name}")))?);
         }
         debug!(cgroup = %cgroup.display(), "attached the socket programs");
         Ok(())
@@ -292,6 +312,26 @@ impl SocketLb {
     }
 }
 
+/// Pins `link` at `path`; a link a previous run pinned there is detached once the new one is
+/// in place (for a moment both run, in attachment order).
+pub(crate) fn pin_link<L>(link: L, path: &Path) -> Result<PinnedLink, SocketLbError>
+where
+    L: TryInto<FdLink>,
+    L::Error: std::fmt::Display,
+{
+    let link_error = |reason: String| SocketLbError::Link {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let link: FdLink = link.try_into().map_err(|e| link_error(e.to_string()))?;
+    if path.exists() {
+        // Dropping the unpinned old link closes its last reference: it detaches.
+        let old = PinnedLink::from_pin(path).map_err(|e| link_error(e.to_string()))?;
+        drop(old.unpin().map_err(|e| link_error(e.to_string()))?);
+    }
+    link.pin(path).map_err(|e| link_error(e.to_string()))
+}
+
 /// Type, key size and value size of each map, as this agent's programs use it.
 fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
     use std::mem::size_of;
@@ -315,6 +355,12 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
             size_of::<AffinityKey>(),
             size_of::<AffinityValue>(),
         ),
+        maps::NAT_FLOWS => (
+            MapType::LruHash,
+            size_of::<NatFlowKey>(),
+            size_of::<NatFlowValue>(),
+        ),
+        maps::NAT_STATS => (MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>()),
         _ => return None,
     })
 }
@@ -348,10 +394,14 @@ fn remove_if_incompatible(name: &'static str, path: &Path) -> Result<(), SocketL
     })
 }
 
-fn program<'a>(
+/// The program `name` of the object as its type `P`.
+pub(crate) fn program<'a, P>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, SocketLbError> {
+) -> Result<&'a mut P, SocketLbError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     let missing = SocketLbError::Missing {
         kind: "program",
         name,

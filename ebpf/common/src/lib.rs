@@ -18,6 +18,10 @@
 //!   address a socket's backend stands for, so replies and `getpeername` show the service.
 //! - [`maps::AFFINITY`]: [`AffinityKey`] → [`AffinityValue`] (kernel, LRU): ClientIP session
 //!   affinity, the backend each client last got for a service and when.
+//! - [`maps::NAT_FLOWS`]: [`NatFlowKey`] → [`NatFlowValue`] (kernel, LRU): the tc programs'
+//!   connection tracking, how each packet of a NATed flow from outside is rewritten.
+//! - [`maps::NAT_STATS`]: [`nat_stat`] index → `u64` per CPU (kernel): counters of the tc
+//!   programs that the agent reads and logs (a full flow map shows up here).
 #![no_std]
 
 /// IANA protocol numbers as the kernel reports them in `bpf_sock_addr.protocol`.
@@ -50,6 +54,52 @@ pub mod when_empty {
     pub const DROP: u8 = 2;
 }
 
+/// Values of [`AffinityKey::client_kind`](crate::AffinityKey::client_kind).
+pub mod affinity_client {
+    /// `AffinityKey::client` is a network namespace cookie (socket programs).
+    pub const NETNS_COOKIE: u32 = 0;
+    /// `AffinityKey::client` is an IPv4 source address, network byte order (tc programs).
+    pub const IPV4_SOURCE: u32 = 1;
+}
+
+/// Values of [`NatFlowValue::direction`](crate::NatFlowValue::direction).
+pub mod nat_direction {
+    /// A packet from the client toward the service: destination becomes the backend (and,
+    /// for a remote backend, the source becomes the node).
+    pub const FORWARD: u8 = 1;
+    /// A packet from the backend toward the client: the source becomes the service address
+    /// again (and, for an SNATed flow, the destination becomes the client).
+    pub const REPLY: u8 = 2;
+}
+
+/// Indexes of the [`maps::NAT_STATS`] counters.
+pub mod nat_stat {
+    /// New flows from outside translated to a backend.
+    pub const FLOWS_CREATED: u32 = 0;
+    /// A flow entry could not be stored; the packet was dropped.
+    pub const FLOW_INSERT_FAILED: u32 = 1;
+    /// A TCP packet that is not a SYN arrived for a service without a flow entry: its entry
+    /// was evicted from a full flow map (or predates the programs); it got a new pick.
+    pub const FLOW_MISSING: u32 = 2;
+    /// Dropped: the service has no usable backend for clients from outside.
+    pub const NO_BACKEND: u32 = 3;
+    /// Dropped: no free SNAT port for a remote backend.
+    pub const SNAT_PORTS_EXHAUSTED: u32 = 4;
+    /// Dropped: the route to a backend or back to a client could not be resolved.
+    pub const NO_ROUTE: u32 = 5;
+    /// Number of counters.
+    pub const COUNT: u32 = 6;
+    /// Counter names, by index, for logs and metrics.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "flows_created",
+        "flow_insert_failed",
+        "flow_missing",
+        "no_backend",
+        "snat_ports_exhausted",
+        "no_route",
+    ];
+}
+
 /// Names of the maps in the object file; the agent looks the maps up (and pins them) by
 /// these.
 pub mod maps {
@@ -67,8 +117,12 @@ pub mod maps {
     pub const SOCK_REV_NAT: &str = "CORTEN_SOCK_REV_NAT";
     /// [`crate::AffinityKey`] → [`crate::AffinityValue`], an LRU map the programs write.
     pub const AFFINITY: &str = "CORTEN_AFFINITY";
+    /// [`crate::NatFlowKey`] → [`crate::NatFlowValue`], an LRU map the tc programs write.
+    pub const NAT_FLOWS: &str = "CORTEN_NAT_FLOWS";
+    /// [`crate::nat_stat`] index (`u32`) → `u64` per CPU, counters the tc programs write.
+    pub const NAT_STATS: &str = "CORTEN_NAT_STATS";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 9] = [
         FRONTENDS,
         SERVICES,
         BACKENDS,
@@ -76,6 +130,8 @@ pub mod maps {
         TERMINATING,
         SOCK_REV_NAT,
         AFFINITY,
+        NAT_FLOWS,
+        NAT_STATS,
     ];
 }
 
@@ -91,6 +147,12 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "corten_getpeername4";
     /// Every socket program, in the order the agent attaches them.
     pub const ALL: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
+    /// tc ingress on an external interface: DNAT (and SNAT) of new flows from outside to a
+    /// service, the flows' later packets, and un-SNAT of replies from remote backends.
+    pub const TC_INGRESS: &str = "corten_tc_ingress";
+    /// tc egress on an external interface: replies of local backends leave with the service
+    /// address as their source.
+    pub const TC_EGRESS: &str = "corten_tc_egress";
 }
 
 /// Default capacity of the frontend map.
@@ -108,6 +170,14 @@ pub const DEFAULT_MAX_SOCK_REV_NAT: u32 = 65_536;
 /// Default capacity of the session affinity map (LRU: the least recently used client of a
 /// full map loses its affinity first).
 pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
+
+/// Default capacity of the tc programs' flow map (LRU; each flow takes two entries).
+pub const DEFAULT_MAX_NAT_FLOWS: u32 = 65_536;
+/// First port of the range the tc programs SNAT to (above the kernel's default ephemeral
+/// range `32768..=60999`, so the node's own sockets never collide with it).
+pub const SNAT_PORT_FIRST: u16 = 61_000;
+/// Number of ports in the SNAT range (`61000..=65535`).
+pub const SNAT_PORT_COUNT: u16 = 4_536;
 
 /// A service frontend: IPv4 address, port and protocol.
 #[repr(C)]
@@ -249,19 +319,21 @@ pub struct RevNatValue {
 
 /// One client of one service with ClientIP session affinity.
 ///
-/// The socket programs run before the kernel has picked a source address, so the client is
+/// The socket programs run before the kernel has picked a source address, so their client is
 /// its network namespace (`bpf_get_netns_cookie`), as in Cilium's socket-LB: a pod (one
 /// namespace, one address) is one client, and every process of the node's own namespace is
-/// one client, as the node's address would be to kube-proxy.
+/// one client, as the node's address would be to kube-proxy. The tc programs see packets from
+/// outside, and their client is the source address, as for kube-proxy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
-    /// `bpf_get_netns_cookie` of the connecting socket.
-    pub netns_cookie: u64,
+    /// `bpf_get_netns_cookie` of the connecting socket, or an IPv4 source address in network
+    /// byte order; [`AffinityKey::client_kind`] says which.
+    pub client: u64,
     /// The service's id.
     pub service_id: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// One of [`affinity_client`].
+    pub client_kind: u32,
 }
 
 /// The backend a client was last sent to, and when.
@@ -277,6 +349,45 @@ pub struct AffinityValue {
     pub slot: u32,
     /// Always zero.
     pub pad: u32,
+}
+
+/// A packet's addresses as the tc programs see them at the point they look it up: source and
+/// destination IPv4 address and port, and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NatFlowKey {
+    /// Source IPv4 address, network byte order.
+    pub src_addr: u32,
+    /// Destination IPv4 address, network byte order.
+    pub dst_addr: u32,
+    /// Source port, network byte order.
+    pub src_port: u16,
+    /// Destination port, network byte order.
+    pub dst_port: u16,
+    /// [`protocol::TCP`] or [`protocol::UDP`].
+    pub protocol: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// How a packet of a tracked flow is rewritten: the addresses it leaves with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NatFlowValue {
+    /// New source IPv4 address, network byte order.
+    pub src_addr: u32,
+    /// New destination IPv4 address, network byte order.
+    pub dst_addr: u32,
+    /// New source port, network byte order.
+    pub src_port: u16,
+    /// New destination port, network byte order.
+    pub dst_port: u16,
+    /// One of [`nat_direction`].
+    pub direction: u8,
+    /// Non-zero when the flow's source was rewritten to the node (a remote backend).
+    pub snat: u8,
+    /// Always zero.
+    pub pad: [u8; 2],
 }
 
 #[cfg(feature = "user")]
@@ -305,6 +416,10 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AffinityValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NatFlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NatFlowValue {}
 }
 
 #[cfg(test)]
@@ -325,6 +440,13 @@ mod tests {
         assert_eq!(size_of::<RevNatValue>(), 8);
         assert_eq!(size_of::<AffinityKey>(), 16);
         assert_eq!(size_of::<AffinityValue>(), 24);
+        assert_eq!(size_of::<NatFlowKey>(), 16);
+        assert_eq!(size_of::<NatFlowValue>(), 16);
+        assert_eq!(nat_stat::NAMES.len(), nat_stat::COUNT as usize);
+        assert_eq!(
+            u32::from(SNAT_PORT_FIRST) + u32::from(SNAT_PORT_COUNT) - 1,
+            u32::from(u16::MAX)
+        );
     }
 
     #[test]
