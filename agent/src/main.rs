@@ -105,6 +105,30 @@ struct Args {
     /// flows are counted and logged).
     #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_NAT_FLOWS)]
     proxy_max_nat_flows: u32,
+    /// Hard eviction thresholds, `signal<quantity|percent` separated by commas (signals
+    /// memory.available, nodefs.available, nodefs.inodesFree, imagefs.available,
+    /// imagefs.inodesFree); empty for none.
+    #[arg(long, default_value = kubelet::eviction::DEFAULT_EVICTION_HARD)]
+    eviction_hard: String,
+    /// How much more than its threshold a met threshold must free, `signal=quantity`
+    /// separated by commas.
+    #[arg(long, default_value = "")]
+    eviction_minimum_reclaim: String,
+    /// How long a pressure condition stays True after its last met threshold.
+    #[arg(long, default_value = "5m0s")]
+    eviction_pressure_transition_period: String,
+    /// How often eviction signals are observed.
+    #[arg(long, default_value = "10s")]
+    eviction_monitoring_interval: String,
+    /// Image filesystem usage percent at which unused images are collected.
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold: u8,
+    /// Image filesystem usage percent image collection brings usage down to.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
+    /// The least age of an unused image before it is collected.
+    #[arg(long, default_value = "2m0s")]
+    minimum_image_ttl_duration: String,
 }
 
 /// A hold time RFC 4271 allows: 0 or at least 3 seconds.
@@ -133,6 +157,27 @@ async fn main() -> anyhow::Result<()> {
             args.network
         );
     }
+    if args.image_gc_low_threshold > args.image_gc_high_threshold {
+        anyhow::bail!(
+            "--image-gc-low-threshold ({}) must not exceed --image-gc-high-threshold ({})",
+            args.image_gc_low_threshold,
+            args.image_gc_high_threshold
+        );
+    }
+    let eviction = kubelet::eviction::EvictionPolicy::from_flags(
+        &args.eviction_hard,
+        &args.eviction_minimum_reclaim,
+        &args.eviction_pressure_transition_period,
+        &args.eviction_monitoring_interval,
+    )
+    .context("the eviction flags")?;
+    let image_gc = kubelet::image_gc::ImageGcPolicy {
+        high_percent: args.image_gc_high_threshold,
+        low_percent: args.image_gc_low_threshold,
+        min_age: kubelet::eviction::parse_duration(&args.minimum_image_ttl_duration)
+            .context("--minimum-image-ttl-duration")?,
+        ..Default::default()
+    };
     let socket = args
         .container_runtime_endpoint
         .strip_prefix("unix://")
@@ -234,6 +279,8 @@ async fn main() -> anyhow::Result<()> {
             cni_conf_dir: args.cni_conf_dir,
             mtu: args.mtu,
             client_cas,
+            eviction,
+            image_gc,
         },
     );
     tokio::select! {

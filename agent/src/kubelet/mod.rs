@@ -8,7 +8,10 @@
 //! [`lifecycle`], and recording [`events`];
 //! containers get their environment from [`env`] and their volumes from [`volumes`]
 //! (both put together by [`container_inputs`]); static pods from `<data dir>/manifests`
-//! reach the pod worker as mirror pods ([`static_pods`]).
+//! reach the pod worker as mirror pods ([`static_pods`]). Under memory or disk pressure the
+//! [`eviction`] manager sets the node's pressure conditions, reclaims unused images
+//! ([`image_gc`], which also collects them above its high threshold) and dead containers,
+//! and has the pod worker evict pods.
 //!
 //! Owns everything between the API's pods and the runtime's containers on this node. It
 //! talks to the cluster only through the Kubernetes API (kube-rs) and to containers only
@@ -17,6 +20,8 @@ pub mod checks;
 pub mod container_inputs;
 pub mod env;
 pub mod events;
+pub mod eviction;
+pub mod image_gc;
 pub mod images;
 pub mod lifecycle;
 pub mod node;
@@ -63,6 +68,10 @@ pub struct KubeletConfig {
     /// The CAs (DER) whose client certificates the kubelet API accepts: the cluster CA from
     /// the node kubeconfig.
     pub client_cas: Vec<Vec<u8>>,
+    /// Eviction thresholds and timing.
+    pub eviction: eviction::EvictionPolicy,
+    /// Image garbage collection.
+    pub image_gc: image_gc::ImageGcPolicy,
 }
 
 /// Connects to the runtime, retrying while it starts (at most a minute).
@@ -151,10 +160,12 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
         .await
         .context("registering the node")?;
     tokio::spawn(node::renew_lease_forever(client.clone(), registered));
+    let (pressure, pressure_changes) = tokio::sync::watch::channel(Default::default());
     tokio::spawn(node::report_status_forever(
         client.clone(),
         identity,
         cri.clone(),
+        pressure_changes,
     ));
     if let Some(dir) = config.image_dir.clone() {
         tokio::spawn(images::watch_dir_forever(
@@ -173,6 +184,21 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
     let log_root = config.data_dir.join("pods");
     std::fs::create_dir_all(&log_root)
         .with_context(|| format!("creating {}", log_root.display()))?;
+    let evictions = eviction::Evictions::default();
+    tokio::spawn(eviction::run(
+        client.clone(),
+        cri.clone(),
+        eviction::EvictionConfig {
+            policy: config.eviction.clone(),
+            node_name: config.node_name.clone(),
+            cgroup_root: config.cgroup_root.clone(),
+            data_dir: config.data_dir.clone(),
+            pods_dir: log_root.clone(),
+        },
+        image_gc::ImageGc::new(config.image_gc),
+        evictions.clone(),
+        pressure,
+    ));
     pods::run(
         client,
         cri,
@@ -181,6 +207,7 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
             host_ip: config.node_ip,
             cgroup_root: config.cgroup_root,
             log_root: log_root.to_string_lossy().into_owned(),
+            evictions,
         },
     )
     .await;

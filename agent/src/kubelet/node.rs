@@ -1,7 +1,8 @@
 //! The Node object and its heartbeats: registration (labels, capacity and allocatable,
 //! addresses, node info, daemon endpoint), the Lease in `kube-node-lease` renewed every 10 s,
 //! and the status (conditions with heartbeat times, images) reported on change and at least
-//! every minute.
+//! every minute; MemoryPressure and DiskPressure are what the eviction manager publishes
+//! ([`NodePressure`](super::eviction::NodePressure)).
 //!
 //! Owns what this node says about itself; it must not touch other nodes.
 use std::time::Duration;
@@ -15,7 +16,10 @@ use kube::{
     Api, Client,
 };
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tracing::{info, warn};
+
+use super::eviction::NodePressure;
 
 /// How often the Lease is renewed (upstream: 10 s).
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
@@ -81,12 +85,24 @@ pub fn capacity() -> Value {
 }
 
 /// The status document (conditions, capacity, addresses, node info).
-pub fn status(identity: &NodeIdentity, images: Value) -> Value {
+pub fn status(identity: &NodeIdentity, images: Value, pressure: &NodePressure) -> Value {
     let now = now_rfc3339();
     let condition = |kind: &str, status: &str, reason: &str, message: &str| {
         json!({"type": kind, "status": status, "reason": reason, "message": message,
             "lastHeartbeatTime": now, "lastTransitionTime": now})
     };
+    let [memory, disk] = pressure.conditions().map(|(kind, state, reason, message)| {
+        let mut value = condition(
+            kind,
+            if state.under { "True" } else { "False" },
+            reason,
+            message,
+        );
+        if !state.since.is_empty() {
+            value["lastTransitionTime"] = json!(state.since);
+        }
+        value
+    });
     json!({
         "capacity": capacity(),
         "allocatable": capacity(),
@@ -95,8 +111,8 @@ pub fn status(identity: &NodeIdentity, images: Value) -> Value {
             {"type": "Hostname", "address": identity.name},
         ],
         "conditions": [
-            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            memory,
+            disk,
             condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
         ],
@@ -150,7 +166,7 @@ pub async fn register(
         .patch_status(
             &identity.name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": status(identity, images)})),
+            &Patch::Merge(json!({"status": status(identity, images, &NodePressure::default())})),
         )
         .await
 }
@@ -182,19 +198,26 @@ pub async fn renew_lease_forever(client: Client, node: Node) {
     }
 }
 
-/// Reports the node status every minute, with the images the runtime holds.
+/// Reports the node status every minute and whenever the pressure conditions change, with
+/// the images the runtime holds.
 pub async fn report_status_forever(
     client: Client,
     identity: NodeIdentity,
     mut cri: corten_cri::runtime::CriClient,
+    mut pressure: watch::Receiver<NodePressure>,
 ) {
     let nodes: Api<Node> = Api::all(client);
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.tick().await;
+    let mut pressure_open = true;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = pressure.changed(), if pressure_open => pressure_open = changed.is_ok(),
+        }
         let images = super::images::node_images(&mut cri).await;
-        let patch = json!({"status": status(&identity, images)});
+        let current = pressure.borrow_and_update().clone();
+        let patch = json!({"status": status(&identity, images, &current)});
         if let Err(e) = nodes
             .patch_status(
                 &identity.name,

@@ -5,7 +5,8 @@
 //! ([`probes`](super::probes)), runs postStart hooks, and on deletion runs preStop hooks and
 //! stops the containers within the grace period ([`lifecycle`](super::lifecycle)), removes
 //! the sandbox and only then removes the pod from the API (the kubelet's final delete). Each
-//! pod syncs in its own task.
+//! pod syncs in its own task. A pod the [`eviction`](super::eviction) manager evicts has its
+//! containers killed and is reported Failed / Evicted; it never runs again.
 //! Sandboxes of pods that no longer exist are removed. Every pass first brings the QoS
 //! cgroups ([`qos_cgroups`](super::qos_cgroups)) in step with the node's pods.
 //!
@@ -38,7 +39,9 @@ use super::{
     container_inputs::{self, ContainerInputs, InputsError},
     env,
     events::{EventRecorder, EventType},
+    eviction::{self, Eviction, Evictions, HARD_EVICTION_GRACE_SECONDS},
     lifecycle,
+    node::now_rfc3339,
     observed::{ContainerObservation, Observed, RunState, SandboxObservation},
     plan::{self, Action},
     pod_cgroups,
@@ -63,6 +66,8 @@ pub struct PodWorkerConfig {
     pub cgroup_root: String,
     /// Where pod log directories go.
     pub log_root: String,
+    /// Evictions the eviction manager asks for.
+    pub evictions: Evictions,
 }
 
 /// What the kubelet remembers about a pod between passes.
@@ -372,6 +377,13 @@ impl Worker {
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(pod).await;
         }
+        // An eviction asked for, or carried out before: the pod runs no more.
+        if let Some(eviction) = self.config.evictions.pending(&uid) {
+            return self.evict(pod, Some(&eviction)).await;
+        }
+        if self.config.evictions.contains(&uid) || eviction::was_evicted(pod) {
+            return self.evict(pod, None).await;
+        }
         let now = now_seconds();
         // The start time already reported (by this agent before a restart) stays.
         let reported_start = pod
@@ -413,17 +425,23 @@ impl Worker {
         );
         let changed = self.memory(&uid, |m| m.reported.as_ref() != Some(&status));
         if changed {
-            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-            api.patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status.clone()})),
-            )
-            .await?;
-            self.memory(&uid, |m| m.reported = Some(status));
+            self.report(pod, status).await?;
         }
+        Ok(())
+    }
+
+    /// Writes the pod's status (a merge patch) and remembers it as reported.
+    async fn report(&self, pod: &Pod, status: Value) -> Result<(), SyncError> {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status.clone()})),
+        )
+        .await?;
+        self.memory(&uid_of(pod), |m| m.reported = Some(status));
         Ok(())
     }
 
@@ -790,8 +808,41 @@ impl Worker {
         let uid = uid_of(pod);
         self.probes.forget_pod(&uid);
         let observed = self.observe(&uid).await?;
-        let grace = lifecycle::grace_seconds(pod);
-        let pod_ip = self.fields(&observed).pod_ip;
+        self.stop_running(pod, &observed, lifecycle::grace_seconds(pod))
+            .await;
+        self.remove_sandboxes(&uid).await?;
+        pod_cgroups::remove(&uid, &self.config.cgroup_root);
+        self.volumes.tear_down(&uid)?;
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => info!(pod = %name, "terminated and removed"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.forget(&uid);
+        Ok(())
+    }
+
+    /// Forgets what is remembered about a pod that is gone.
+    fn forget(&self, uid: &str) {
+        lock(&self.memory).remove(uid);
+        self.config.evictions.forget(uid);
+    }
+
+    /// Kills every running container of the pod at once (preStop hooks, then SIGTERM and
+    /// SIGKILL when `grace` runs out).
+    async fn stop_running(&self, pod: &Pod, observed: &Observed, grace: i64) {
+        let pod_ip = self.fields(observed).pod_ip;
         let spec = pod.spec.clone().unwrap_or_default();
         let running: Vec<(&String, &ContainerObservation)> = observed
             .containers
@@ -817,34 +868,63 @@ impl Worker {
         }))
         .await;
         for result in stopped {
-            // The sandbox's removal below takes what did not stop.
+            // The sandbox's stop or removal that follows takes what did not stop.
             if let Err(e) = result {
                 warn!(error = %e, "stopping a container failed");
             }
         }
-        self.remove_sandboxes(&uid).await?;
-        pod_cgroups::remove(&uid, &self.config.cgroup_root);
-        self.volumes.tear_down(&uid)?;
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        let params = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(uid.clone()),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &params).await {
-            Ok(_) => info!(pod = %name, "terminated and removed"),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+    }
+
+    /// Carries out an eviction (upstream's kill with an eviction status): every running
+    /// container is killed with the eviction's grace period, the pod is reported Failed /
+    /// Evicted ([`eviction::evicted_status`]), then its sandbox is stopped and its volumes
+    /// removed. With no eviction pending (a pod evicted earlier, e.g. before an agent
+    /// restart) it only makes sure nothing of the pod runs; its status stays as reported.
+    async fn evict(&self, pod: &Pod, eviction: Option<&Eviction>) -> Result<(), SyncError> {
+        let uid = uid_of(pod);
+        let observed = self.observe(&uid).await?;
+        let running = observed.sandbox.as_ref().is_some_and(|s| s.ready)
+            || observed
+                .containers
+                .values()
+                .any(|c| c.state == RunState::Running);
+        if !running && eviction.is_none() {
+            return Ok(());
         }
-        self.memory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&uid);
+        self.probes.forget_pod(&uid);
+        let grace = eviction.map_or(HARD_EVICTION_GRACE_SECONDS, |e| e.grace_seconds);
+        self.stop_running(pod, &observed, grace).await;
+        if let Some(eviction) = eviction {
+            let observed = self.observe(&uid).await?;
+            let started_at = self.memory(&uid, |m| m.started_at);
+            let mut status = status::pod_status(
+                pod,
+                &observed,
+                &self.config.host_ip,
+                started_at,
+                now_seconds(),
+            );
+            if started_at == 0 {
+                if let Some(status) = status.as_object_mut() {
+                    status.remove("startTime");
+                }
+            }
+            let status = eviction::evicted_status(status, &eviction.message, &now_rfc3339());
+            self.report(pod, status).await?;
+            info!(pod = ?pod.metadata.name, "evicted");
+            self.config.evictions.done(&uid);
+        }
+        if let Some(sandbox) = observed.sandbox.as_ref().filter(|s| s.ready) {
+            self.cri
+                .clone()
+                .runtime()
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: sandbox.id.clone(),
+                })
+                .await
+                .map_err(cri_err("StopPodSandbox"))?;
+        }
+        self.volumes.tear_down(&uid)?;
         Ok(())
     }
 
@@ -902,10 +982,7 @@ impl Worker {
             self.remove_sandboxes(&uid).await?;
             pod_cgroups::remove(&uid, &self.config.cgroup_root);
             self.volumes.tear_down(&uid)?;
-            self.memory
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&uid);
+            self.forget(&uid);
         }
         Ok(())
     }

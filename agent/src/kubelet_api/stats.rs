@@ -264,7 +264,7 @@ fn network_stats(time: &str, interfaces: Vec<InterfaceCounters>) -> Option<Netwo
 }
 
 /// Usage of the filesystem holding `path`.
-fn fs_stats(time: &str, path: &Path) -> Option<FsStats> {
+pub(crate) fn fs_stats(time: &str, path: &Path) -> Option<FsStats> {
     let stat = nix::sys::statvfs::statvfs(path).ok()?;
     let block = stat.fragment_size();
     let blocks = stat.blocks();

@@ -53,6 +53,21 @@ pub fn start(
         .arg("--bpffs-pin-dir")
         .arg(paths.node_bpffs(i))
         .args(extra_args);
+    // As kind does for its nodes: no eviction or image collection because the host's disk is
+    // full (a lab's images cannot be pulled back); tests of those pass their own thresholds.
+    let given = |flag: &str| {
+        extra_args.iter().any(|a| {
+            a == flag
+                || a.strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with('='))
+        })
+    };
+    if !given("--eviction-hard") {
+        command.args(["--eviction-hard", "memory.available<100Mi"]);
+    }
+    if !given("--image-gc-high-threshold") {
+        command.args(["--image-gc-high-threshold", "100"]);
+    }
     host::enter(
         &mut command,
         &paths.node_netns(i),

@@ -1,0 +1,1370 @@
+//! Node-pressure eviction, as upstream's kubelet does it (the "Node-pressure Eviction" page
+//! on kubernetes.io): every monitoring interval (upstream 10 s) the signals are observed —
+//! `memory.available` (the node's memory capacity less the working set of the cgroup root:
+//! the whole machine from `/proc/meminfo` when that is `/`, else that cgroup's, read by
+//! [`resource_usage`](crate::kubelet_api::resource_usage)), `nodefs.available` /
+//! `nodefs.inodesFree` (the filesystem of the agent's data directory) and
+//! `imagefs.available` / `imagefs.inodesFree` (the runtime's image filesystem, from CRI
+//! `ImageFsInfo`) — and compared with the hard thresholds (`--eviction-hard`, upstream
+//! syntax and defaults; `--eviction-minimum-reclaim` keeps a met threshold met until that
+//! much more is free). A met threshold sets the node condition MemoryPressure or
+//! DiskPressure, which stays True until no threshold of its kind has been met for the
+//! pressure transition period (upstream 5 min). Under disk pressure node-level resources
+//! are reclaimed first (unused images through [`image_gc`](super::image_gc), then dead
+//! containers); if the threshold is still met, one pod per interval is evicted: the active
+//! pods that are not critical (static, mirror, priority ≥ 2000000000) ranked as upstream —
+//! usage above requests first, then lower priority, then the larger usage over requests.
+//! The pod worker carries the eviction out ([`Evictions`]): it kills the containers (grace
+//! 0 for a hard threshold), stops the sandbox, and reports phase Failed, reason `Evicted`,
+//! upstream's message and a DisruptionTarget condition ([`evicted_status`]); an `Evicted`
+//! event is recorded.
+//!
+//! Owns the signals, thresholds, ranking and the node pressure state. The decisions are
+//! plain functions; the I/O (stats, CRI, the pod list) is the thin [`run`] loop. It never
+//! kills a container itself (the pod worker does) and never writes the Node (the node
+//! status reporter publishes what [`NodePressure`] says).
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use corten_cri::runtime::CriClient;
+use k8s_cri::v1::{ContainerState, ListContainersRequest, RemoveContainerRequest};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{api::ListParams, Api, Client};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{
+    events::{EventRecorder, EventType},
+    image_gc::{self, ImageGc},
+    runtime_config::{self, CONTAINER_NAME_LABEL, POD_UID_LABEL},
+    static_pods::{MIRROR_ANNOTATION, SOURCE_ANNOTATION},
+};
+use crate::kubelet_api::resource_usage::{Cgroups, Proc};
+
+/// Upstream's `--eviction-hard` default.
+pub const DEFAULT_EVICTION_HARD: &str =
+    "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%";
+/// Upstream's `--eviction-pressure-transition-period` default.
+pub const DEFAULT_TRANSITION_PERIOD: Duration = Duration::from_secs(300);
+/// Upstream's monitoring interval.
+pub const DEFAULT_MONITORING_INTERVAL: Duration = Duration::from_secs(10);
+/// Pods at or above this priority are critical and never evicted (upstream's
+/// `SystemCriticalPriority`).
+pub const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
+/// The grace period of a pod evicted for a hard threshold.
+pub const HARD_EVICTION_GRACE_SECONDS: i64 = 0;
+
+/// What is wrong with an eviction flag.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ThresholdError {
+    /// The signal is not one the kubelet knows.
+    #[error("unknown eviction signal {0:?} (use memory.available, nodefs.available, nodefs.inodesFree, imagefs.available or imagefs.inodesFree)")]
+    UnknownSignal(String),
+    /// The entry has no operator.
+    #[error("eviction threshold {0:?} has no {1:?} operator")]
+    NoOperator(String, char),
+    /// The quantity or percentage does not parse (or is negative, or a percentage over 100).
+    #[error("invalid quantity {0:?} in eviction flag")]
+    BadQuantity(String),
+    /// The same signal is given twice.
+    #[error("eviction signal {0} given twice")]
+    Duplicate(&'static str),
+    /// A minimum reclaim names a signal without a threshold.
+    #[error("minimum reclaim for {0}, which has no threshold")]
+    NoThreshold(&'static str),
+    /// A duration does not parse.
+    #[error("invalid duration {0:?} (use e.g. 10s, 5m, 1m30s)")]
+    BadDuration(String),
+}
+
+/// An eviction signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    /// The node's memory capacity less its working set.
+    MemoryAvailable,
+    /// Free bytes of the node filesystem (the agent's data directory).
+    NodeFsAvailable,
+    /// Free inodes of the node filesystem.
+    NodeFsInodesFree,
+    /// Free bytes of the runtime's image filesystem.
+    ImageFsAvailable,
+    /// Free inodes of the runtime's image filesystem.
+    ImageFsInodesFree,
+}
+
+/// The node condition a signal feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PressureKind {
+    /// MemoryPressure.
+    Memory,
+    /// DiskPressure.
+    Disk,
+}
+
+impl Signal {
+    const ALL: [Signal; 5] = [
+        Signal::MemoryAvailable,
+        Signal::NodeFsAvailable,
+        Signal::NodeFsInodesFree,
+        Signal::ImageFsAvailable,
+        Signal::ImageFsInodesFree,
+    ];
+
+    /// Its name in flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::MemoryAvailable => "memory.available",
+            Signal::NodeFsAvailable => "nodefs.available",
+            Signal::NodeFsInodesFree => "nodefs.inodesFree",
+            Signal::ImageFsAvailable => "imagefs.available",
+            Signal::ImageFsInodesFree => "imagefs.inodesFree",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Self, ThresholdError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| ThresholdError::UnknownSignal(name.to_owned()))
+    }
+
+    /// The resource it measures, as upstream's eviction message names it.
+    pub fn resource(self) -> &'static str {
+        match self {
+            Signal::MemoryAvailable => "memory",
+            Signal::NodeFsInodesFree | Signal::ImageFsInodesFree => "inodes",
+            Signal::NodeFsAvailable | Signal::ImageFsAvailable => "ephemeral-storage",
+        }
+    }
+
+    /// The condition it feeds.
+    pub fn pressure(self) -> PressureKind {
+        match self {
+            Signal::MemoryAvailable => PressureKind::Memory,
+            _ => PressureKind::Disk,
+        }
+    }
+
+    /// Whether it counts inodes rather than bytes.
+    fn counts_inodes(self) -> bool {
+        matches!(self, Signal::NodeFsInodesFree | Signal::ImageFsInodesFree)
+    }
+}
+
+/// A quantity or a percentage of the capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Amount {
+    /// Bytes (or inodes).
+    Quantity(u64),
+    /// Percent of the capacity.
+    Percent(f64),
+}
+
+impl Amount {
+    fn parse(text: &str) -> Result<Self, ThresholdError> {
+        let bad = || ThresholdError::BadQuantity(text.to_owned());
+        let text = text.trim();
+        if let Some(percent) = text.strip_suffix('%') {
+            let value: f64 = percent.trim().parse().map_err(|_| bad())?;
+            if !(0.0..=100.0).contains(&value) {
+                return Err(bad());
+            }
+            return Ok(Amount::Percent(value));
+        }
+        let milli = runtime_config::parse_milli(text).ok_or_else(bad)?;
+        let units = u64::try_from(milli).map_err(|_| bad())? / 1000;
+        Ok(Amount::Quantity(units))
+    }
+
+    /// The amount in units, given the capacity.
+    pub fn of(self, capacity: u64) -> u64 {
+        match self {
+            Amount::Quantity(q) => q,
+            Amount::Percent(p) => (capacity as f64 * p / 100.0) as u64,
+        }
+    }
+
+    fn display(self, signal: Signal) -> String {
+        match self {
+            Amount::Percent(p) => format!("{p}%"),
+            Amount::Quantity(q) if signal.counts_inodes() => q.to_string(),
+            Amount::Quantity(q) => format_bytes(q),
+        }
+    }
+}
+
+/// Bytes as a Kubernetes quantity: the largest binary suffix that divides them exactly.
+pub fn format_bytes(bytes: u64) -> String {
+    for (suffix, unit) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
+/// One hard threshold: evict when the signal's value is below `amount`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    /// What is measured.
+    pub signal: Signal,
+    /// The value below which it is met.
+    pub amount: Amount,
+    /// How much more must be free before a met threshold stops being met.
+    pub min_reclaim: Option<Amount>,
+}
+
+/// Parses `--eviction-hard` (`signal<quantity` entries, comma separated; empty: none).
+pub fn parse_thresholds(text: &str) -> Result<Vec<Threshold>, ThresholdError> {
+    let mut out: Vec<Threshold> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, quantity) = entry
+            .split_once('<')
+            .ok_or_else(|| ThresholdError::NoOperator(entry.to_owned(), '<'))?;
+        let signal = Signal::parse(name.trim())?;
+        if out.iter().any(|t| t.signal == signal) {
+            return Err(ThresholdError::Duplicate(signal.name()));
+        }
+        out.push(Threshold {
+            signal,
+            amount: Amount::parse(quantity)?,
+            min_reclaim: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Applies `--eviction-minimum-reclaim` (`signal=quantity` entries) to `thresholds`.
+pub fn apply_minimum_reclaim(
+    thresholds: &mut [Threshold],
+    text: &str,
+) -> Result<(), ThresholdError> {
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, quantity) = entry
+            .split_once('=')
+            .ok_or_else(|| ThresholdError::NoOperator(entry.to_owned(), '='))?;
+        let signal = Signal::parse(name.trim())?;
+        let amount = Amount::parse(quantity)?;
+        let threshold = thresholds
+            .iter_mut()
+            .find(|t| t.signal == signal)
+            .ok_or(ThresholdError::NoThreshold(signal.name()))?;
+        threshold.min_reclaim = Some(amount);
+    }
+    Ok(())
+}
+
+/// Parses a Go-style duration: `300ms`, `10s`, `5m`, `1h`, `1m30s`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, ThresholdError> {
+    let bad = || ThresholdError::BadDuration(text.to_owned());
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::from_secs_f64(seconds);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// One signal's observed value and the capacity it is a part of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    /// What is available (bytes or inodes).
+    pub available: u64,
+    /// The capacity.
+    pub capacity: u64,
+}
+
+/// Whether `threshold` is met by `observation`; with `enforce_min_reclaim` (the threshold
+/// was met last time) it stays met until its minimum reclaim is free on top of it.
+pub fn threshold_met(
+    threshold: &Threshold,
+    observation: Observation,
+    enforce_min_reclaim: bool,
+) -> bool {
+    let mut quantity = threshold.amount.of(observation.capacity);
+    if enforce_min_reclaim {
+        if let Some(reclaim) = threshold.min_reclaim {
+            quantity = quantity.saturating_add(reclaim.of(observation.capacity));
+        }
+    }
+    observation.available < quantity
+}
+
+/// A node pressure condition's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConditionState {
+    /// Whether the node is under this pressure.
+    pub under: bool,
+    /// When that last changed (RFC 3339); empty until it first changes.
+    pub since: String,
+}
+
+/// What the node status reports about pressure (read by [`node`](super::node)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodePressure {
+    /// MemoryPressure.
+    pub memory: ConditionState,
+    /// DiskPressure.
+    pub disk: ConditionState,
+}
+
+impl NodePressure {
+    /// The MemoryPressure and DiskPressure conditions as upstream writes them (`status`,
+    /// `reason`, `message`, and the transition time when known).
+    pub fn conditions(&self) -> [(&'static str, &ConditionState, &'static str, &'static str); 2] {
+        let memory = if self.memory.under {
+            (
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            )
+        } else {
+            (
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            )
+        };
+        let disk = if self.disk.under {
+            ("KubeletHasDiskPressure", "kubelet has disk pressure")
+        } else {
+            ("KubeletHasNoDiskPressure", "kubelet has no disk pressure")
+        };
+        [
+            ("MemoryPressure", &self.memory, memory.0, memory.1),
+            ("DiskPressure", &self.disk, disk.0, disk.1),
+        ]
+    }
+}
+
+/// The thresholds' state between passes: which were met last time (their minimum reclaim
+/// applies) and when each kind of pressure was last seen (for the transition period).
+#[derive(Debug)]
+pub struct PressureTracker {
+    thresholds: Vec<Threshold>,
+    transition: Duration,
+    met_last: HashSet<Signal>,
+    last_seen: HashMap<PressureKind, Instant>,
+}
+
+impl PressureTracker {
+    /// A tracker of `thresholds` whose conditions clear `transition` after the last
+    /// threshold of their kind stops being met.
+    pub fn new(thresholds: Vec<Threshold>, transition: Duration) -> Self {
+        Self {
+            thresholds,
+            transition,
+            met_last: HashSet::new(),
+            last_seen: HashMap::new(),
+        }
+    }
+
+    /// The thresholds.
+    pub fn thresholds(&self) -> &[Threshold] {
+        &self.thresholds
+    }
+
+    /// Takes this pass's observations at `now`: returns the thresholds met now (memory
+    /// first, then in flag order) and whether the node is under memory and disk pressure.
+    /// A signal without an observation meets nothing.
+    pub fn observe(
+        &mut self,
+        observations: &HashMap<Signal, Observation>,
+        now: Instant,
+    ) -> (Vec<Threshold>, bool, bool) {
+        let mut met: Vec<Threshold> = self
+            .thresholds
+            .iter()
+            .filter(|t| {
+                observations
+                    .get(&t.signal)
+                    .is_some_and(|o| threshold_met(t, *o, self.met_last.contains(&t.signal)))
+            })
+            .cloned()
+            .collect();
+        met.sort_by_key(|t| t.signal.pressure() != PressureKind::Memory);
+        self.met_last = met.iter().map(|t| t.signal).collect();
+        for threshold in &met {
+            self.last_seen.insert(threshold.signal.pressure(), now);
+        }
+        let under = |kind| {
+            self.last_seen
+                .get(&kind)
+                .is_some_and(|&at| now.saturating_duration_since(at) < self.transition || at == now)
+        };
+        let (memory, disk) = (under(PressureKind::Memory), under(PressureKind::Disk));
+        (met, memory, disk)
+    }
+}
+
+/// A pod as the ranking sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its UID.
+    pub uid: String,
+    /// Its priority (0 when unset).
+    pub priority: i32,
+    /// What it uses of the starved resource.
+    pub usage: u64,
+    /// What it requests of it.
+    pub request: u64,
+}
+
+/// Ranks pods for eviction as upstream does: those using more than they request first,
+/// then lower priority first, then the larger usage over request first.
+pub fn rank(candidates: &mut [Candidate]) {
+    candidates.sort_by(|a, b| {
+        let exceeds = |c: &Candidate| c.usage > c.request;
+        let over = |c: &Candidate| i128::from(c.usage) - i128::from(c.request);
+        exceeds(b)
+            .cmp(&exceeds(a))
+            .then(a.priority.cmp(&b.priority))
+            .then(over(b).cmp(&over(a)))
+    });
+}
+
+/// Whether the kubelet never evicts `pod`: a static or mirror pod, or one at system
+/// critical priority.
+pub fn is_critical(pod: &Pod) -> bool {
+    let annotations = pod.metadata.annotations.as_ref();
+    let static_or_mirror = annotations.is_some_and(|a| {
+        a.contains_key(MIRROR_ANNOTATION) || a.get(SOURCE_ANNOTATION).is_some_and(|s| s != "api")
+    });
+    let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+    static_or_mirror || priority >= SYSTEM_CRITICAL_PRIORITY
+}
+
+/// Whether the pod still runs on the node: not in a terminal phase, not being deleted.
+pub fn is_active(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Failed" | "Succeeded"))
+}
+
+/// Whether the pod was evicted (phase Failed, reason Evicted).
+pub fn was_evicted(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.phase.as_deref() == Some("Failed") && s.reason.as_deref() == Some("Evicted")
+    })
+}
+
+/// The pod's request of `resource` (`memory` or `ephemeral-storage`) in bytes: the larger
+/// of its app containers' sum and its largest init container, as upstream sums requests.
+pub fn pod_request(pod: &Pod, resource: &str) -> u64 {
+    let Some(spec) = pod.spec.as_ref() else {
+        return 0;
+    };
+    let request = |c: &k8s_openapi::api::core::v1::Container| -> u64 {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get(resource))
+            .and_then(|q| runtime_config::parse_milli(&q.0))
+            .and_then(|m| u64::try_from(m / 1000).ok())
+            .unwrap_or(0)
+    };
+    let apps: u64 = spec.containers.iter().map(request).sum();
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(request)
+        .max()
+        .unwrap_or(0);
+    apps.max(init)
+}
+
+/// Upstream's eviction message for `threshold` met with `available` left.
+pub fn eviction_message(threshold: &Threshold, observation: Observation) -> String {
+    let resource = threshold.signal.resource();
+    let available = if threshold.signal.counts_inodes() {
+        observation.available.to_string()
+    } else {
+        format_bytes(observation.available)
+    };
+    format!(
+        "The node was low on resource: {resource}. Threshold quantity: {}, available: {available}. ",
+        threshold.amount.display(threshold.signal)
+    )
+}
+
+/// The status of an evicted pod: `status` (what the pod worker computed after the kill)
+/// with phase Failed, reason Evicted, the message, and a DisruptionTarget condition.
+pub fn evicted_status(mut status: Value, message: &str, now: &str) -> Value {
+    status["phase"] = json!("Failed");
+    status["reason"] = json!("Evicted");
+    status["message"] = json!(message);
+    let target = json!({"type": "DisruptionTarget", "status": "True",
+        "reason": "TerminationByKubelet", "message": message,
+        "lastProbeTime": null, "lastTransitionTime": now});
+    match status["conditions"].as_array_mut() {
+        Some(conditions) => {
+            conditions.retain(|c| c["type"] != "DisruptionTarget");
+            conditions.push(target);
+        }
+        None => status["conditions"] = json!([target]),
+    }
+    status
+}
+
+/// A container as dead-container collection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadCandidate {
+    /// Its ID.
+    pub id: String,
+    /// Its pod's UID.
+    pub pod_uid: String,
+    /// Its name in the pod.
+    pub name: String,
+    /// Its attempt.
+    pub attempt: u32,
+    /// Whether it has exited.
+    pub exited: bool,
+}
+
+/// The dead containers to remove when reclaiming disk: all exited containers but the
+/// newest exited one of each pod's container (upstream's one dead container per pod
+/// container, kept for its logs and last state).
+pub fn dead_containers_to_remove(containers: &[DeadCandidate]) -> Vec<String> {
+    let mut by_container: HashMap<(&str, &str), Vec<&DeadCandidate>> = HashMap::new();
+    for c in containers.iter().filter(|c| c.exited) {
+        by_container
+            .entry((c.pod_uid.as_str(), c.name.as_str()))
+            .or_default()
+            .push(c);
+    }
+    let mut out: Vec<String> = by_container
+        .into_values()
+        .flat_map(|mut dead| {
+            dead.sort_by_key(|c| std::cmp::Reverse(c.attempt));
+            dead.into_iter().skip(1).map(|c| c.id.clone())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An eviction the pod worker is to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    /// The status message (and event message).
+    pub message: String,
+    /// The containers' grace period.
+    pub grace_seconds: i64,
+}
+
+/// Evictions by pod UID: the eviction manager asks for them, the pod worker carries them
+/// out and remembers them until the pod is gone (so that a pod whose Failed status has not
+/// come back through the watch yet is not started again).
+#[derive(Debug, Clone, Default)]
+pub struct Evictions(Arc<Mutex<HashMap<String, (Eviction, bool)>>>);
+
+impl Evictions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Eviction, bool)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for `uid` to be evicted (unless it already is).
+    pub fn request(&self, uid: &str, eviction: Eviction) {
+        self.lock()
+            .entry(uid.to_owned())
+            .or_insert((eviction, false));
+    }
+
+    /// The eviction asked for `uid` and not yet carried out.
+    pub fn pending(&self, uid: &str) -> Option<Eviction> {
+        self.lock()
+            .get(uid)
+            .filter(|(_, done)| !done)
+            .map(|(e, _)| e.clone())
+    }
+
+    /// Whether `uid` was asked for or evicted already.
+    pub fn contains(&self, uid: &str) -> bool {
+        self.lock().contains_key(uid)
+    }
+
+    /// Marks `uid`'s eviction as carried out.
+    pub fn done(&self, uid: &str) {
+        if let Some((_, done)) = self.lock().get_mut(uid) {
+            *done = true;
+        }
+    }
+
+    /// Forgets `uid` (the pod is gone).
+    pub fn forget(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+}
+
+/// What the eviction manager does (corten-agent's flags).
+#[derive(Debug, Clone)]
+pub struct EvictionPolicy {
+    /// The hard thresholds (`--eviction-hard`, `--eviction-minimum-reclaim`).
+    pub thresholds: Vec<Threshold>,
+    /// `--eviction-pressure-transition-period`.
+    pub transition: Duration,
+    /// How often signals are observed.
+    pub interval: Duration,
+}
+
+impl EvictionPolicy {
+    /// The policy from the flags' texts: `--eviction-hard`, `--eviction-minimum-reclaim`,
+    /// `--eviction-pressure-transition-period` and the monitoring interval.
+    pub fn from_flags(
+        hard: &str,
+        minimum_reclaim: &str,
+        transition: &str,
+        interval: &str,
+    ) -> Result<Self, ThresholdError> {
+        let mut thresholds = parse_thresholds(hard)?;
+        apply_minimum_reclaim(&mut thresholds, minimum_reclaim)?;
+        let interval = parse_duration(interval)?;
+        if interval.is_zero() {
+            return Err(ThresholdError::BadDuration("0".to_owned()));
+        }
+        Ok(Self {
+            thresholds,
+            transition: parse_duration(transition)?,
+            interval,
+        })
+    }
+}
+
+/// Where the eviction manager looks.
+#[derive(Debug, Clone)]
+pub struct EvictionConfig {
+    /// The thresholds and timing.
+    pub policy: EvictionPolicy,
+    /// This node.
+    pub node_name: String,
+    /// The cgroup pods are under (its working set is the node's).
+    pub cgroup_root: String,
+    /// The agent's data directory (the node filesystem).
+    pub data_dir: PathBuf,
+    /// Where pod logs and volumes are (`<data dir>/pods`).
+    pub pods_dir: PathBuf,
+}
+
+/// Bytes and inodes available and in total on the filesystem holding `path`.
+pub(crate) fn filesystem(path: &Path) -> Option<(Observation, Observation)> {
+    let stats = crate::kubelet_api::stats::fs_stats("", path)?;
+    Some((
+        Observation {
+            available: stats.available_bytes,
+            capacity: stats.capacity_bytes,
+        },
+        Observation {
+            available: stats.inodes_free,
+            capacity: stats.inodes,
+        },
+    ))
+}
+
+/// What the eviction loop reads from the node.
+struct Sources {
+    cgroups: Cgroups,
+    proc: Proc,
+}
+
+impl Sources {
+    /// `memory.available`: capacity less the working set of the node (the cgroup root's,
+    /// or the whole machine's when that is `/`).
+    fn memory(&self, cgroup_root: &str) -> Option<Observation> {
+        let machine = self.proc.memory()?;
+        let capacity = machine.limit?;
+        let working_set = if cgroup_root.trim_end_matches('/').is_empty() {
+            machine.working_set
+        } else {
+            self.cgroups.memory(cgroup_root)?.working_set
+        };
+        Some(Observation {
+            available: capacity.saturating_sub(working_set),
+            capacity,
+        })
+    }
+}
+
+/// Every signal's observation now.
+async fn observe(
+    sources: &Sources,
+    cri: &mut CriClient,
+    config: &EvictionConfig,
+) -> HashMap<Signal, Observation> {
+    let mut out = HashMap::new();
+    if let Some(memory) = sources.memory(&config.cgroup_root) {
+        out.insert(Signal::MemoryAvailable, memory);
+    }
+    if let Some((bytes, inodes)) = filesystem(&config.data_dir) {
+        out.insert(Signal::NodeFsAvailable, bytes);
+        out.insert(Signal::NodeFsInodesFree, inodes);
+    }
+    let image_fs = image_gc::image_fs_mountpoint(cri).await;
+    if let Some((bytes, inodes)) = image_fs.as_deref().and_then(filesystem) {
+        out.insert(Signal::ImageFsAvailable, bytes);
+        out.insert(Signal::ImageFsInodesFree, inodes);
+    }
+    out
+}
+
+/// Bytes under `dir` on its own filesystem (bounded to 100 000 entries).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let device = root.dev();
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > 100_000 {
+                return total;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.dev() != device {
+                continue;
+            }
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total = total.saturating_add(meta.blocks().saturating_mul(512));
+            }
+        }
+    }
+    total
+}
+
+/// What `pod` uses of the resource `signal` measures.
+fn pod_usage(pod: &Pod, signal: Signal, sources: &Sources, config: &EvictionConfig) -> u64 {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    match signal.pressure() {
+        PressureKind::Memory => sources
+            .cgroups
+            .memory(&runtime_config::cgroup_parent(pod, &config.cgroup_root))
+            .map_or(0, |m| m.working_set),
+        PressureKind::Disk => {
+            let logs = runtime_config::log_directory(pod, &config.pods_dir.to_string_lossy());
+            disk_usage(&config.pods_dir.join(&uid)) + disk_usage(Path::new(&logs))
+        }
+    }
+}
+
+/// Removes dead containers as [`dead_containers_to_remove`] says; returns how many.
+async fn remove_dead_containers(cri: &mut CriClient) -> usize {
+    let listed = cri
+        .runtime()
+        .list_containers(ListContainersRequest { filter: None })
+        .await;
+    let containers = match listed {
+        Ok(r) => r.into_inner().containers,
+        Err(e) => {
+            warn!(error = %e, "listing containers for garbage collection failed");
+            return 0;
+        }
+    };
+    let candidates: Vec<DeadCandidate> = containers
+        .iter()
+        .map(|c| DeadCandidate {
+            id: c.id.clone(),
+            pod_uid: c.labels.get(POD_UID_LABEL).cloned().unwrap_or_default(),
+            name: c
+                .labels
+                .get(CONTAINER_NAME_LABEL)
+                .cloned()
+                .unwrap_or_default(),
+            attempt: c.metadata.as_ref().map_or(0, |m| m.attempt),
+            exited: c.state == ContainerState::ContainerExited as i32,
+        })
+        .collect();
+    let mut removed = 0;
+    for id in dead_containers_to_remove(&candidates) {
+        match cri
+            .runtime()
+            .remove_container(RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+        {
+            Ok(_) => removed += 1,
+            Err(e) => warn!(container = %id, error = %e, "removing a dead container failed"),
+        }
+    }
+    removed
+}
+
+/// The pods of this node, from the API.
+async fn node_pods(client: &Client, node_name: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let params = ListParams::default().fields(&format!("spec.nodeName={node_name}"));
+    match pods.list(&params).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            warn!(error = %e, "listing this node's pods for eviction failed");
+            Vec::new()
+        }
+    }
+}
+
+/// Publishes the pressure conditions when they change, with their transition times.
+fn publish(conditions: &watch::Sender<NodePressure>, memory: bool, disk: bool) {
+    conditions.send_if_modified(|state| {
+        let mut changed = false;
+        for (condition, under, name) in [
+            (&mut state.memory, memory, "MemoryPressure"),
+            (&mut state.disk, disk, "DiskPressure"),
+        ] {
+            if condition.under != under {
+                info!(condition = name, under, "node pressure changed");
+                condition.under = under;
+                condition.since = super::node::now_rfc3339();
+                changed = true;
+            }
+        }
+        changed
+    });
+}
+
+/// Runs the eviction manager forever: observe, publish the conditions, reclaim, evict.
+pub async fn run(
+    client: Client,
+    mut cri: CriClient,
+    config: EvictionConfig,
+    mut image_gc: ImageGc,
+    evictions: Evictions,
+    conditions: watch::Sender<NodePressure>,
+) {
+    let sources = Sources {
+        cgroups: Cgroups::host(),
+        proc: Proc::host(),
+    };
+    let events = EventRecorder::new(client.clone(), config.node_name.clone());
+    let policy = &config.policy;
+    let mut tracker = PressureTracker::new(policy.thresholds.clone(), policy.transition);
+    let mut tick = tokio::time::interval(policy.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        image_gc.periodic(&mut cri).await;
+        let mut observations = observe(&sources, &mut cri, &config).await;
+        let (mut met, memory, disk) = tracker.observe(&observations, Instant::now());
+        publish(&conditions, memory, disk);
+        let Some(first) = met.first().cloned() else {
+            continue;
+        };
+        // Disk: reclaim node-level resources first, and look again.
+        if first.signal.pressure() == PressureKind::Disk {
+            let freed = image_gc.delete_unused(&mut cri).await;
+            let removed = remove_dead_containers(&mut cri).await;
+            info!(
+                signal = first.signal.name(),
+                freed_bytes = freed,
+                removed_containers = removed,
+                "reclaimed node-level resources"
+            );
+            observations = observe(&sources, &mut cri, &config).await;
+            let (again, memory, disk) = tracker.observe(&observations, Instant::now());
+            publish(&conditions, memory, disk);
+            met = again;
+        }
+        let Some(threshold) = met.first() else {
+            continue;
+        };
+        let Some(observation) = observations.get(&threshold.signal).copied() else {
+            continue;
+        };
+        let context = EvictionContext {
+            client: &client,
+            config: &config,
+            sources: &sources,
+            events: &events,
+            evictions: &evictions,
+        };
+        evict_one(&context, threshold, observation).await;
+    }
+}
+
+/// What choosing and asking for an eviction needs.
+struct EvictionContext<'a> {
+    client: &'a Client,
+    config: &'a EvictionConfig,
+    sources: &'a Sources,
+    events: &'a EventRecorder,
+    evictions: &'a Evictions,
+}
+
+/// Asks the pod worker to evict the first ranked pod for `threshold`.
+async fn evict_one(context: &EvictionContext<'_>, threshold: &Threshold, observation: Observation) {
+    let EvictionContext {
+        client,
+        config,
+        sources,
+        events,
+        evictions,
+    } = context;
+    let pods: Vec<Pod> = node_pods(client, &config.node_name)
+        .await
+        .into_iter()
+        .filter(is_active)
+        .filter(|p| !is_critical(p))
+        .collect();
+    let resource = match threshold.signal.pressure() {
+        PressureKind::Memory => "memory",
+        PressureKind::Disk => "ephemeral-storage",
+    };
+    let mut candidates: Vec<Candidate> = pods
+        .iter()
+        .map(|p| Candidate {
+            uid: p.metadata.uid.clone().unwrap_or_default(),
+            priority: p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
+            usage: pod_usage(p, threshold.signal, sources, config),
+            request: pod_request(p, resource),
+        })
+        .collect();
+    rank(&mut candidates);
+    let Some(victim) = candidates.first() else {
+        warn!(
+            signal = threshold.signal.name(),
+            "eviction threshold met, but no pod can be evicted"
+        );
+        return;
+    };
+    let Some(pod) = pods
+        .iter()
+        .find(|p| p.metadata.uid.as_deref() == Some(&victim.uid))
+    else {
+        return;
+    };
+    if evictions.contains(&victim.uid) {
+        debug!(pod = ?pod.metadata.name, "eviction already under way");
+        return;
+    }
+    let message = eviction_message(threshold, observation);
+    info!(pod = ?pod.metadata.name, namespace = ?pod.metadata.namespace, %message, "evicting");
+    events.record(pod, None, EventType::Warning, "Evicted", &message);
+    evictions.request(
+        &victim.uid,
+        Eviction {
+            message,
+            grace_seconds: HARD_EVICTION_GRACE_SECONDS,
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn upstream_defaults_and_syntax_parse() {
+        let thresholds = parse_thresholds(DEFAULT_EVICTION_HARD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            thresholds,
+            [
+                Threshold {
+                    signal: Signal::MemoryAvailable,
+                    amount: Amount::Quantity(100 << 20),
+                    min_reclaim: None
+                },
+                Threshold {
+                    signal: Signal::NodeFsAvailable,
+                    amount: Amount::Percent(10.0),
+                    min_reclaim: None
+                },
+                Threshold {
+                    signal: Signal::NodeFsInodesFree,
+                    amount: Amount::Percent(5.0),
+                    min_reclaim: None
+                },
+                Threshold {
+                    signal: Signal::ImageFsAvailable,
+                    amount: Amount::Percent(15.0),
+                    min_reclaim: None
+                },
+            ]
+        );
+        assert_eq!(parse_thresholds(""), Ok(Vec::new()));
+        assert_eq!(
+            parse_thresholds("memory.available<1Gi , imagefs.inodesFree<1000").map(|t| t.len()),
+            Ok(2)
+        );
+        assert_eq!(
+            parse_thresholds("memory.free<1Gi"),
+            Err(ThresholdError::UnknownSignal("memory.free".to_owned()))
+        );
+        assert!(matches!(
+            parse_thresholds("memory.available=1Gi"),
+            Err(ThresholdError::NoOperator(..))
+        ));
+        assert!(matches!(
+            parse_thresholds("nodefs.available<120%"),
+            Err(ThresholdError::BadQuantity(_))
+        ));
+        assert!(matches!(
+            parse_thresholds("nodefs.available<-1"),
+            Err(ThresholdError::BadQuantity(_))
+        ));
+        assert_eq!(
+            parse_thresholds("memory.available<1Gi,memory.available<2Gi"),
+            Err(ThresholdError::Duplicate("memory.available"))
+        );
+        let mut thresholds = parse_thresholds("memory.available<1Gi").unwrap_or_default();
+        assert_eq!(
+            apply_minimum_reclaim(&mut thresholds, "memory.available=500Mi"),
+            Ok(())
+        );
+        assert_eq!(thresholds[0].min_reclaim, Some(Amount::Quantity(500 << 20)));
+        assert_eq!(
+            apply_minimum_reclaim(&mut thresholds, "nodefs.available=1Gi"),
+            Err(ThresholdError::NoThreshold("nodefs.available"))
+        );
+    }
+
+    #[test]
+    fn durations_parse_as_go_writes_them() {
+        let ok = |t: &str| parse_duration(t).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok("5m"), Duration::from_secs(300));
+        assert_eq!(ok("5m0s"), Duration::from_secs(300));
+        assert_eq!(ok("1m30s"), Duration::from_secs(90));
+        assert_eq!(ok("300ms"), Duration::from_millis(300));
+        assert_eq!(ok("2h"), Duration::from_secs(7200));
+        assert_eq!(ok("10"), Duration::from_secs(10));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn thresholds_compare_quantities_percentages_and_minimum_reclaim() {
+        let memory = Threshold {
+            signal: Signal::MemoryAvailable,
+            amount: Amount::Quantity(100),
+            min_reclaim: Some(Amount::Quantity(50)),
+        };
+        let at = |available| Observation {
+            available,
+            capacity: 1000,
+        };
+        assert!(threshold_met(&memory, at(99), false));
+        assert!(!threshold_met(&memory, at(100), false));
+        // Once met, it stays met until the minimum reclaim is free on top.
+        assert!(threshold_met(&memory, at(120), true));
+        assert!(!threshold_met(&memory, at(150), true));
+        let disk = Threshold {
+            signal: Signal::NodeFsAvailable,
+            amount: Amount::Percent(10.0),
+            min_reclaim: None,
+        };
+        assert!(threshold_met(&disk, at(99), false));
+        assert!(!threshold_met(&disk, at(100), true));
+    }
+
+    #[test]
+    fn pressure_lasts_the_transition_period_after_the_last_met_threshold() {
+        let thresholds =
+            parse_thresholds("memory.available<100,nodefs.available<10%").unwrap_or_default();
+        let mut tracker = PressureTracker::new(thresholds, Duration::from_secs(30));
+        let start = Instant::now();
+        let observe = |memory: u64, disk: u64| {
+            HashMap::from([
+                (
+                    Signal::MemoryAvailable,
+                    Observation {
+                        available: memory,
+                        capacity: 1000,
+                    },
+                ),
+                (
+                    Signal::NodeFsAvailable,
+                    Observation {
+                        available: disk,
+                        capacity: 1000,
+                    },
+                ),
+            ])
+        };
+        let (met, memory, disk) = tracker.observe(&observe(500, 500), start);
+        assert!(met.is_empty() && !memory && !disk);
+        // Both met: memory comes first.
+        let (met, memory, disk) = tracker.observe(&observe(50, 50), start + Duration::from_secs(1));
+        assert_eq!(
+            met.iter().map(|t| t.signal).collect::<Vec<_>>(),
+            [Signal::MemoryAvailable, Signal::NodeFsAvailable]
+        );
+        assert!(memory && disk);
+        // Resolved, but within the transition period: still under pressure, nothing met.
+        let (met, memory, disk) =
+            tracker.observe(&observe(500, 500), start + Duration::from_secs(30));
+        assert!(met.is_empty() && memory && disk);
+        // The transition period after memory's last met threshold is over; disk is met again.
+        let (_, memory, disk) = tracker.observe(&observe(500, 50), start + Duration::from_secs(31));
+        assert!(!memory && disk);
+        let (_, memory, disk) =
+            tracker.observe(&observe(500, 500), start + Duration::from_secs(32));
+        assert!(!memory && disk);
+        let (_, memory, disk) =
+            tracker.observe(&observe(500, 500), start + Duration::from_secs(61));
+        assert!(!memory && !disk);
+        // A signal without an observation meets nothing.
+        let (met, _, _) = tracker.observe(&HashMap::new(), start + Duration::from_secs(62));
+        assert!(met.is_empty());
+    }
+
+    #[test]
+    fn ranking_puts_usage_over_requests_first_then_priority_then_excess() {
+        let c = |uid: &str, priority, usage, request| Candidate {
+            uid: uid.to_owned(),
+            priority,
+            usage,
+            request,
+        };
+        let mut pods = vec![
+            c("guaranteed-within", 0, 50, 100),
+            c("besteffort-small", 0, 10, 0),
+            c("burstable-over-high-priority", 1000, 500, 100),
+            c("besteffort-big", 0, 300, 0),
+            c("low-priority-within", -10, 10, 100),
+        ];
+        rank(&mut pods);
+        let order: Vec<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "besteffort-big",
+                "besteffort-small",
+                "burstable-over-high-priority",
+                "low-priority-within",
+                "guaranteed-within",
+            ]
+        );
+    }
+
+    #[test]
+    fn critical_static_and_terminal_pods_are_left_alone() {
+        let plain = pod(json!({"metadata": {"name": "a"}, "spec": {"containers": []}}));
+        assert!(!is_critical(&plain) && is_active(&plain));
+        let critical = pod(json!({"spec": {"containers": [], "priority": 2000001000}}));
+        assert!(is_critical(&critical));
+        let mirror =
+            pod(json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "h"}}}));
+        assert!(is_critical(&mirror));
+        let from_api =
+            pod(json!({"metadata": {"annotations": {"kubernetes.io/config.source": "api"}}}));
+        assert!(!is_critical(&from_api));
+        let failed = pod(json!({"status": {"phase": "Failed", "reason": "Evicted"}}));
+        assert!(!is_active(&failed) && was_evicted(&failed));
+        let deleting = pod(json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}));
+        assert!(!is_active(&deleting) && !was_evicted(&deleting));
+    }
+
+    #[test]
+    fn requests_sum_app_containers_or_take_the_largest_init_container() {
+        let p = pod(json!({"spec": {
+            "initContainers": [{"name": "i", "resources": {"requests": {"memory": "300Mi"}}}],
+            "containers": [
+                {"name": "a", "resources": {"requests": {"memory": "100Mi", "ephemeral-storage": "1Gi"}}},
+                {"name": "b", "resources": {"requests": {"memory": "150Mi"}}},
+                {"name": "c"}]}}));
+        assert_eq!(pod_request(&p, "memory"), 300 << 20);
+        assert_eq!(pod_request(&p, "ephemeral-storage"), 1 << 30);
+        assert_eq!(pod_request(&pod(json!({})), "memory"), 0);
+    }
+
+    #[test]
+    fn the_message_status_and_conditions_say_what_upstream_says() {
+        let threshold = parse_thresholds("memory.available<100Mi")
+            .unwrap_or_default()
+            .remove(0);
+        let message = eviction_message(
+            &threshold,
+            Observation {
+                available: 50 << 20,
+                capacity: 1 << 30,
+            },
+        );
+        assert_eq!(
+            message,
+            "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. "
+        );
+        let inodes = parse_thresholds("nodefs.inodesFree<5%")
+            .unwrap_or_default()
+            .remove(0);
+        assert_eq!(
+            eviction_message(
+                &inodes,
+                Observation {
+                    available: 12,
+                    capacity: 1000
+                }
+            ),
+            "The node was low on resource: inodes. Threshold quantity: 5%, available: 12. "
+        );
+        assert_eq!(format_bytes(1536), "1536");
+        assert_eq!(format_bytes(3 << 10), "3Ki");
+        assert_eq!(format_bytes(1 << 30), "1Gi");
+        let status = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"},
+            {"type": "DisruptionTarget", "status": "False"}]});
+        let evicted = evicted_status(status, &message, "2026-01-01T00:00:00Z");
+        assert_eq!(evicted["phase"], "Failed");
+        assert_eq!(evicted["reason"], "Evicted");
+        assert_eq!(evicted["message"], message.as_str());
+        let conditions = evicted["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(conditions.len(), 2);
+        assert_eq!(conditions[1]["type"], "DisruptionTarget");
+        assert_eq!(conditions[1]["status"], "True");
+        assert_eq!(conditions[1]["reason"], "TerminationByKubelet");
+        let bare = evicted_status(json!({}), "m", "t");
+        assert_eq!(bare["conditions"][0]["type"], "DisruptionTarget");
+    }
+
+    #[test]
+    fn node_conditions_use_upstream_reasons() {
+        let mut pressure = NodePressure::default();
+        let reasons = |p: &NodePressure| {
+            p.conditions()
+                .map(|(kind, state, reason, _)| (kind, state.under, reason))
+        };
+        assert_eq!(
+            reasons(&pressure),
+            [
+                ("MemoryPressure", false, "KubeletHasSufficientMemory"),
+                ("DiskPressure", false, "KubeletHasNoDiskPressure")
+            ]
+        );
+        pressure.memory.under = true;
+        pressure.disk.under = true;
+        assert_eq!(
+            reasons(&pressure),
+            [
+                ("MemoryPressure", true, "KubeletHasInsufficientMemory"),
+                ("DiskPressure", true, "KubeletHasDiskPressure")
+            ]
+        );
+    }
+
+    #[test]
+    fn an_eviction_is_pending_until_done_and_remembered_until_forgotten() {
+        let evictions = Evictions::default();
+        let eviction = Eviction {
+            message: "m".to_owned(),
+            grace_seconds: 0,
+        };
+        evictions.request("u", eviction.clone());
+        evictions.request(
+            "u",
+            Eviction {
+                message: "other".to_owned(),
+                grace_seconds: 5,
+            },
+        );
+        assert_eq!(evictions.pending("u"), Some(eviction));
+        evictions.done("u");
+        assert_eq!(evictions.pending("u"), None);
+        assert!(evictions.contains("u"));
+        evictions.forget("u");
+        assert!(!evictions.contains("u"));
+    }
+
+    #[test]
+    fn memory_available_is_capacity_less_the_working_set_of_the_cgroup_root() {
+        use crate::kubelet_api::resource_usage::tests::write;
+        let fs = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = fs.path();
+        write(
+            root,
+            "proc/meminfo",
+            "MemTotal: 1000 kB\nMemFree: 200 kB\nInactive(file): 300 kB\n",
+        );
+        write(root, "cgroup/memory/node/memory.usage_in_bytes", "400000\n");
+        write(
+            root,
+            "cgroup/memory/node/memory.stat",
+            "total_inactive_file 100000\n",
+        );
+        let sources = Sources {
+            cgroups: Cgroups::at(&root.join("cgroup")),
+            proc: Proc::at(&root.join("proc"), 100),
+        };
+        // The whole machine: 1000 kB less (800 - 300) kB.
+        assert_eq!(
+            sources.memory("/"),
+            Some(Observation {
+                available: 500 * 1024,
+                capacity: 1000 * 1024
+            })
+        );
+        // A node cgroup: 1000 kB less its 300 000 bytes of working set.
+        assert_eq!(
+            sources.memory("/node"),
+            Some(Observation {
+                available: 1_024_000 - 300_000,
+                capacity: 1_024_000
+            })
+        );
+        // Not there (yet): no observation, so no threshold is met.
+        assert_eq!(sources.memory("/other"), None);
+    }
+
+    #[test]
+    fn dead_containers_keep_the_newest_exited_attempt_of_each() {
+        let c = |id: &str, uid: &str, name: &str, attempt, exited| DeadCandidate {
+            id: id.to_owned(),
+            pod_uid: uid.to_owned(),
+            name: name.to_owned(),
+            attempt,
+            exited,
+        };
+        let containers = [
+            c("a0", "p1", "app", 0, true),
+            c("a1", "p1", "app", 1, true),
+            c("a2", "p1", "app", 2, false),
+            c("s0", "p1", "side", 0, true),
+            c("b0", "p2", "app", 0, true),
+            c("b1", "p2", "app", 1, true),
+            c("b2", "p2", "app", 2, true),
+        ];
+        assert_eq!(dead_containers_to_remove(&containers), ["a0", "b0", "b1"]);
+    }
+}
