@@ -266,7 +266,7 @@ print(json.dumps(out), flush=True)
 "#;
 
 /// The PIDs of every process in `dir` and the cgroups below it.
-fn cgroup_pids(dir: &std::path::Path, pids: &mut Vec<u32>) -> anyhow::Result<()> {
+pub fn cgroup_pids(dir: &std::path::Path, pids: &mut Vec<u32>) -> anyhow::Result<()> {
     let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
         .with_context(|| format!("reading {}/cgroup.procs", dir.display()))?;
     pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));

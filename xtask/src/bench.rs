@@ -2,7 +2,8 @@
 //! `target/bench/NAME.json`, comparing corten with an anchor measured in the same run or with
 //! the targets it must meet. They are never timed tests. This module starts or builds what a
 //! benchmark needs (a real etcd for the store, the release `corten-server` for the API and the
-//! scheduler) and runs the benchmark program.
+//! scheduler, the images and the release cluster binaries for pod startup) and runs the
+//! benchmark program.
 use std::{
     net::TcpListener,
     path::PathBuf,
@@ -19,8 +20,11 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         "store" => store(),
         "api" => server_bench("api", "the API benchmark"),
         "scheduler" => server_bench("scheduler", "the scheduler benchmark"),
-        "network" => network(),
-        other => bail!("unknown benchmark {other:?}; known: store, api, scheduler, network"),
+        "network" => lab_bench("network", "the network benchmark", &[]),
+        "podstart" => podstart(),
+        other => {
+            bail!("unknown benchmark {other:?}; known: store, api, scheduler, network, podstart")
+        }
     }
 }
 
@@ -67,10 +71,7 @@ fn server_bench(bench: &str, what: &str) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building corten-server failed: {status}");
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let server = target_dir.join("release").join("corten-server");
+    let server = target_dir().join("release").join("corten-server");
     let status = Command::new(crate::lab::cargo())
         .current_dir(&root)
         .args([
@@ -89,9 +90,27 @@ fn server_bench(bench: &str, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pod network benchmark, `tests/benches/network.rs`: 3-node labs (root), one per
-/// network mode; the lab builds the project's binaries itself.
-fn network() -> anyhow::Result<()> {
+/// The pod startup benchmark, `tests/benches/podstart.rs`: 100 pods at once on a one-node
+/// lab (root), running the release builds of the cluster's binaries, built here with the
+/// images the lab imports.
+fn podstart() -> anyhow::Result<()> {
+    crate::images::build(&crate::images::default_dir())?;
+    crate::up::build_release_cluster_binaries()?;
+    let release = target_dir().join("release");
+    lab_bench(
+        "podstart",
+        "the pod startup benchmark",
+        &[
+            ("CORTEN_SERVER_BIN", release.join("corten-server")),
+            ("CORTEN_AGENT_BIN", release.join("corten-agent")),
+            ("CORTEN_CNI_BIN", release.join("corten-cni")),
+        ],
+    )
+}
+
+/// A benchmark on labs (root), `tests/benches/NAME.rs`, with `env` set: `network` (3-node
+/// labs, one per network mode; the lab builds the project's binaries itself) and `podstart`.
+fn lab_bench(bench: &str, what: &str, env: &[(&str, PathBuf)]) -> anyhow::Result<()> {
     let status = Command::new(crate::lab::cargo())
         .current_dir(crate::workspace_root())
         .args([
@@ -101,14 +120,22 @@ fn network() -> anyhow::Result<()> {
             "--features",
             "lab-tests",
             "--bench",
-            "network",
+            bench,
         ])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .status()
-        .context("running the network benchmark")?;
+        .with_context(|| format!("running {what}"))?;
     if !status.success() {
-        bail!("the network benchmark failed: {status}");
+        bail!("{what} failed: {status}");
     }
     Ok(())
+}
+
+/// The cargo target directory (`$CARGO_TARGET_DIR`, else the workspace's `target`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"))
 }
 
 /// A single-member etcd (Debian's etcd-server) on loopback for a benchmark, with default

@@ -44,7 +44,8 @@ enum Command {
     Test,
     /// Run each fuzz target in fuzz/ for a bounded time (the `fuzz` step of `test`).
     Fuzz,
-    /// Run a benchmark and write target/bench/NAME.json (store, api, scheduler, network).
+    /// Run a benchmark and write target/bench/NAME.json (store, api, scheduler, network,
+    /// podstart).
     Bench {
         /// Which benchmark.
         name: String,

@@ -41,7 +41,16 @@ pub fn kubectl(args: Vec<String>) -> anyhow::Result<()> {
 
 /// `cargo build` of the binaries a lab cluster runs (the lab takes them from target/debug).
 pub fn build_cluster_binaries() -> anyhow::Result<()> {
-    let args = [
+    cargo_build_cluster_binaries(false)
+}
+
+/// The same binaries in `target/release`, for benchmarks (they point the lab at them).
+pub fn build_release_cluster_binaries() -> anyhow::Result<()> {
+    cargo_build_cluster_binaries(true)
+}
+
+fn cargo_build_cluster_binaries(release: bool) -> anyhow::Result<()> {
+    let mut args = vec![
         "build",
         "--package",
         "corten-control-plane",
@@ -51,9 +60,12 @@ pub fn build_cluster_binaries() -> anyhow::Result<()> {
         "corten-cni",
         "--bins",
     ];
+    if release {
+        args.push("--release");
+    }
     let status = std::process::Command::new(crate::lab::cargo())
         .current_dir(crate::workspace_root())
-        .args(args)
+        .args(&args)
         .status()
         .context("running cargo build")?;
     if !status.success() {

@@ -14,7 +14,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use corten_cri::runtime::CriClient;
@@ -137,6 +137,12 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
     }
     let mut generation: u64 = 0;
     let mut qos = QosCgroups::new(&worker.config.cgroup_root, worker.allocatable.clone());
+    // The resourceVersion each pod's last sync started from, and when every pod was last
+    // synced: between these full passes (every RESYNC) only pods whose object changed sync,
+    // so a burst of watch events (every status write is one) does not resync every pod on
+    // the node each time.
+    let mut synced_versions: HashMap<String, Option<String>> = HashMap::new();
+    let mut last_full_pass: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = changed.notified() => {}
@@ -144,6 +150,10 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
         }
         let pods = reader.state();
         let live: HashSet<String> = pods.iter().map(|p| uid_of(p)).collect();
+        let full = last_full_pass.is_none_or(|at| at.elapsed() >= RESYNC);
+        if full {
+            last_full_pass = Some(Instant::now());
+        }
         // The QoS tiers first, so a new pod's cgroup lands in a tier that counts it.
         qos.update(pods.iter().map(|p| p.as_ref()));
         // Each pod syncs in its own task, so a pod that waits (a grace period, a hook, a
@@ -153,12 +163,17 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
         for pod in pods {
             let uid = uid_of(&pod);
             let deleting = pod.metadata.deletion_timestamp.is_some();
+            let version = pod.metadata.resource_version.clone();
+            if !full && !deleting && synced_versions.get(&uid) == Some(&version) {
+                continue;
+            }
             let mut busy = lock(&worker.busy);
             match busy.get(&uid) {
                 Some(running) if running.terminating || !deleting => continue,
                 Some(running) => running.task.abort(),
                 None => {}
             }
+            synced_versions.insert(uid.clone(), version);
             generation += 1;
             let this = generation;
             let task = tokio::spawn({
@@ -183,8 +198,11 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
                 },
             );
         }
-        if let Err(e) = worker.remove_orphans(&live).await {
-            warn!(error = %e, "removing orphaned sandboxes failed");
+        synced_versions.retain(|uid, _| live.contains(uid));
+        if full {
+            if let Err(e) = worker.remove_orphans(&live).await {
+                warn!(error = %e, "removing orphaned sandboxes failed");
+            }
         }
     }
 }
@@ -408,8 +426,22 @@ impl Worker {
         } else {
             Vec::new()
         };
+        let made_sandbox = actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateSandbox { .. }));
         for action in actions {
             self.carry_out(pod, &observed, action).await?;
+        }
+        if made_sandbox {
+            // As upstream's SyncPod does, the containers start in the pass that made the
+            // sandbox, not one watch event later.
+            let observed = self.observe(&uid).await?;
+            self.probes.sync_pod(pod, &observed);
+            for action in plan::plan(pod, &observed, now_seconds()) {
+                if !matches!(action, Action::CreateSandbox { .. }) {
+                    self.carry_out(pod, &observed, action).await?;
+                }
+            }
         }
         let mut observed = self.observe(&uid).await?;
         self.probes.sync_pod(pod, &observed);
