@@ -139,6 +139,10 @@ pub struct NodeInfo {
     pub images: HashMap<String, i64>,
     /// How many of its pods have pod (anti-)affinity terms.
     pub pods_with_affinity: usize,
+    /// Pods nominated to this node by preemption that [`NodeInfo::pods`] holds for one
+    /// scheduling attempt (the scheduler's view of a node with them added); the cache's
+    /// own entries never have any.
+    pub nominated: Vec<Arc<Pod>>,
 }
 
 impl NodeInfo {

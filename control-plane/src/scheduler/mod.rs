@@ -398,7 +398,8 @@ impl Scheduler {
     }
 
     /// The node as a pod of `info`'s priority sees it: with the pods nominated to it that
-    /// are at least as important (`None` when there are none).
+    /// are at least as important (`None` when there are none). They take room and count
+    /// toward topology spread there, as upstream's filters with nominated pods do.
     fn with_nominated(&self, info: &PodInfo, node: &NodeInfo) -> Option<NodeInfo> {
         if self.nominated.is_empty() {
             return None;
@@ -410,8 +411,9 @@ impl Scheduler {
             {
                 continue;
             }
-            view.get_or_insert_with(|| node.clone())
-                .add_pod(nominated.clone());
+            let view = view.get_or_insert_with(|| node.clone());
+            view.add_pod(nominated.clone());
+            view.nominated.push(nominated.pod.clone());
         }
         view
     }

@@ -547,6 +547,24 @@ impl Domains {
         self.by_count.keys().next().copied()
     }
 
+    /// The global minimum `min` (as the filter took it) after domain `value` comes to hold
+    /// `pods`: it moves only when `value` was the one domain at the minimum, and then to the
+    /// lower of its new count and the next count any domain holds. A `min` the filter forced
+    /// (0, for too few domains) stays.
+    pub fn min_with(&self, value: &str, pods: i64, min: i64) -> i64 {
+        let Some(domain) = self.values.get(value) else {
+            return min;
+        };
+        let alone_at_min = self.min() == Some(min)
+            && domain.pods == min
+            && self.by_count.get(&min).copied() == Some(1);
+        if !alone_at_min {
+            return min;
+        }
+        let next = self.by_count.keys().nth(1).copied().unwrap_or(pods);
+        pods.min(next)
+    }
+
     /// Every domain with its matching pods.
     pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
         self.values.iter().map(|(v, d)| (v.as_str(), d.pods))
@@ -776,9 +794,16 @@ impl<'a> FilterState<'a> {
         }
     }
 
-    /// Whether `node` keeps every constraint's skew: `matching pods in its domain + self
-    /// - global minimum <= maxSkew`.
+    /// Whether `node` keeps every constraint's skew:
+    /// `matching pods in its domain + self - global minimum <= maxSkew`. Pods nominated to
+    /// the node count in its domain, and move the minimum when that domain was the only one
+    /// holding it (upstream updates its PreFilter state with each nominated pod this way).
     pub fn check(&self, node: &NodeInfo) -> Result<(), Reason> {
+        let all_keys = self
+            .set
+            .constraints
+            .iter()
+            .all(|c| node_label(node, &c.topology_key).is_some());
         for ((constraint, domains), check) in self
             .set
             .constraints
@@ -789,7 +814,21 @@ impl<'a> FilterState<'a> {
             let Some(value) = node_label(node, &constraint.topology_key) else {
                 return Err(Reason(REASON_MISSING_LABEL.to_owned()));
             };
-            let skew = domains.pods(value) + check.self_match - check.min_match;
+            let nominated = if all_keys {
+                node.nominated
+                    .iter()
+                    .filter(|pod| constraint.counts(pod, &self.set.namespace))
+                    .count() as i64
+            } else {
+                0
+            };
+            let pods = domains.pods(value);
+            let min = if nominated > 0 {
+                domains.min_with(value, pods + nominated, check.min_match)
+            } else {
+                check.min_match
+            };
+            let skew = pods + nominated + check.self_match - min;
             if skew > i64::from(constraint.max_skew) {
                 return Err(Reason(REASON_SKEW.to_owned()));
             }

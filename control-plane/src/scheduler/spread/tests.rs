@@ -668,3 +668,53 @@ fn the_index_keeps_the_recently_used_sets() -> Result<()> {
     ensure!(cache.spread_domains(&set_for(INDEX_CAPACITY)?).is_some());
     Ok(())
 }
+
+#[test]
+fn pods_nominated_to_a_node_count_in_its_domain_and_move_a_lone_minimum() -> Result<()> {
+    let zone = |z: &str| json!({ZONE_KEY: z});
+    let spec = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": ZONE_KEY,
+        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "x"}}}]});
+    let incoming = pod("ns", "new", json!({"app": "x"}), spec)?;
+    let spread = PodSpread::new(&incoming, &NoWorkloads);
+    let set = spread.hard.as_ref().context("hard constraints")?;
+    let nominee = |name: &str, namespace: &str, app: &str| -> Result<Arc<Pod>> {
+        Ok(Arc::new(pod(
+            namespace,
+            name,
+            json!({"app": app}),
+            json!({}),
+        )?))
+    };
+    // b1 as the scheduler sees it with `nominated` pods nominated to it.
+    let check = |cache: &Cache, nominated: Vec<Arc<Pod>>| -> Result<Result<(), Reason>> {
+        let state = FilterState::new(&incoming, set, None, cache.nodes());
+        let mut view = cache.node("b1").context("b1")?.clone();
+        view.nominated = nominated;
+        Ok(state.check(&view))
+    };
+    let skew = Err(Reason(REASON_SKEW.to_owned()));
+
+    // Zones a and c hold one matching pod each; b, alone at the minimum, holds none.
+    let cache = cache_with(
+        &[("a1", zone("a")), ("b1", zone("b")), ("c1", zone("c"))],
+        &[
+            ("a1", "ns", json!({"app": "x"})),
+            ("c1", "ns", json!({"app": "x"})),
+        ],
+    )?;
+    ensure!(check(&cache, vec![])?.is_ok());
+    // One nominee makes 1/1/1: the minimum moves to 1 and b still fits (1 + 1 - 1).
+    ensure!(check(&cache, vec![nominee("n1", "ns", "x")?])?.is_ok());
+    // Two make b 2 against a minimum of 1: 2 + 1 - 1 > 1.
+    let two = vec![nominee("n1", "ns", "x")?, nominee("n2", "ns", "x")?];
+    ensure!(check(&cache, two)? == skew);
+    // Nominees of another namespace or that the selector does not match count nothing.
+    let others = vec![nominee("n1", "other", "x")?, nominee("n2", "ns", "y")?];
+    ensure!(check(&cache, others)?.is_ok());
+
+    // Zones a and b both at 0: a nominee on b leaves the minimum at 0 (a still has it).
+    let cache = cache_with(&[("a1", zone("a")), ("b1", zone("b"))], &[])?;
+    ensure!(check(&cache, vec![])?.is_ok());
+    ensure!(check(&cache, vec![nominee("n1", "ns", "x")?])? == skew);
+    Ok(())
+}
