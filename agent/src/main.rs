@@ -141,8 +141,35 @@ fn parse_hold_time(s: &str) -> Result<u16, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Most glibc malloc arenas. glibc makes up to 8 per core, one for each thread that allocates
+/// while another holds an arena, and each keeps the free memory of its peak. In `cargo xtask
+/// bench podstart` (100 pods at once) the agent ended at 27.8 MB resident, peak 33.8 MB, with
+/// this cap, and at 28.8 MB, peak 36.3 MB, without it (`MALLOC_ARENA_MAX=16`; one run each).
+const MALLOC_ARENAS: i32 = 2;
+
+/// Caps glibc's malloc arenas ([`MALLOC_ARENAS`]) unless `MALLOC_ARENA_MAX` is set; called
+/// first thing in `main`, before any thread exists.
+#[allow(unsafe_code)]
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a malloc tunable; no other thread runs yet.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) } != 1 {
+            eprintln!("corten-agent: could not cap malloc arenas; using glibc's default");
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    cap_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
