@@ -152,10 +152,13 @@ pub fn every_pod_reaches_every_pod(
             Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
         })?;
         let node = json(lab, &["get", "pod", name])?["spec"]["nodeName"].clone();
-        ensure!(
-            phase == "Succeeded",
-            "{name} on {node} could not reach every server pod {servers:?}"
-        );
+        if phase != "Succeeded" {
+            // Which server it missed, and after which it gave up.
+            let log = kubectl(lab, &["logs", name]).unwrap_or_else(|e| format!("(no log: {e:#})"));
+            anyhow::bail!(
+                "{name} on {node} could not reach every server pod {servers:?}; its log:\n{log}"
+            );
+        }
     }
     let mut args = vec!["delete", "pod", "--wait=false"];
     args.extend(names.iter().map(String::as_str));
