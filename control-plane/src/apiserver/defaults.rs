@@ -256,13 +256,30 @@ fn pod_spec(spec: &mut Map<String, Value>) {
 
 fn service_spec(spec: &mut Map<String, Value>) {
     let kind = ensure(spec, "type", json!("ClusterIP")).clone();
-    ensure(spec, "sessionAffinity", json!("None"));
+    let affinity = ensure(spec, "sessionAffinity", json!("None")).clone();
+    if affinity == "ClientIP" {
+        let config = ensure(spec, "sessionAffinityConfig", json!({}));
+        if let Some(config) = config.as_object_mut() {
+            let client_ip = ensure(config, "clientIP", json!({}));
+            if let Some(client_ip) = client_ip.as_object_mut() {
+                // Three hours, as upstream.
+                ensure(client_ip, "timeoutSeconds", json!(10800));
+            }
+        }
+    }
     if kind != "ExternalName" {
         ensure(spec, "ipFamilies", json!(["IPv4"]));
         ensure(spec, "ipFamilyPolicy", json!("SingleStack"));
         ensure(spec, "internalTrafficPolicy", json!("Cluster"));
     }
-    if kind == "NodePort" || kind == "LoadBalancer" {
+    if kind == "LoadBalancer" {
+        ensure(spec, "allocateLoadBalancerNodePorts", json!(true));
+    }
+    let external_ips = spec
+        .get("externalIPs")
+        .and_then(Value::as_array)
+        .is_some_and(|ips| !ips.is_empty());
+    if kind == "NodePort" || kind == "LoadBalancer" || (kind == "ClusterIP" && external_ips) {
         ensure(spec, "externalTrafficPolicy", json!("Cluster"));
     }
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {

@@ -191,6 +191,7 @@ fn kind_checks(def: &ResourceDef, obj: &Value) -> Vec<Cause> {
         }
     }
     match (def.group, def.kind) {
+        ("", "Service") => causes.extend(super::services::checks(obj)),
         ("batch", "Job") => {
             if let Some(spec) = obj.get("spec") {
                 causes.extend(job_spec_checks("spec", spec));
@@ -263,13 +264,11 @@ fn job_spec_checks(path: &str, spec: &Value) -> Vec<Cause> {
         .unwrap_or("");
     let field = format!("{path}.template.spec.restartPolicy");
     if !matches!(restart, "OnFailure" | "Never") {
-        causes.push(Cause {
-            reason: "FieldValueNotSupported".to_owned(),
-            message: format!(
-                "Unsupported value: \"{restart}\": supported values: \"OnFailure\", \"Never\""
-            ),
-            field: field.clone(),
-        });
+        causes.push(Cause::not_supported(
+            &field,
+            restart,
+            &["OnFailure", "Never"],
+        ));
     } else if spec.get("podFailurePolicy").is_some_and(|p| !p.is_null()) && restart != "Never" {
         causes.push(Cause::invalid(
             &field,
@@ -304,19 +303,16 @@ fn strategy_checks(
     match (kind, update) {
         ("RollingUpdate", Some(update)) => rolling(&format!("{path}.rollingUpdate"), update),
         ("RollingUpdate", None) => vec![Cause::required(&format!("{path}.rollingUpdate"))],
-        (kind, Some(_)) if kind == other => vec![Cause {
-            reason: "FieldValueForbidden".to_owned(),
-            message: format!("Forbidden: may not be specified when strategy `type` is '{other}'"),
-            field: format!("{path}.rollingUpdate"),
-        }],
+        (kind, Some(_)) if kind == other => vec![Cause::forbidden(
+            &format!("{path}.rollingUpdate"),
+            &format!("may not be specified when strategy `type` is '{other}'"),
+        )],
         (kind, None) if kind == other => Vec::new(),
-        (kind, _) => vec![Cause {
-            reason: "FieldValueNotSupported".to_owned(),
-            message: format!(
-                "Unsupported value: \"{kind}\": supported values: \"{other}\", \"RollingUpdate\""
-            ),
-            field: format!("{path}.type"),
-        }],
+        (kind, _) => vec![Cause::not_supported(
+            &format!("{path}.type"),
+            kind,
+            &[other, "RollingUpdate"],
+        )],
     }
 }
 
@@ -575,10 +571,21 @@ pub fn prepare_update(def: &ResourceDef, old: &Value, mut new: Value) -> Result<
             }
         }
     }
-    if def.kind == "Service" && def.group.is_empty() {
-        super::services::keep_allocations(old, &mut new);
-    }
+    let service_causes = if def.kind == "Service" && def.group.is_empty() {
+        super::services::prepare_update(old, &mut new)
+    } else {
+        Vec::new()
+    };
     super::defaults::apply(def, &mut new);
+    if !service_causes.is_empty() {
+        let name = name(&new).unwrap_or_default().to_owned();
+        return Err(ApiError::invalid(
+            def.group,
+            def.kind,
+            &name,
+            service_causes,
+        ));
+    }
     validate(def, &mut new)?;
     Ok(new)
 }

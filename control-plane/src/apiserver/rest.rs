@@ -484,77 +484,110 @@ impl Rest {
             return Ok(obj);
         }
         let is_service = def.kind == "Service" && def.group.is_empty();
-        let chosen_ip = obj
-            .pointer("/spec/clusterIP")
-            .and_then(Value::as_str)
-            .is_some_and(|ip| !ip.is_empty());
         for _ in 0..CONFLICT_RETRIES {
             let mut candidate = obj.clone();
-            let reservations = if is_service {
-                super::services::allocate(&self.services, &mut candidate, &key)?
-            } else {
-                super::services::Reservations::default()
-            };
-            let mut compare = vec![Compare::create_revision(
-                key.as_bytes(),
-                CompareOp::Equal,
-                0,
-            )];
-            compare.extend(reservations.compares);
-            let mut success = vec![TxnOp::put(
-                key.as_bytes(),
-                encode(&stored(def, &candidate))?,
-            )];
-            success.extend(reservations.puts);
-            let txn = Txn {
-                compare,
-                success,
-                failure: Vec::new(),
-            };
-            let response = self.store.txn(txn).await?;
-            if response.succeeded {
-                objects::set_resource_version(&mut candidate, response.revision);
+            let guard = Compare::create_revision(key.as_bytes(), CompareOp::Equal, 0);
+            let service = is_service.then_some(None);
+            if self
+                .put_guarded(def, &key, guard, service, &mut candidate)
+                .await?
+            {
                 return Ok(candidate);
             }
             if !is_service || self.store.get(key.as_bytes()).await?.is_some() {
                 return Err(ApiError::already_exists(def.group, def.plural, &name));
             }
-            if chosen_ip {
-                let cause = super::status::Cause::invalid(
-                    "spec.clusterIP",
-                    "provided IP is already allocated",
-                );
-                return Err(ApiError::invalid("", "Service", &name, vec![cause]));
-            }
-            // An address or a port was taken by another Service meanwhile: choose again.
+            // An address or a port was taken by another Service meanwhile: choose again (a
+            // requested one is then reported taken by `check_requested`).
         }
         Err(ApiError::internal(
             "could not allocate an address for the Service; the range may be full",
         ))
     }
 
+    /// Writes `candidate` at `key` if `guard` holds; false if a compare failed. With
+    /// `service` (`Some(old)`: the version it replaces, none for a create), the Service first
+    /// gets what it lacks allocated, and its reservations change in the same transaction.
+    async fn put_guarded(
+        &self,
+        def: &ResourceDef,
+        key: &str,
+        guard: Compare,
+        service: Option<Option<&Value>>,
+        candidate: &mut Value,
+    ) -> Result<bool, ApiError> {
+        let mut compare = vec![guard];
+        let mut reservations = Vec::new();
+        if let Some(old) = service {
+            let plan = super::services::plan(&self.services, old, candidate)?;
+            let name = objects::name(candidate).unwrap_or_default().to_owned();
+            self.check_requested(&plan, &name, key).await?;
+            let (reserve, ops) = super::services::transaction_ops(&plan, key);
+            compare.extend(reserve);
+            reservations = ops;
+        }
+        let mut success = vec![TxnOp::put(key.as_bytes(), encode(&stored(def, candidate))?)];
+        success.extend(reservations);
+        let txn = Txn {
+            compare,
+            success,
+            failure: Vec::new(),
+        };
+        let response = self.store.txn(txn).await?;
+        if response.succeeded {
+            objects::set_resource_version(candidate, response.revision);
+        }
+        Ok(response.succeeded)
+    }
+
+    /// 422 when a Service asks for an address or port that another Service holds.
+    async fn check_requested(
+        &self,
+        plan: &super::services::Plan,
+        name: &str,
+        service_key: &str,
+    ) -> Result<(), ApiError> {
+        for claim in plan.claims.iter().filter(|c| c.requested) {
+            if let Some(holder) = self.store.get(claim.key.as_bytes()).await? {
+                if holder.value != service_key.as_bytes() {
+                    return Err(super::services::taken(name, claim));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `obj` over the version read at `mod_revision`; `None` on a conflict.
+    /// With `old` (the version read) a Service's allocations follow the new version: what it
+    /// newly holds is reserved and what it gave up released, in the same transaction.
     async fn swap(
         &self,
         def: &ResourceDef,
         key: &str,
         mod_revision: i64,
         obj: &mut Value,
+        old: Option<&Value>,
     ) -> Result<bool, ApiError> {
-        let txn = Txn {
-            compare: vec![Compare::mod_revision(
-                key.as_bytes(),
-                CompareOp::Equal,
-                mod_revision,
-            )],
-            success: vec![TxnOp::put(key.as_bytes(), encode(&stored(def, obj))?)],
-            failure: Vec::new(),
-        };
-        let response = self.store.txn(txn).await?;
-        if response.succeeded {
-            objects::set_resource_version(obj, response.revision);
+        let service_old = old.filter(|_| def.kind == "Service" && def.group.is_empty());
+        for _ in 0..CONFLICT_RETRIES {
+            let mut candidate = obj.clone();
+            let guard = Compare::mod_revision(key.as_bytes(), CompareOp::Equal, mod_revision);
+            if self
+                .put_guarded(def, key, guard, service_old.map(Some), &mut candidate)
+                .await?
+            {
+                *obj = candidate;
+                return Ok(true);
+            }
+            let current = self.store.get(key.as_bytes()).await?;
+            if service_old.is_none() || current.is_none_or(|kv| kv.mod_revision != mod_revision) {
+                return Ok(false);
+            }
+            // The object is unchanged, so a port chosen for it was taken meanwhile: choose again.
         }
-        Ok(response.succeeded)
+        Err(ApiError::internal(
+            "could not allocate a port for the Service; the range may be full",
+        ))
     }
 
     /// PUT: replaces an object, honouring the resourceVersion precondition in the body.
@@ -594,7 +627,10 @@ impl Rest {
         if dry_run(query) {
             return Ok(new);
         }
-        if !self.swap(def, &key, current.mod_revision, &mut new).await? {
+        if !self
+            .swap(def, &key, current.mod_revision, &mut new, Some(&old))
+            .await?
+        {
             return Err(ApiError::conflict(
                 def.group,
                 def.plural,
@@ -754,7 +790,10 @@ impl Rest {
                     if dry_run(query) {
                         return Ok(obj);
                     }
-                    if !self.swap(def, &key, current.mod_revision, &mut obj).await? {
+                    if !self
+                        .swap(def, &key, current.mod_revision, &mut obj, None)
+                        .await?
+                    {
                         continue;
                     }
                 }
@@ -1011,7 +1050,10 @@ impl Rest {
             if dry_run(query) {
                 return Ok(new);
             }
-            if self.swap(def, &key, current.mod_revision, &mut new).await? {
+            if self
+                .swap(def, &key, current.mod_revision, &mut new, Some(&old))
+                .await?
+            {
                 self.after_write(def, &new).await?;
                 return Ok(new);
             }
@@ -1136,7 +1178,13 @@ impl Rest {
                     CompareOp::Equal,
                     revision,
                 )],
-                success: vec![TxnOp::delete(key.as_bytes())],
+                success: std::iter::once(TxnOp::delete(key.as_bytes()))
+                    .chain(if def.kind == "Service" && def.group.is_empty() {
+                        super::services::releases(obj)
+                    } else {
+                        Vec::new()
+                    })
+                    .collect(),
                 failure: Vec::new(),
             };
             // If another write got there first, that writer's own update comes here again.

@@ -37,6 +37,37 @@ impl Cause {
             field: field.to_owned(),
         }
     }
+
+    /// A cause for a value that is not allowed here at all.
+    pub fn forbidden(field: &str, why: &str) -> Self {
+        Self {
+            reason: "FieldValueForbidden".to_owned(),
+            message: format!("Forbidden: {why}"),
+            field: field.to_owned(),
+        }
+    }
+
+    /// A cause for a value outside a closed set.
+    pub fn not_supported(field: &str, value: &str, supported: &[&str]) -> Self {
+        let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        Self {
+            reason: "FieldValueNotSupported".to_owned(),
+            message: format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                supported.join(", ")
+            ),
+            field: field.to_owned(),
+        }
+    }
+
+    /// A cause for a value that must be unique and is not.
+    pub fn duplicate(field: &str, value: &str) -> Self {
+        Self {
+            reason: "FieldValueDuplicate".to_owned(),
+            message: format!("Duplicate value: {value}"),
+            field: field.to_owned(),
+        }
+    }
 }
 
 /// A failure to report to the client.
