@@ -12,7 +12,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use corten_control_plane::{
     apiserver::{
-        self, serviceaccount_token::TokenOptions, services::ServiceNetwork, ApiServerConfig,
+        self, serviceaccount_token::TokenOptions, services, services::ServiceNetwork,
+        ApiServerConfig,
     },
     controllers::{self, ControlPlaneOptions},
     pki,
@@ -48,6 +49,10 @@ struct Args {
     /// Service network of the cluster.
     #[arg(long, default_value = "10.43.0.0/16")]
     service_cidr: String,
+    /// Ports for NodePort Services and healthCheckNodePorts: `first-last`, `first+count` or
+    /// one port.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
     /// Extra names or addresses for the serving certificate.
     #[arg(long = "tls-san")]
     tls_san: Vec<String>,
@@ -210,12 +215,21 @@ async fn serve() -> anyhow::Result<()> {
         return issue_kubeconfig(&args.data_dir, issue);
     }
     first_address(&args.cluster_cidr).context("--cluster-cidr")?;
-    let service_network = ServiceNetwork::parse(&args.service_cidr).with_context(|| {
-        format!(
-            "--service-cidr {:?} is not an IPv4 CIDR of /30 or larger",
-            args.service_cidr
-        )
-    })?;
+    let service_network = ServiceNetwork::parse(&args.service_cidr)
+        .with_context(|| {
+            format!(
+                "--service-cidr {:?} is not an IPv4 CIDR of /30 or larger",
+                args.service_cidr
+            )
+        })?
+        .with_node_ports(
+            services::parse_port_range(&args.service_node_port_range).with_context(|| {
+                format!(
+                    "--service-node-port-range {:?} is not a port range such as 30000-32767",
+                    args.service_node_port_range
+                )
+            })?,
+        );
     let store: Arc<dyn Store> = match &args.datastore_endpoint {
         Some(flag) => Arc::new(EtcdStore::connect(&parse_endpoints(flag)?).await?),
         None => EmbeddedStore::open(&args.data_dir.join("db"), EmbeddedOptions::default())?,

@@ -21,19 +21,37 @@ use super::status::{ApiError, Cause};
 use crate::store::{Compare, CompareOp, TxnOp};
 
 /// The NodePort range (kube-apiserver's default).
-pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+pub const NODE_PORTS: (u16, u16) = (30000, 32767);
 
-/// The service network.
+/// The service network and the NodePort range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceNetwork {
     /// Network address.
     pub base: Ipv4Addr,
     /// Prefix length.
     pub prefix: u8,
+    /// First and last port of the NodePort range (node ports and healthCheckNodePorts).
+    pub node_ports: (u16, u16),
+}
+
+/// Parses a port range as kube-apiserver's `--service-node-port-range` takes it: `a-b`,
+/// `a+n` (a to a+n) or one port; none if it is empty, reversed or includes port 0.
+pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let text = text.trim();
+    let (first, last) = if let Some((a, b)) = text.split_once('-') {
+        (a.trim().parse().ok()?, b.trim().parse().ok()?)
+    } else if let Some((a, n)) = text.split_once('+') {
+        let first: u16 = a.trim().parse().ok()?;
+        (first, first.checked_add(n.trim().parse().ok()?)?)
+    } else {
+        let port = text.parse().ok()?;
+        (port, port)
+    };
+    (first > 0 && first <= last).then_some((first, last))
 }
 
 impl ServiceNetwork {
-    /// Parses `a.b.c.d/n`.
+    /// Parses `a.b.c.d/n`; the NodePort range is the default one.
     pub fn parse(cidr: &str) -> Option<Self> {
         let (base, prefix) = cidr.split_once('/')?;
         let base: Ipv4Addr = base.parse().ok()?;
@@ -42,7 +60,13 @@ impl ServiceNetwork {
         Some(Self {
             base: Ipv4Addr::from(u32::from(base) & mask),
             prefix,
+            node_ports: NODE_PORTS,
         })
+    }
+
+    /// The same network with another NodePort range.
+    pub fn with_node_ports(self, node_ports: (u16, u16)) -> Self {
+        Self { node_ports, ..self }
     }
 
     /// The address of the `kubernetes` Service (the first one).
@@ -196,8 +220,8 @@ pub struct Plan {
     pub releases: Vec<String>,
 }
 
-fn random_node_port(taken: &BTreeSet<u64>) -> u64 {
-    let span = u64::from(*NODE_PORTS.end() - *NODE_PORTS.start()) + 1;
+fn random_node_port((first, last): (u16, u16), taken: &BTreeSet<u64>) -> u64 {
+    let span = u64::from(last - first) + 1;
     let start = u64::from(u32::from_le_bytes(
         uuid::Uuid::new_v4().as_bytes()[..4]
             .try_into()
@@ -205,22 +229,25 @@ fn random_node_port(taken: &BTreeSet<u64>) -> u64 {
     ));
     // Walk from a random place to the first port this Service does not use yet.
     (0..span)
-        .map(|i| u64::from(*NODE_PORTS.start()) + (start + i) % span)
+        .map(|i| u64::from(first) + (start + i) % span)
         .find(|p| !taken.contains(p))
-        .unwrap_or(u64::from(*NODE_PORTS.start()))
+        .unwrap_or(u64::from(first))
 }
 
-fn check_node_port(name: &str, field: &str, port: u64) -> Result<u64, ApiError> {
-    if u16::try_from(port).is_ok_and(|p| NODE_PORTS.contains(&p)) {
+fn check_node_port(
+    (first, last): (u16, u16),
+    name: &str,
+    field: &str,
+    port: u64,
+) -> Result<u64, ApiError> {
+    if u16::try_from(port).is_ok_and(|p| (first..=last).contains(&p)) {
         Ok(port)
     } else {
         Err(invalid(
             name,
             field,
             format!(
-                "Invalid value: {port}: provided port is not in the valid range. The range of valid ports is {}-{}",
-                NODE_PORTS.start(),
-                NODE_PORTS.end()
+                "Invalid value: {port}: provided port is not in the valid range. The range of valid ports is {first}-{last}"
             ),
         ))
     }
@@ -299,7 +326,12 @@ pub fn plan(
                 .and_then(Value::as_u64)
                 .filter(|p| *p != 0)
             {
-                used.insert(check_node_port(&name, "spec.ports[].nodePort", p)?);
+                used.insert(check_node_port(
+                    network.node_ports,
+                    &name,
+                    "spec.ports[].nodePort",
+                    p,
+                )?);
                 requested.insert(port_key(p));
             }
         }
@@ -308,7 +340,7 @@ pub fn plan(
         if let Some(Value::Array(ports)) = spec.get_mut("ports") {
             for port in ports.iter_mut().filter_map(Value::as_object_mut) {
                 if port.get("nodePort").and_then(Value::as_u64).unwrap_or(0) == 0 {
-                    let chosen = random_node_port(&used);
+                    let chosen = random_node_port(network.node_ports, &used);
                     used.insert(chosen);
                     port.insert("nodePort".into(), json!(chosen));
                 }
@@ -318,11 +350,11 @@ pub fn plan(
     if health_check {
         match spec.get("healthCheckNodePort").and_then(Value::as_u64) {
             Some(p) if p != 0 => {
-                check_node_port(&name, "spec.healthCheckNodePort", p)?;
+                check_node_port(network.node_ports, &name, "spec.healthCheckNodePort", p)?;
                 requested.insert(port_key(p));
             }
             _ => {
-                let chosen = random_node_port(&used);
+                let chosen = random_node_port(network.node_ports, &used);
                 spec.insert("healthCheckNodePort".into(), json!(chosen));
             }
         }
@@ -823,6 +855,33 @@ mod tests {
     }
 
     #[test]
+    fn node_port_ranges_parse_as_upstream_and_bound_allocation() -> Result<(), ApiError> {
+        assert_eq!(parse_port_range("30000-32767"), Some((30000, 32767)));
+        assert_eq!(parse_port_range("20000+9"), Some((20000, 20009)));
+        assert_eq!(parse_port_range("31000"), Some((31000, 31000)));
+        for bad in ["", "0-10", "10-9", "a-b", "65535+1", "1-70000"] {
+            assert_eq!(parse_port_range(bad), None, "{bad:?}");
+        }
+        let net = network().with_node_ports((20000, 20001));
+        let mut svc = json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer",
+            "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}});
+        plan(&net, None, &mut svc)?;
+        let mut ports = node_ports(&svc);
+        ports.extend(health_check_port(&svc));
+        ports.sort_unstable();
+        assert_eq!(ports, [20000, 20001]);
+        let mut outside = json!({"metadata": {"name": "o"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000}]}});
+        let Err(error) = plan(&net, None, &mut outside) else {
+            panic!("30000 is outside 20000-20001");
+        };
+        assert!(
+            error.details.causes[0].message.contains("20000-20001"),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn local_load_balancers_get_a_health_check_port() -> Result<(), ApiError> {
         let net = network();
         let mut svc = json!({"metadata": {"name": "lb"}, "spec": {
@@ -830,7 +889,7 @@ mod tests {
             "ports": [{"name": "a", "port": 80, "nodePort": 30080}, {"name": "b", "port": 81}]}});
         let made = plan(&net, None, &mut svc)?;
         let health = svc["spec"]["healthCheckNodePort"].as_u64().unwrap_or(0);
-        assert!(NODE_PORTS.contains(&u16::try_from(health).unwrap_or(0)));
+        assert!((30000..=32767).contains(&health));
         let ports = node_ports(&svc);
         assert_eq!(ports.len(), 2);
         assert!(!ports.contains(&health), "{health} is also a node port");
