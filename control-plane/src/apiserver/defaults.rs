@@ -285,8 +285,12 @@ fn service_spec(spec: &mut Map<String, Value>) {
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
         for port in ports.iter_mut().filter_map(Value::as_object_mut) {
             ensure(port, "protocol", json!("TCP"));
-            if let Some(number) = port.get("port").cloned() {
-                ensure(port, "targetPort", number);
+            // An unset, zero or empty targetPort is the port itself, as upstream defaults it.
+            let unset = port
+                .get("targetPort")
+                .is_none_or(|t| t.is_null() || *t == json!(0) || *t == json!(""));
+            if let (true, Some(number)) = (unset, port.get("port").cloned()) {
+                port.insert("targetPort".into(), number);
             }
         }
     }
@@ -381,9 +385,32 @@ mod tests {
         let Some(def) = registry.find("", "v1", "services") else {
             panic!("services are served");
         };
-        let mut s = json!({"spec": {"ports": [{"port": 80}], "replicas": 3}});
+        let mut s = json!({"spec": {"ports": [{"port": 80}, {"port": 81, "targetPort": 0},
+            {"port": 82, "targetPort": ""}, {"port": 83, "targetPort": "http"}]}});
         apply(&def, &mut s);
-        assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
+        let targets: Vec<&Value> = (0..4)
+            .map(|i| &s["spec"]["ports"][i]["targetPort"])
+            .collect();
+        assert_eq!(
+            targets,
+            [&json!(80), &json!(81), &json!(82), &json!("http")]
+        );
         assert_eq!(s["spec"]["type"], "ClusterIP");
+        assert!(s["spec"].get("externalTrafficPolicy").is_none());
+        assert!(s["spec"].get("allocateLoadBalancerNodePorts").is_none());
+
+        // Externally accessible Services get a traffic policy; LoadBalancers allocate node
+        // ports; ClientIP affinity gets upstream's three hours.
+        let mut lb = json!({"spec": {"type": "LoadBalancer", "sessionAffinity": "ClientIP", "ports": [{"port": 80}]}});
+        apply(&def, &mut lb);
+        assert_eq!(lb["spec"]["externalTrafficPolicy"], "Cluster");
+        assert_eq!(lb["spec"]["allocateLoadBalancerNodePorts"], true);
+        assert_eq!(
+            lb["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
+            10800
+        );
+        let mut external = json!({"spec": {"externalIPs": ["192.0.2.1"], "ports": [{"port": 80}]}});
+        apply(&def, &mut external);
+        assert_eq!(external["spec"]["externalTrafficPolicy"], "Cluster");
     }
 }
