@@ -9,11 +9,14 @@
 //! and one relabelled out of the Service get no new connections (not even from a client whose
 //! affinity named one) while connections made to them before keep exchanging data; the
 //! affinity survives an agent restart; scaling down stops new connections to the removed
-//! backends; the datapath keeps working while the agent is down and a restarted
-//! agent reuses the pinned maps; a UDP ClusterIP (selector-less, hand-written EndpointSlices
+//! backends; the datapath keeps working while the agent is down, a restarted agent reuses
+//! the pinned maps, and a client connecting in a loop through the restart loses no
+//! connection; a UDP ClusterIP (selector-less, hand-written EndpointSlices
 //! naming listeners on the node) reaches both listeners from unconnected and connected
-//! sockets, which see the ClusterIP as the answers' source and as their peer; deleting the
-//! Service undoes the translation.
+//! sockets, which see the ClusterIP as the answers' source and as their peer; LoadBalancer
+//! Services with `externalTrafficPolicy: Local` get healthCheckNodePorts that the node
+//! serves with its local endpoint count (200, or 503 with none), released when the policy or
+//! the type changes; deleting the Service undoes the translation.
 //!
 //! Safety: everything runs inside the lab's namespaces and the socket programs attach to the
 //! node's cgroup only; every wait is bounded.
@@ -138,8 +141,68 @@ for line in sys.stdin:
 /// serving until its grace period ends.
 const WEB_COMMAND: &str = "trap '' TERM; nc -ll -p 9000 -e sh -c 'cat /etc/hostname; exec cat' & httpd -f -p 8080 -h /etc";
 
+/// One GET of `http://argv[1]:argv[2]/healthz`: prints `CODE BODY` (the body on one line),
+/// or `REFUSED` when nothing listens.
+const HEALTH_GET: &str = r#"
+import sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen(f"http://{sys.argv[1]}:{sys.argv[2]}/healthz", timeout=3) as r:
+        code, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+except (ConnectionRefusedError, urllib.error.URLError):
+    print("REFUSED")
+    sys.exit(0)
+print(code, body.decode().replace("\n", " "))
+"#;
+
+/// Connects to `argv[1]:argv[2]` again and again (each asks for `/hostname` and reads the
+/// whole answer) until stdin closes, for at most `argv[3]` seconds and `argv[4]`
+/// connections; prints `OK FAILED FIRST-ERROR`.
+const CONNECT_LOOP: &str = r#"
+import select, socket, sys, time
+ip, port = sys.argv[1], int(sys.argv[2])
+deadline, limit = time.monotonic() + float(sys.argv[3]), int(sys.argv[4])
+ok, failed, first = 0, 0, "-"
+while ok + failed < limit and time.monotonic() < deadline:
+    if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.read(1):
+        break
+    try:
+        s = socket.create_connection((ip, port), timeout=3)
+        s.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        if not data.startswith(b"HTTP/1.") or b" 200 " not in data.split(b"\r\n", 1)[0]:
+            raise OSError(f"answer {data[:40]!r}")
+        ok += 1
+    except OSError as e:
+        failed += 1
+        if first == "-":
+            first = repr(e).replace(" ", "_")
+    time.sleep(0.02)
+print(ok, failed, first, flush=True)
+"#;
+
 /// Kills a helper process even when an assertion fails.
 struct Reaped(std::process::Child);
+
+impl Reaped {
+    /// Waits for the process to end by itself (it must be bounded) and returns its output.
+    fn finish(mut self) -> anyhow::Result<String> {
+        use std::io::Read;
+        let mut out = String::new();
+        if let Some(mut stdout) = self.0.stdout.take() {
+            stdout.read_to_string(&mut out)?;
+        }
+        self.0.wait()?;
+        Ok(out.trim().to_owned())
+    }
+}
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -583,7 +646,19 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
     println!("from a pod: NodePort and externalIP reached {from_pod:?}");
 
     // The datapath is pinned: it keeps working while the agent is down, and the restarted
-    // agent reuses the pinned maps (the Service keeps its backends).
+    // agent reuses the pinned maps (the Service keeps its backends). A client connecting in
+    // a loop through the whole restart loses no connection.
+    let mut looping = lab
+        .command(0, PYTHON)?
+        .arg("-c")
+        .arg(CONNECT_LOOP)
+        .args([web_ip.as_str(), "80", "90", "3000"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stop_loop = looping.stdin.take().context("no stdin")?;
+    let looping = Reaped(looping);
+    std::thread::sleep(Duration::from_secs(1));
     lab.kill_agent(0)?;
     let while_down = fetch_from_node(&lab, &url)?;
     ensure!(
@@ -604,6 +679,26 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
                 .then_some(()))
         },
     )?;
+    // Past the restarted agent's first sync too.
+    eventually_within(
+        &lab,
+        Duration::from_secs(60),
+        "the restarted agent to sync its watches",
+        || {
+            let log = std::fs::read_to_string(lab.paths().agent_log(0))?;
+            Ok((log.matches("service proxy synced its watches").count() >= 2).then_some(()))
+        },
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    drop(stop_loop);
+    let looped = looping.finish()?;
+    let counts: Vec<&str> = looped.split_whitespace().collect();
+    ensure!(
+        counts.get(1) == Some(&"0")
+            && counts.first().and_then(|n| n.parse::<u32>().ok()) > Some(20),
+        "connections through the agent restart (ok failed first-error): {looped}"
+    );
+    println!("through the agent restart: {looped}");
     lab.check_agents()?;
 
     // Ending backends: one is deleted (terminating, still serving for its grace period), one
@@ -740,6 +835,8 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
     })?;
     println!("UDP through {udp_ip}: {udp}");
 
+    health_check_node_ports(&lab, &node_ip)?;
+
     // Deleting the Service removes the translation: the ClusterIP leads nowhere.
     kubectl(&lab, &["delete", "service", "web"])?;
     eventually(&lab, "the deleted Service to stop answering", || {
@@ -751,5 +848,157 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
     lab.down()?;
     // The pinned maps and attachments lived on the node's own bpffs and went with it.
     assert_eq!(lab::leftovers(&paths), Vec::<String>::new());
+    Ok(())
+}
+
+/// The node's answer on a healthCheckNodePort: status code and JSON body, or none when
+/// nothing listens there.
+fn health_answer(lab: &Lab, node_ip: &str, port: u64) -> anyhow::Result<Option<(u16, Value)>> {
+    let output = python(lab, HEALTH_GET, &[node_ip, &port.to_string()])?;
+    let answer = text(&output);
+    ensure!(
+        output.status.success(),
+        "health check client failed: {answer} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if answer == "REFUSED" {
+        return Ok(None);
+    }
+    let (code, body) = answer
+        .split_once(' ')
+        .with_context(|| format!("unexpected health answer {answer:?}"))?;
+    Ok(Some((code.parse()?, serde_json::from_str(body)?)))
+}
+
+fn health_check_port(lab: &Lab, service: &str) -> anyhow::Result<Option<u64>> {
+    Ok(json(lab, &["get", "service", service])?["spec"]["healthCheckNodePort"].as_u64())
+}
+
+fn local_load_balancer(name: &str, selector: &str, health_check_port: Option<u64>) -> String {
+    let requested = health_check_port
+        .map(|p| format!(r#""healthCheckNodePort": {p},"#))
+        .unwrap_or_default();
+    format!(
+        r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "{name}"}},
+        "spec": {{"type": "LoadBalancer", "externalTrafficPolicy": "Local", {requested}
+          "selector": {{"app": "{selector}"}},
+          "ports": [{{"port": 80, "targetPort": 8080, "protocol": "TCP"}}]}}}}"#
+    )
+}
+
+/// healthCheckNodePorts: a LoadBalancer Service with `externalTrafficPolicy: Local` gets one
+/// from the NodePort range, and the node answers on it as kube-proxy does: 200 with its count
+/// of local endpoints, 503 with none. Another Service may not take the port; changing the
+/// policy to Cluster drops and releases it (the node stops answering, another Service can ask
+/// for it); changing the type to ClusterIP drops the node ports too.
+fn health_check_node_ports(lab: &Lab, node_ip: &str) -> anyhow::Result<()> {
+    let local = ready_endpoints(lab)?.len();
+    ensure!(local > 0, "no ready web endpoint left for the health check");
+    apply(lab, &local_load_balancer("lb-local", "web", None))?;
+    apply(
+        lab,
+        &local_load_balancer("lb-none", "nothing-has-this-label", None),
+    )?;
+    let local_port =
+        health_check_port(lab, "lb-local")?.context("lb-local has no healthCheckNodePort")?;
+    let none_port =
+        health_check_port(lab, "lb-none")?.context("lb-none has no healthCheckNodePort")?;
+    let node_port = json(lab, &["get", "service", "lb-local"])?["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .context("lb-local has no nodePort")?;
+    ensure!(
+        [local_port, none_port]
+            .iter()
+            .all(|p| (30000..=32767).contains(p))
+            && local_port != none_port
+            && local_port != node_port,
+        "healthCheckNodePorts {local_port} and {none_port} (nodePort {node_port})"
+    );
+    let expected = |name: &str, count: usize| {
+        serde_json::json!({"service": {"namespace": "default", "name": name},
+            "localEndpoints": count, "serviceProxyHealthy": true})
+    };
+    let answered = |port: u64, code: u16, body: Value| -> anyhow::Result<Option<()>> {
+        let answer = health_answer(lab, node_ip, port)?;
+        if answer.as_ref() != Some(&(code, body.clone())) {
+            bail!("port {port} answered {answer:?}, not {code} {body}");
+        }
+        Ok(Some(()))
+    };
+    eventually(lab, "lb-local's health check to answer 200", || {
+        answered(local_port, 200, expected("lb-local", local))
+    })?;
+    eventually(lab, "lb-none's health check to answer 503", || {
+        answered(none_port, 503, expected("lb-none", 0))
+    })?;
+    println!("health checks: {local_port} -> 200 with {local} local endpoints, {none_port} -> 503");
+
+    let refused = apply(
+        lab,
+        &local_load_balancer("lb-thief", "web", Some(local_port)),
+    );
+    let message = format!("{refused:?}");
+    ensure!(
+        refused.is_err() && message.contains("provided port is already allocated"),
+        "a second Service asking for port {local_port}: {message}"
+    );
+
+    kubectl(
+        lab,
+        &[
+            "patch",
+            "service",
+            "lb-local",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec": {"externalTrafficPolicy": "Cluster"}}"#,
+        ],
+    )?;
+    ensure!(
+        health_check_port(lab, "lb-local")?.is_none(),
+        "lb-local kept its healthCheckNodePort with the Cluster policy"
+    );
+    eventually(lab, "the dropped health check port to close", || {
+        Ok(health_answer(lab, node_ip, local_port)?
+            .is_none()
+            .then_some(()))
+    })?;
+    apply(
+        lab,
+        &local_load_balancer("lb-reuse", "nothing-has-this-label", Some(local_port)),
+    )?;
+    eventually(lab, "the released port to serve lb-reuse", || {
+        answered(local_port, 503, expected("lb-reuse", 0))
+    })?;
+
+    kubectl(
+        lab,
+        &[
+            "patch",
+            "service",
+            "lb-none",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec": {"type": "ClusterIP"}}"#,
+        ],
+    )?;
+    let spec = json(lab, &["get", "service", "lb-none"])?["spec"].clone();
+    ensure!(
+        spec["ports"][0].get("nodePort").is_none()
+            && spec.get("healthCheckNodePort").is_none()
+            && spec.get("externalTrafficPolicy").is_none(),
+        "lb-none as a ClusterIP Service kept {spec}"
+    );
+    eventually(lab, "lb-none's health check port to close", || {
+        Ok(health_answer(lab, node_ip, none_port)?
+            .is_none()
+            .then_some(()))
+    })?;
+    kubectl(
+        lab,
+        &["delete", "service", "lb-local", "lb-none", "lb-reuse"],
+    )?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The service proxy's control loop on one node: watch Services and EndpointSlices, and after
 //! every change recompute the desired datapath and bring the socket-LB's maps to it; attach
-//! the tc programs to the external interfaces and log their counters.
+//! the tc programs to the external interfaces and log their counters; serve the
+//! healthCheckNodePorts of `Local` LoadBalancer Services from the same computation.
 //!
 //! Owns the order of things at start (load and attach, then wait until both watches have
 //! listed everything before the first sync, so that a restart never empties maps it reused
@@ -19,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     desired::{self, NodeContext},
+    health::HealthServers,
     socket_lb::{MapSizes, SocketLb, SocketLbError},
     tc_nat::{self, NatStats, StatLevel},
 };
@@ -112,6 +114,7 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
     info!("service proxy synced its watches");
     let mut nat_stats = tokio::time::interval(NAT_STATS_PERIOD);
     let mut last_nat_stats: Option<NatStats> = None;
+    let mut health = HealthServers::new(std::net::Ipv4Addr::UNSPECIFIED);
     loop {
         let services: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
         let slices: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
@@ -119,7 +122,7 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
         for skipped in &desired.skipped {
             debug!(service = %skipped.service, reason = ?skipped.reason, "no datapath entries");
         }
-        let retry = match lb.sync(&desired) {
+        let mut retry = match lb.sync(&desired) {
             Ok(stats) => {
                 if stats.operations > 0 {
                     debug!(
@@ -135,6 +138,10 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
                 true
             }
         };
+        for (port, error) in health.update(&desired.health_checks, !retry) {
+            warn!(port, %error, "cannot serve a healthCheckNodePort; retrying");
+            retry = true;
+        }
         // Wait for a change (or the retry); the counters are reported meanwhile.
         let retry_at = tokio::time::Instant::now() + RETRY;
         loop {

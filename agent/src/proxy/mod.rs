@@ -9,12 +9,14 @@
 //! consistent-hashing tables; none of them touches the kernel. `maps` lowers operations to
 //! map writes and reads the maps back after a restart, `socket_lb` loads and attaches the
 //! programs and runs plan-then-apply, `tc_nat` loads and attaches the tc programs that NAT
-//! traffic from outside the cluster (they read the same maps) and reads their counters, and
-//! `controller` watches the API and drives it all.
+//! traffic from outside the cluster (they read the same maps) and reads their counters,
+//! `health` serves the healthCheckNodePorts, and `controller` watches the API and drives it
+//! all.
 
 pub mod controller;
 pub mod desired;
 pub mod diff;
+pub mod health;
 pub mod maglev;
 pub mod maps;
 mod object;
