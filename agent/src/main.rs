@@ -12,7 +12,10 @@ use corten_agent::{
         sync::{self as network, NetworkConfig},
         NetworkMode,
     },
-    proxy::{self, controller::ProxyConfig, desired::NodeContext, socket_lb::MapSizes},
+    proxy::{
+        self, controller::ProxyConfig, desired::NodeContext, diff::BackendSelection,
+        maglev::TableSize, socket_lb::MapSizes,
+    },
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -105,6 +108,25 @@ struct Args {
     /// flows are counted and logged).
     #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_NAT_FLOWS)]
     proxy_max_nat_flows: u32,
+    /// How the tc programs pick a backend for a new flow from outside the cluster (NodePorts,
+    /// externalIPs, LoadBalancer IPs): `random`, or `maglev`, consistent hashing of the flow
+    /// over a table per Service port, so that one flow gets the same backend on every node
+    /// and after restarts. ClientIP session affinity still comes first; connections made on
+    /// the node always pick at random. (Cilium: `loadBalancer.algorithm`.)
+    #[arg(long, value_enum, default_value_t = LoadBalancing::Random)]
+    proxy_load_balancing: LoadBalancing,
+    /// Entries of each Maglev table: a prime from 251 to 131071, well above 100 times the
+    /// largest number of backends; larger tables spread more evenly and cost more memory.
+    /// (Cilium: `maglev.tableSize`.)
+    #[arg(long, default_value_t = TableSize::default())]
+    proxy_maglev_table_size: TableSize,
+    /// Capacity of the Maglev map: table entries of all Services together (each Service port
+    /// reachable from outside takes one table; entries are allocated as tables are written,
+    /// the kernel's hash buckets take about 16 bytes per entry of capacity at once). Service
+    /// ports beyond it pick at random, with a warning. Default with `maglev`: 16 tables of
+    /// `--proxy-maglev-table-size`.
+    #[arg(long)]
+    proxy_max_maglev_entries: Option<u32>,
     /// Hard eviction thresholds, `signal<quantity|percent` separated by commas (signals
     /// memory.available, nodefs.available, nodefs.inodesFree, imagefs.available,
     /// imagefs.inodesFree); empty for none.
@@ -129,6 +151,41 @@ struct Args {
     /// The least age of an unused image before it is collected.
     #[arg(long, default_value = "2m0s")]
     minimum_image_ttl_duration: String,
+}
+
+/// `--proxy-load-balancing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LoadBalancing {
+    /// A uniformly random backend.
+    Random,
+    /// Maglev consistent hashing of the flow.
+    Maglev,
+}
+
+impl Args {
+    /// The backend selection the proxy flags ask for, and the Maglev map's capacity.
+    fn backend_selection(&self) -> anyhow::Result<(BackendSelection, u32)> {
+        Ok(match self.proxy_load_balancing {
+            LoadBalancing::Random => (
+                BackendSelection::Random,
+                self.proxy_max_maglev_entries
+                    .unwrap_or(corten_ebpf_common::DEFAULT_MAX_MAGLEV_ENTRIES),
+            ),
+            LoadBalancing::Maglev => {
+                let size = self.proxy_maglev_table_size;
+                let capacity = self.proxy_max_maglev_entries.unwrap_or_else(|| {
+                    size.get()
+                        .saturating_mul(corten_ebpf_common::DEFAULT_MAGLEV_TABLES)
+                });
+                anyhow::ensure!(
+                    capacity >= size.get(),
+                    "--proxy-max-maglev-entries ({capacity}) cannot hold one Maglev table of \
+                     --proxy-maglev-table-size ({size})"
+                );
+                (BackendSelection::Maglev(size), capacity)
+            }
+        })
+    }
 }
 
 /// A hold time RFC 4271 allows: 0 or at least 3 seconds.
@@ -191,6 +248,7 @@ async fn run() -> anyhow::Result<()> {
             args.image_gc_high_threshold
         );
     }
+    let (selection, maglev_capacity) = args.backend_selection()?;
     let eviction = kubelet::eviction::EvictionPolicy::from_flags(
         &args.eviction_hard,
         &args.eviction_minimum_reclaim,
@@ -282,8 +340,10 @@ async fn run() -> anyhow::Result<()> {
                     backends: args.proxy_max_backends,
                     affinity: args.proxy_max_affinity,
                     nat_flows: args.proxy_max_nat_flows,
+                    maglev: maglev_capacity,
                     ..MapSizes::default()
                 },
+                selection,
                 external_interfaces: args.proxy_external_interfaces,
             },
         ))
@@ -320,5 +380,92 @@ async fn run() -> anyhow::Result<()> {
             Ok(result) => result.context("the service proxy failed"),
             Err(e) => Err(anyhow::anyhow!("the service proxy task ended: {e}")),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let required = [
+            "corten-agent",
+            "--kubeconfig",
+            "k",
+            "--node-name",
+            "n",
+            "--node-ip",
+        ];
+        Args::try_parse_from(required.iter().chain(&["10.0.0.1"]).chain(extra))
+    }
+
+    #[test]
+    fn proxy_load_balancing_defaults_to_random() -> anyhow::Result<()> {
+        let args = parse(&[])?;
+        assert_eq!(
+            args.backend_selection()?,
+            (
+                BackendSelection::Random,
+                corten_ebpf_common::DEFAULT_MAX_MAGLEV_ENTRIES
+            )
+        );
+        assert_eq!(args.proxy_maglev_table_size, TableSize::default());
+        Ok(())
+    }
+
+    #[test]
+    fn proxy_maglev_flags_choose_the_table_size() -> anyhow::Result<()> {
+        let args = parse(&["--proxy-load-balancing", "maglev"])?;
+        assert_eq!(
+            args.backend_selection()?,
+            (BackendSelection::Maglev(TableSize::default()), 16_381 * 16)
+        );
+        let args = parse(&[
+            "--proxy-load-balancing=maglev",
+            "--proxy-maglev-table-size",
+            "1021",
+        ])?;
+        assert_eq!(
+            args.backend_selection()?,
+            (BackendSelection::Maglev(TableSize::new(1021)?), 1021 * 16)
+        );
+        let args = parse(&[
+            "--proxy-load-balancing=maglev",
+            "--proxy-max-maglev-entries=50000",
+        ])?;
+        assert_eq!(args.backend_selection()?.1, 50_000);
+        Ok(())
+    }
+
+    #[test]
+    fn proxy_maglev_flags_refuse_bad_values() -> anyhow::Result<()> {
+        let refused = |extra: &[&str]| match parse(extra) {
+            Ok(args) => panic!("{extra:?} accepted: {args:?}"),
+            Err(e) => e.to_string(),
+        };
+        let message = refused(&["--proxy-maglev-table-size", "16383"]);
+        assert!(message.contains("16383 is not a prime"), "{message}");
+        let message = refused(&["--proxy-maglev-table-size", "101"]);
+        assert!(message.contains("outside 251..=131071"), "{message}");
+        let message = refused(&["--proxy-load-balancing", "roundrobin"]);
+        assert!(
+            message.contains("random") && message.contains("maglev"),
+            "{message}"
+        );
+        // A map that cannot hold one table is refused at start.
+        let args = parse(&[
+            "--proxy-load-balancing=maglev",
+            "--proxy-max-maglev-entries=1000",
+        ])?;
+        let message = args
+            .backend_selection()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("cannot hold one Maglev table"),
+            "{message}"
+        );
+        Ok(())
     }
 }

@@ -11,6 +11,7 @@ use corten_ebpf_common::{
     MaglevKey, NatFlowKey, NatFlowValue, RevNatKey, RevNatValue, ServiceValue, TerminatingKey,
     DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_MAGLEV_ENTRIES,
     DEFAULT_MAX_NAT_FLOWS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCK_REV_NAT, DEFAULT_MAX_TERMINATING,
+    MAGLEV_MAP_FLAGS,
 };
 
 #[map(name = "CORTEN_FRONTENDS")]
@@ -25,10 +26,11 @@ pub static SERVICES: HashMap<u32, ServiceValue> =
 pub static BACKENDS: HashMap<BackendKey, Backend> =
     HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
-/// Written by the agent when it runs with Maglev tables; no program reads it yet.
+/// Written by the agent for services with a Maglev table; read by the tc programs (`select`).
+/// Not preallocated: a table costs memory only while it exists.
 #[map(name = "CORTEN_MAGLEV")]
 pub static MAGLEV: HashMap<MaglevKey, u32> =
-    HashMap::with_max_entries(DEFAULT_MAX_MAGLEV_ENTRIES, 0);
+    HashMap::with_max_entries(DEFAULT_MAX_MAGLEV_ENTRIES, MAGLEV_MAP_FLAGS);
 
 /// Written by the agent; no program reads it yet (removed backends leave the slots, and
 /// flows already made keep their backend without looking it up).

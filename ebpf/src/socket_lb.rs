@@ -14,8 +14,10 @@
 //! backend that leaves the service's slots gets no new connections while the connections
 //! already made to it keep going straight to it until they close.
 //!
-//! ClientIP session affinity (see `select`): the client is the connecting socket's network
-//! namespace (see [`AffinityKey`](corten_ebpf_common::AffinityKey)).
+//! Backend choice (see `select`): a random slot, also for services with a Maglev table (those
+//! tables serve the tc programs' flows from outside). ClientIP session affinity: the client is
+//! the connecting socket's network namespace (see
+//! [`AffinityKey`](corten_ebpf_common::AffinityKey)).
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
@@ -126,11 +128,14 @@ fn translate(ctx: &SockAddrContext, sa: &mut bpf_sock_addr) -> Translation {
     }
     // SAFETY: the context pointer is the one the kernel passed to this program.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let Some(backend) = select::pick(
+    // Connections made on the node pick at random (or by affinity); Maglev tables serve the
+    // tc programs only.
+    let Some(select::Pick { backend, .. }) = select::pick(
         target.from_node,
         &service,
         netns_cookie,
         affinity_client::NETNS_COOKIE,
+        select::Strategy::Random,
     ) else {
         return Translation::Refused(ECONNREFUSED);
     };

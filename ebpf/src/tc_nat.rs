@@ -4,8 +4,13 @@
 //!
 //! - `corten_tc_ingress` (tc ingress): a packet of a tracked flow is rewritten as its
 //!   [`NatFlowValue`] says. A new TCP/UDP packet to a non-ClusterIP frontend picks a backend
-//!   of the frontend's `from_outside` service (random, or the client's under ClientIP
-//!   affinity; the client is its source address) and is DNATed to it. A backend reached on
+//!   of the frontend's `from_outside` service and is DNATed to it: the client's backend under
+//!   ClientIP affinity (the client is its source address), else, when the agent wrote a
+//!   Maglev table for the service, the table's entry at the flow's
+//!   [`maglev_flow_hash`] (the same backend for the same flow on every node and after
+//!   restarts; an unusable entry falls back to a random slot and counts
+//!   [`nat_stat::MAGLEV_FALLBACK`]), else a random slot. Later packets of the flow follow its
+//!   flow entry, so a table change never moves an existing flow. A backend reached on
 //!   this node (a pod behind a host route to its veth, or the node itself) keeps the client's
 //!   address and goes up the stack. A backend behind a gateway or on the external link is on
 //!   another node: the source becomes this node's address toward the backend and a port of
@@ -23,8 +28,12 @@
 //! lost silently. Entries are not removed when a flow closes; they age out of the LRU.
 //!
 //! Only IPv4 without options and unfragmented packets are translated; anything else passes
-//! untouched. A service without a usable backend for outside clients (no endpoints, or a
-//! `Local` policy without local ones) drops the packet and counts [`nat_stat::NO_BACKEND`].
+//! untouched. A service without any endpoint refuses a new TCP connection at once, as
+//! kube-proxy's REJECT does: its SYN is turned into a RST+ACK and sent back out of the
+//! interface it came in on (counted as [`nat_stat::REJECTED`]). Every other packet to a
+//! service without a usable backend for outside clients (UDP, a SYN carrying data, a `Local`
+//! policy without local endpoints, which kube-proxy drops too) is dropped and counts
+//! [`nat_stat::NO_BACKEND`].
 //!
 //! Reads the frontend, service and backend maps that the agent writes; writes only flow state
 //! (the flow map, the affinity map) and the counters. It decides nothing beyond the backend
@@ -32,14 +41,17 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_prandom_u32,
-        generated::{bpf_fib_lookup, bpf_redirect_neigh, bpf_skb_store_bytes},
+        generated::{
+            bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
+            bpf_skb_store_bytes,
+        },
     },
     macros::classifier,
     programs::TcContext,
 };
 use corten_ebpf_common::{
-    affinity_client, frontend_kind, nat_direction, nat_stat, protocol, Backend, FrontendKey,
-    NatFlowKey, NatFlowValue, SNAT_PORT_COUNT, SNAT_PORT_FIRST,
+    affinity_client, frontend_kind, maglev_flow_hash, nat_direction, nat_stat, protocol,
+    when_empty, Backend, FrontendKey, NatFlowKey, NatFlowValue, SNAT_PORT_COUNT, SNAT_PORT_FIRST,
 };
 
 use crate::{
@@ -69,8 +81,21 @@ const L4_DST_PORT: usize = L4 + 2;
 const TCP_FLAGS: usize = L4 + 13;
 const TCP_CHECKSUM: usize = L4 + 16;
 const UDP_CHECKSUM: usize = L4 + 6;
+const TCP_SEQ: usize = L4 + 4;
+const TCP_ACK_SEQ: usize = L4 + 8;
+const TCP_OFFSET_FLAGS: usize = L4 + 12;
+const TCP_WINDOW: usize = L4 + 14;
+const TCP_URGENT: usize = L4 + 18;
+const TCP_HEADER_LEN: u16 = 20;
+/// Longest TCP header (with options).
+const TCP_MAX_HEADER_LEN: u16 = 60;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+const IP_TOTAL_LENGTH: usize = ETH_HLEN + 2;
+const IP_HEADER_LEN: u16 = 20;
+/// TTL of the resets the programs send.
+const RESET_TTL: u8 = 64;
 
 /// `bpf_l4_csum_replace` flags: the changed field is part of the pseudo header.
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
@@ -192,18 +217,29 @@ fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
         return TC_ACT_SHOT;
     };
     if service.backend_count == 0 {
+        let opening = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if service.when_empty == when_empty::REJECT && key.protocol == protocol::TCP && opening {
+            return reject(ctx, packet);
+        }
         count(nat_stat::NO_BACKEND);
         return TC_ACT_SHOT;
     }
-    let Some(backend) = select::pick(
+    let Some(pick) = select::pick(
         target.from_outside,
         &service,
         u64::from(key.src_addr),
         affinity_client::IPV4_SOURCE,
+        select::Strategy::Maglev {
+            flow_hash: maglev_flow_hash(key),
+        },
     ) else {
         count(nat_stat::NO_BACKEND);
         return TC_ACT_SHOT;
     };
+    if pick.maglev_fallback {
+        count(nat_stat::MAGLEV_FALLBACK);
+    }
+    let backend = pick.backend;
     let Some(route) = route_to(ctx, backend.addr) else {
         count(nat_stat::NO_ROUTE);
         return TC_ACT_SHOT;
@@ -226,6 +262,125 @@ fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
             bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32
         },
     }
+}
+
+/// Refuses a connection: the client's SYN becomes a RST+ACK from the frontend, sent back out
+/// of the interface it came in on, so the client's `connect()` fails at once with
+/// `ECONNREFUSED`. A SYN that carries data, or that cannot be rewritten, is dropped instead
+/// (counted as [`nat_stat::NO_BACKEND`]).
+#[inline(always)]
+fn reject(ctx: &TcContext, packet: &Packet) -> i32 {
+    if write_reset(ctx, packet).is_err() {
+        count(nat_stat::NO_BACKEND);
+        return TC_ACT_SHOT;
+    }
+    count(nat_stat::REJECTED);
+    // SAFETY: `skb` is the context the kernel passed to this program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a plain helper call without pointer arguments.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// Rewrites a SYN (IPv4 without options, see [`parse`]) into the RST+ACK that answers it:
+/// addresses, ports and MAC addresses swapped, sequence 0, acknowledging the SYN, no options,
+/// the packet cut after the TCP header. The TCP checksum is updated field by field, as for
+/// NAT, so it stays right whether the kernel or the device completes it; the IPv4 header is
+/// written whole with its checksum.
+#[inline(always)]
+fn write_reset(ctx: &TcContext, packet: &Packet) -> Result<(), ()> {
+    let key = &packet.key;
+    let total_length = u16::from_be(ctx.load::<u16>(IP_TOTAL_LENGTH).map_err(|_| ())?);
+    let offset_flags: u16 = ctx.load(TCP_OFFSET_FLAGS).map_err(|_| ())?;
+    let header_len = (u16::from_be(offset_flags) >> 12) * 4;
+    let tcp_len = total_length.checked_sub(IP_HEADER_LEN).ok_or(())?;
+    // Only a SYN without data (or a sane header) is answered.
+    if !(TCP_HEADER_LEN..=TCP_MAX_HEADER_LEN).contains(&header_len) || tcp_len != header_len {
+        return Err(());
+    }
+    if ctx.len() < (ETH_HLEN as u32) + u32::from(total_length) {
+        return Err(());
+    }
+    // The options leave the packet: take them out of the checksum (at most 10 words).
+    let mut offset = L4 + usize::from(TCP_HEADER_LEN);
+    while offset < L4 + usize::from(TCP_MAX_HEADER_LEN) {
+        if offset >= L4 + usize::from(header_len) {
+            break;
+        }
+        let word: u32 = ctx.load(offset).map_err(|_| ())?;
+        ctx.l4_csum_replace(packet.checksum, u64::from(word), 0, 4)
+            .map_err(|_| ())?;
+        offset += 4;
+    }
+    // The pseudo header's TCP length.
+    ctx.l4_csum_replace(
+        packet.checksum,
+        u64::from(tcp_len.to_be()),
+        u64::from(TCP_HEADER_LEN.to_be()),
+        BPF_F_PSEUDO_HDR | 2,
+    )
+    .map_err(|_| ())?;
+    let seq: u32 = ctx.load(TCP_SEQ).map_err(|_| ())?;
+    let ack_seq: u32 = ctx.load(TCP_ACK_SEQ).map_err(|_| ())?;
+    let window: u16 = ctx.load(TCP_WINDOW).map_err(|_| ())?;
+    let urgent: u16 = ctx.load(TCP_URGENT).map_err(|_| ())?;
+    let acknowledged = u32::from_be(seq).wrapping_add(1).to_be();
+    let reset_flags = ((5u16 << 12) | u16::from(TCP_RST | TCP_ACK)).to_be();
+    set_field(ctx, packet, TCP_SEQ, seq, 0u32, 4)?;
+    set_field(ctx, packet, TCP_ACK_SEQ, ack_seq, acknowledged, 4)?;
+    set_field(ctx, packet, TCP_OFFSET_FLAGS, offset_flags, reset_flags, 2)?;
+    set_field(ctx, packet, TCP_WINDOW, window, 0u16, 2)?;
+    set_field(ctx, packet, TCP_URGENT, urgent, 0u16, 2)?;
+    // Swapped ports and addresses leave the checksum as it is.
+    store(ctx, L4_SRC_PORT, &key.dst_port)?;
+    store(ctx, L4_DST_PORT, &key.src_port)?;
+    store(
+        ctx,
+        IP_VERSION_IHL,
+        &reset_ip_header(key.dst_addr, key.src_addr),
+    )?;
+    let destination: [u8; 6] = ctx.load(0).map_err(|_| ())?;
+    let source: [u8; 6] = ctx.load(6).map_err(|_| ())?;
+    store(ctx, 0, &source)?;
+    store(ctx, 6, &destination)?;
+    let reset_len = (ETH_HLEN as u32) + u32::from(IP_HEADER_LEN + TCP_HEADER_LEN);
+    // SAFETY: `skb` is the context the kernel passed to this program.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb.cast(), reset_len, 0) } != 0 {
+        return Err(());
+    }
+    Ok(())
+}
+
+/// The IPv4 header (no options) of a 40-byte TCP reset from `src` to `dst`, with its checksum.
+#[inline(always)]
+fn reset_ip_header(src: u32, dst: u32) -> [u8; 20] {
+    let mut header = [0u8; 20];
+    header[0] = 0x45;
+    let total = (IP_HEADER_LEN + TCP_HEADER_LEN).to_be_bytes();
+    header[2] = total[0];
+    header[3] = total[1];
+    header[6] = 0x40; // don't fragment
+    header[8] = RESET_TTL;
+    header[9] = protocol::TCP;
+    let src = src.to_ne_bytes();
+    let dst = dst.to_ne_bytes();
+    let mut i = 0;
+    while i < 4 {
+        header[12 + i] = src[i];
+        header[16 + i] = dst[i];
+        i += 1;
+    }
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([header[i], header[i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let checksum = (!(sum as u16)).to_be_bytes();
+    header[10] = checksum[0];
+    header[11] = checksum[1];
+    header
 }
 
 /// A flow to a backend on this node: the client's address is kept; the reply (seen on

@@ -18,17 +18,31 @@
 //! With `CORTEN_TEST_WITHOUT_TC=1` the agents run without `--proxy-external-interface`, and
 //! the test must fail (that is how to check it tests the tc programs).
 //!
+//! A second lab runs the agents with `--proxy-load-balancing maglev`; its client connects from
+//! fixed source ports, one connection at a time, each closed with a reset:
+//! - through node 0, each port lands on the same backend every time, and the ports spread
+//!   over all three backends;
+//! - the externalIP routed to node 1 instead (a node that has never seen these flows), each
+//!   port lands on the backend it had through node 0, also after node 1's agent restarted;
+//! - a NodePort without any endpoint refuses a connection at once (a TCP reset), instead of
+//!   letting the client wait.
+//!
+//! With `CORTEN_TEST_WITHOUT_MAGLEV=1` that lab's agents pick at random, and the test must fail.
+//!
 //! Safety: the client's address and its route to the externalIP live in the lab's fabric
 //! namespace only; the root namespace gets nothing. The tc programs attach to each node's
 //! `eth0` inside the node's namespace and their links are pinned on the node's bpffs, so they
 //! go with the lab. Every request is bounded by `timeout`, every wait by `eventually`.
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use anyhow::{ensure, Context};
 use corten_tests::{
     kubectl::{apply, eventually, json},
     lab::{self, Lab, LabSpec, NetworkMode, BUSYBOX_IMAGE},
-    scripts::{PYTHON, UDP_BACKEND},
+    scripts::{FIXED_PORT_HTTP_CLIENT, PYTHON, UDP_BACKEND},
 };
 use serde_json::json;
 
@@ -183,6 +197,18 @@ fn node_port_service(
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
 }
 
+/// Two web pods on node 0 (`role: local`) and one on node 1 (`role: remote`).
+fn web_pods(lab: &Lab, node0: &str, node1: &str) -> anyhow::Result<()> {
+    for (name, node, role) in [
+        ("local-a", node0, "local"),
+        ("local-b", node0, "local"),
+        ("remote-a", node1, "remote"),
+    ] {
+        apply(lab, &web_pod(name, node, role).to_string())?;
+    }
+    Ok(())
+}
+
 /// The nodePort of a Service's port `port_name`.
 fn node_port(lab: &Lab, service: &str, port_name: &str) -> anyhow::Result<u16> {
     let service = json(lab, &["get", "service", service])?;
@@ -257,13 +283,7 @@ fn nodeports_and_external_ips_answer_clients_outside_the_cluster() -> anyhow::Re
     let node0_ip = lab.node_ip(0).to_string();
     let node1_ip = lab.node_ip(1).to_string();
 
-    for (name, node, role) in [
-        ("local-a", &node0, "local"),
-        ("local-b", &node0, "local"),
-        ("remote-a", &node1, "remote"),
-    ] {
-        apply(&lab, &web_pod(name, node, role).to_string())?;
-    }
+    web_pods(&lab, &node0, &node1)?;
     let outer = node_port_service(
         "outer",
         json!({"app": "web"}),
@@ -410,6 +430,223 @@ fn nodeports_and_external_ips_answer_clients_outside_the_cluster() -> anyhow::Re
         );
     }
     // The tc links, their pins and the client's address go with the lab.
+    let paths = lab.paths().clone();
+    lab.down()?;
+    ensure!(
+        lab::leftovers(&paths).is_empty(),
+        "left behind: {:?}",
+        lab::leftovers(&paths)
+    );
+    Ok(())
+}
+
+/// Source ports of the Maglev checks: below the kernel's ephemeral range, so no other
+/// connection of the client (wget's) shares a tuple with them.
+const FIXED_PORTS: std::ops::RangeInclusive<u16> = 20_001..=20_024;
+/// Source ports first used after node 1's agent restarted.
+const RESTART_PORTS: std::ops::RangeInclusive<u16> = 20_101..=20_124;
+
+/// The backend each source port reached (see [`FIXED_PORT_HTTP_CLIENT`]); an error fails.
+fn fixed_port_answers(
+    lab: &Lab,
+    dst: &str,
+    port: u16,
+    ports: impl IntoIterator<Item = u16>,
+) -> anyhow::Result<BTreeMap<u16, String>> {
+    let lines = fixed_port_lines(lab, dst, port, ports)?;
+    let mut answers = BTreeMap::new();
+    for (source, answer) in lines {
+        ensure!(!answer.starts_with("ERROR"), "from port {source}: {answer}");
+        answers.insert(source, answer);
+    }
+    Ok(answers)
+}
+
+/// Every line of [`FIXED_PORT_HTTP_CLIENT`] as (source port, rest).
+fn fixed_port_lines(
+    lab: &Lab,
+    dst: &str,
+    port: u16,
+    ports: impl IntoIterator<Item = u16>,
+) -> anyhow::Result<Vec<(u16, String)>> {
+    let ports: Vec<String> = ports.into_iter().map(|p| p.to_string()).collect();
+    let output = lab
+        .fabric_command(PYTHON)?
+        .args([
+            "-c",
+            FIXED_PORT_HTTP_CLIENT,
+            dst,
+            &port.to_string(),
+            "/hostname",
+            CLIENT_IP,
+            &ports.join(","),
+        ])
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "fixed-port client: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let (source, rest) = line
+                .trim()
+                .split_once(' ')
+                .with_context(|| format!("client line {line:?}"))?;
+            Ok((source.parse()?, rest.to_owned()))
+        })
+        .collect()
+}
+
+/// Routes the externalIP (inside the fabric namespace) to node `i`.
+fn route_external_ip_to(lab: &Lab, i: usize) -> anyhow::Result<()> {
+    let via = lab.node_ip(i).to_string();
+    let args = [
+        "route",
+        "replace",
+        &format!("{EXTERNAL_IP}/32"),
+        "via",
+        &via,
+    ];
+    let output = lab.fabric_command("ip")?.args(args).output()?;
+    ensure!(
+        output.status.success(),
+        "ip {args:?} in the fabric namespace: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn maglev_keeps_each_flow_on_one_backend_across_nodes_and_restarts() -> anyhow::Result<()> {
+    corten_tests::lab::build_project_binaries()?;
+    let mut spec = LabSpec::for_test(&format!("maglev-{}", std::process::id()), 2);
+    spec.control_plane = true;
+    spec.network = NetworkMode::HostGw;
+    spec.extra_agent_args = vec!["--proxy-external-interface".into(), "eth0".into()];
+    if std::env::var_os("CORTEN_TEST_WITHOUT_MAGLEV").is_none() {
+        spec.extra_agent_args.extend([
+            "--proxy-load-balancing".into(),
+            "maglev".into(),
+            "--proxy-maglev-table-size".into(),
+            "1021".into(),
+        ]);
+    }
+    let mut lab = Lab::up(spec)?;
+    lab.wait_for_nodes_ready(Duration::from_secs(90))?;
+    let node0 = lab.node_name(0);
+    let node1 = lab.node_name(1);
+    web_pods(&lab, &node0, &node1)?;
+    let hashed = node_port_service(
+        "hashed",
+        json!({"app": "web"}),
+        json!({"externalIPs": [EXTERNAL_IP]}),
+    );
+    let empty = node_port_service("empty", json!({"app": "nothing"}), json!({}));
+    for object in [hashed, empty] {
+        apply(&lab, &object.to_string())?;
+    }
+    eventually(&lab, "three ready web pods", || ready_pods(&lab, 3))?;
+    let empty_port = node_port(&lab, "empty", "http")?;
+    let client = ExternalClient::new(&lab)?;
+    let every = names(&["local-a", "local-b", "remote-a"]);
+    let external_url = format!("http://{EXTERNAL_IP}:80/hostname");
+    // Both nodes' datapaths are ready (wget's ephemeral ports never meet the fixed ones).
+    route_external_ip_to(&lab, 1)?;
+    client.converge(&lab, &external_url, &every)?;
+    route_external_ip_to(&lab, 0)?;
+    client.converge(&lab, &external_url, &every)?;
+
+    // Through node 0: every port keeps its backend, and the ports spread over all of them.
+    let through_node0 = fixed_port_answers(&lab, EXTERNAL_IP, 80, FIXED_PORTS)?;
+    let again = fixed_port_answers(&lab, EXTERNAL_IP, 80, FIXED_PORTS)?;
+    ensure!(
+        again == through_node0,
+        "a port changed backends through node 0: {through_node0:?} then {again:?}"
+    );
+    let spread: BTreeSet<String> = through_node0.values().cloned().collect();
+    ensure!(spread == every, "fixed ports reached only {spread:?}");
+    println!("through node 0: {through_node0:?}");
+
+    // Through node 1, which has never seen these flows: its own Maglev table sends each to
+    // the same backend (at random, 24 ports would all agree with probability 3^-24).
+    route_external_ip_to(&lab, 1)?;
+    let through_node1 = fixed_port_answers(&lab, EXTERNAL_IP, 80, FIXED_PORTS)?;
+    ensure!(
+        through_node1 == through_node0,
+        "node 1 sent flows elsewhere: node 0 {through_node0:?}, node 1 {through_node1:?}"
+    );
+
+    // New flows through node 0, then node 1's agent restarts (keeping its pinned maps) and
+    // the same flows reach node 1 for the first time: still the same backends.
+    route_external_ip_to(&lab, 0)?;
+    let before_restart = fixed_port_answers(&lab, EXTERNAL_IP, 80, RESTART_PORTS)?;
+    let pins = TC_LINK_PINS.map(|pin| lab.node_bpffs(1).join(pin));
+    let old_links = pins
+        .iter()
+        .map(|pin| pinned_link_id(pin))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    lab.kill_agent(1)?;
+    lab.start_agent(1)?;
+    eventually(
+        &lab,
+        "node 1's restarted agent to replace its tc links",
+        || {
+            for (pin, old) in pins.iter().zip(&old_links) {
+                if pinned_link_id(pin)? == *old {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )?;
+    eventually(&lab, "node 1's restarted agent to sync its watches", || {
+        let log = std::fs::read_to_string(lab.paths().agent_log(1))?;
+        Ok((log.matches("service proxy synced its watches").count() >= 2).then_some(()))
+    })?;
+    route_external_ip_to(&lab, 1)?;
+    let after_restart = fixed_port_answers(&lab, EXTERNAL_IP, 80, RESTART_PORTS)?;
+    ensure!(
+        after_restart == before_restart,
+        "after node 1's restart flows moved: node 0 {before_restart:?}, node 1 \
+         {after_restart:?}"
+    );
+    println!(
+        "node 1 agreed with node 0 on {} flows",
+        FIXED_PORTS.len() + RESTART_PORTS.len()
+    );
+
+    // A NodePort without endpoints refuses at once (kube-proxy's REJECT), on both nodes.
+    for i in 0..2 {
+        let ip = lab.node_ip(i).to_string();
+        let lines = fixed_port_lines(&lab, &ip, empty_port, [20_201])?;
+        let refused = lines.iter().all(|(_, rest)| {
+            let mut words = rest.split(' ');
+            words.next() == Some("ERROR")
+                && words.next() == Some("ConnectionRefusedError")
+                && words.next().and_then(|ms| ms.parse::<u64>().ok()) < Some(1000)
+        });
+        ensure!(
+            refused && lines.len() == 1,
+            "NodePort {ip}:{empty_port} without endpoints: {lines:?}"
+        );
+    }
+    println!("a NodePort without endpoints refused the client at once");
+
+    // The counters show no flow that missed its table entry.
+    for i in 0..2 {
+        let log = std::fs::read_to_string(lab.paths().agent_log(i))?;
+        ensure!(
+            !log.contains("maglev_fallback"),
+            "node {i}'s tc programs fell back to random picks"
+        );
+    }
+    ensure!(
+        lab.agent_failures().is_empty(),
+        "{:?}",
+        lab.agent_failures()
+    );
     let paths = lab.paths().clone();
     lab.down()?;
     ensure!(

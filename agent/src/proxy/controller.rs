@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     desired::{self, NodeContext},
+    diff::BackendSelection,
     health::HealthServers,
     socket_lb::{MapSizes, SocketLb, SocketLbError},
     tc_nat::{self, NatStats, StatLevel},
@@ -43,6 +44,8 @@ pub struct ProxyConfig {
     pub pin_dir: Option<PathBuf>,
     /// Map capacities.
     pub sizes: MapSizes,
+    /// How the tc programs pick a backend for a new flow from outside (random or Maglev).
+    pub selection: BackendSelection,
     /// Interfaces that traffic from outside the cluster arrives on: the tc programs attach
     /// to each (NodePorts, externalIPs and LoadBalancer IPs for outside clients).
     pub external_interfaces: Vec<String>,
@@ -65,6 +68,7 @@ pub enum ProxyError {
 pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> {
     let mut lb =
         SocketLb::load(config.sizes, config.pin_dir.as_deref()).map_err(ProxyError::Start)?;
+    lb.set_selection(config.selection);
     lb.attach(&config.cgroup).map_err(ProxyError::Start)?;
     for interface in &config.external_interfaces {
         lb.attach_external(interface).map_err(ProxyError::Start)?;
@@ -72,6 +76,7 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
     info!(
         cgroup = %config.cgroup.display(),
         external_interfaces = ?config.external_interfaces,
+        selection = ?config.selection,
         "service proxy attached"
     );
 

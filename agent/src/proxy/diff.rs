@@ -12,6 +12,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     net::SocketAddrV4,
+    ops::Range,
 };
 
 use super::{
@@ -27,12 +28,17 @@ use super::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceId(pub u32);
 
-/// How the datapath picks a backend for a new connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the datapath picks a backend for a new flow from outside the cluster (the tc
+/// programs). Connections made on the node (socket-LB) always pick at random; session
+/// affinity comes first either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendSelection {
     /// Uniformly at random over the slots; no table.
+    #[default]
     Random,
-    /// Maglev consistent hashing of the flow over a table of this size.
+    /// Maglev consistent hashing of the flow over a table of this size, written for every
+    /// backend set that a NodePort, externalIP or LoadBalancer frontend sends outside clients
+    /// to (sets reached only through ClusterIPs get none: the socket programs never use it).
     Maglev(TableSize),
 }
 
@@ -43,6 +49,9 @@ pub struct PlanConfig {
     pub selection: BackendSelection,
     /// Highest service id; the service map's capacity.
     pub max_service_id: u32,
+    /// Capacity of the Maglev map in entries: tables are planned only while they fit (each
+    /// takes its size), so a full map never blocks other updates.
+    pub maglev_capacity: u32,
 }
 
 /// Why no plan could be made. Nothing is half-planned: the applied state stays as it was.
@@ -135,6 +144,9 @@ pub struct ServiceEntry {
     pub when_empty: Option<WhenEmpty>,
     /// ClientIP affinity.
     pub affinity: Option<SessionAffinity>,
+    /// The size of the service's Maglev table; set only while a complete table of this size
+    /// is written (the service has backends and is reached from outside under Maglev).
+    pub maglev: Option<TableSize>,
 }
 
 /// What the datapath holds for one service id.
@@ -222,8 +234,12 @@ pub enum Operation {
     RemoveFrontend { frontend: FrontendKey },
     /// Delete one slot (beyond the service's count).
     RemoveBackend { service: ServiceId, slot: u32 },
-    /// Delete a whole Maglev table.
-    RemoveMaglevTable { service: ServiceId },
+    /// Delete the entries of a Maglev table at these positions (a whole table, or the tail
+    /// of a larger one after the table size changed).
+    RemoveMaglevTable {
+        service: ServiceId,
+        positions: Range<u32>,
+    },
     /// Delete a service value (no frontend names it any more).
     RemoveService { service: ServiceId },
     /// The backend is neither active nor terminating any more: flow state (conntrack,
@@ -242,6 +258,9 @@ pub struct Plan {
     /// Replace the applied state with this once every operation succeeded. After a failure,
     /// keep the old state and plan again: the operations are idempotent.
     pub next: AppliedState,
+    /// Backend sets reached from outside that get no Maglev table because the Maglev map
+    /// cannot hold another one: their new flows pick at random.
+    pub untabled: Vec<BackendSetKey>,
 }
 
 /// Plans the change from `applied` to `desired`.
@@ -253,6 +272,7 @@ pub fn plan(
     let mut ids = applied.ids.clone();
     let assigned = assign_ids(applied, desired, &mut ids)?;
 
+    let (tabled, untabled) = tabled_sets(applied, desired, config, &assigned);
     let mut additions = Vec::new();
     let mut shrinking = Vec::new();
     let mut services = BTreeMap::new();
@@ -261,7 +281,19 @@ pub fn plan(
             continue;
         };
         let old = applied.services.get(&id);
-        let next = plan_service(id, key, set, old, config, &mut additions, &mut shrinking)?;
+        let table_size = match config.selection {
+            BackendSelection::Maglev(size) if tabled.contains(key) => Some(size),
+            _ => None,
+        };
+        let next = plan_service(
+            id,
+            key,
+            set,
+            old,
+            table_size,
+            &mut additions,
+            &mut shrinking,
+        )?;
         services.insert(id, next);
     }
 
@@ -299,8 +331,11 @@ pub fn plan(
             continue;
         }
         removals.push(Operation::RemoveService { service: *id });
-        if matches!(config.selection, BackendSelection::Maglev(_)) && !old.slots.is_empty() {
-            removals.push(Operation::RemoveMaglevTable { service: *id });
+        if let Some(size) = old.entry.maglev {
+            removals.push(Operation::RemoveMaglevTable {
+                service: *id,
+                positions: 0..size.get(),
+            });
         }
         for slot in 0..old.slots.len() {
             removals.push(Operation::RemoveBackend {
@@ -329,7 +364,63 @@ pub fn plan(
             services,
             ids,
         },
+        untabled,
     })
+}
+
+/// The backend sets that get a Maglev table, and those that would but do not fit. Tables
+/// serve only the tc programs, so only sets with backends that a NodePort, externalIP or
+/// LoadBalancer frontend sends outside clients to get one. Sets that already have a table of
+/// the configured size keep it; new tables are planned only while the Maglev map has room for
+/// them next to every table written now (removed ones free their room after this plan).
+fn tabled_sets<'a>(
+    applied: &AppliedState,
+    desired: &'a DesiredState,
+    config: &PlanConfig,
+    assigned: &BTreeMap<BackendSetKey, ServiceId>,
+) -> (BTreeSet<&'a BackendSetKey>, Vec<BackendSetKey>) {
+    let BackendSelection::Maglev(size) = config.selection else {
+        return (BTreeSet::new(), Vec::new());
+    };
+    let wanted: BTreeSet<&BackendSetKey> = desired
+        .frontends
+        .values()
+        .filter(|frontend| frontend.kind.is_external())
+        .map(|frontend| &frontend.from_outside)
+        .filter(|key| {
+            desired
+                .backend_sets
+                .get(*key)
+                .is_some_and(|set| !set.active.is_empty())
+        })
+        .collect();
+    let table_of = |key: &BackendSetKey| {
+        assigned
+            .get(key)
+            .and_then(|id| applied.services.get(id))
+            .and_then(|service| service.entry.maglev)
+    };
+    let (kept, new): (BTreeSet<_>, BTreeSet<_>) = wanted
+        .into_iter()
+        .partition(|key| table_of(key) == Some(size));
+    let written: u64 = applied
+        .services
+        .values()
+        .filter_map(|service| service.entry.maglev)
+        .map(|size| u64::from(size.get()))
+        .sum();
+    let mut room = u64::from(config.maglev_capacity).saturating_sub(written);
+    let mut tabled = kept;
+    let mut untabled = Vec::new();
+    for key in new {
+        if room >= u64::from(size.get()) {
+            room -= u64::from(size.get());
+            tabled.insert(key);
+        } else {
+            untabled.push(key.clone());
+        }
+    }
+    (tabled, untabled)
 }
 
 /// Gives every desired backend set an id: the id it had (known set key), else the id that its
@@ -375,15 +466,15 @@ fn assign_ids(
     Ok(assigned)
 }
 
-/// Plans one service: its slots, Maglev entries, terminating set and value. Writes go to
-/// `additions` (before frontends change), slot deletions and flow flushes to `shrinking`
-/// (after).
+/// Plans one service: its slots, Maglev entries (with `table_size`, while it has backends),
+/// terminating set and value. Writes go to `additions` (before frontends change), slot and
+/// table deletions and flow flushes to `shrinking` (after).
 fn plan_service(
     id: ServiceId,
     key: &BackendSetKey,
     set: &BackendSet,
     old: Option<&AppliedService>,
-    config: &PlanConfig,
+    table_size: Option<TableSize>,
     additions: &mut Vec<Operation>,
     shrinking: &mut Vec<Operation>,
 ) -> Result<AppliedService, PlanError> {
@@ -398,24 +489,41 @@ fn plan_service(
             });
         }
     }
+    let maglev = table_size.filter(|_| !slots.is_empty());
+    let old_maglev = old.and_then(|o| o.entry.maglev);
     let mut table_update = None;
-    if let BackendSelection::Maglev(size) = config.selection {
-        if slots != old_slots {
+    match (old_maglev, maglev) {
+        (None, None) => {}
+        // No table any more (no backends, no frontend from outside, or Maglev turned off):
+        // the service value stops naming it first.
+        (Some(old_size), None) => shrinking.push(Operation::RemoveMaglevTable {
+            service: id,
+            positions: 0..old_size.get(),
+        }),
+        (old_size, Some(size)) => {
             let maglev_error = |source| PlanError::Maglev {
                 service: key.clone(),
                 source,
             };
-            let new_table = slot_table(size, &slots).map_err(maglev_error)?;
-            if new_table.is_empty() {
-                if !old_slots.is_empty() {
-                    shrinking.push(Operation::RemoveMaglevTable { service: id });
-                }
-            } else {
-                let old_table = slot_table(size, old_slots).map_err(maglev_error)?;
-                let entries = changed_entries(&old_table, &new_table);
+            // Only the changed entries of a table of the same size; a new or resized table is
+            // written whole.
+            let unchanged = old_size == Some(size) && slots == old_slots;
+            if !unchanged {
+                let new_table = slot_table(size, &slots).map_err(maglev_error)?;
+                let old_table = if old_size == Some(size) {
+                    slot_table(size, old_slots).map_err(maglev_error)?
+                } else {
+                    slot_table(size, &[]).map_err(maglev_error)?
+                };
                 table_update = Some(Operation::SetMaglevEntries {
                     service: id,
-                    entries,
+                    entries: changed_entries(&old_table, &new_table),
+                });
+            }
+            if let Some(old_size) = old_size.filter(|old_size| old_size.get() > size.get()) {
+                shrinking.push(Operation::RemoveMaglevTable {
+                    service: id,
+                    positions: size.get()..old_size.get(),
                 });
             }
         }
@@ -432,13 +540,14 @@ fn plan_service(
         backend_count: slot_number(slots.len()),
         when_empty: set.when_empty,
         affinity: set.affinity,
+        maglev,
     };
     let service_update = (old.map(|o| o.entry) != Some(entry))
         .then_some(Operation::SetService { service: id, entry });
-    // While the count is above zero, the table must be complete and point below the count: a
-    // growing service raises its count before the table points at the new slots; a new or
-    // shrinking one gets its table first (a zero count does not use it).
-    let growing = !old_slots.is_empty() && slots.len() > old_slots.len();
+    // While the value names a table, the table must be complete and point below the count: a
+    // growing service raises its count before its table points at the new slots; a new,
+    // resized or shrinking table is written before the value names it (or lowers the count).
+    let growing = old_maglev == maglev && !old_slots.is_empty() && slots.len() > old_slots.len();
     let (first, second) = if growing {
         (service_update, table_update)
     } else {
@@ -544,6 +653,7 @@ mod tests {
                 TableSize::new(251).unwrap_or_else(|e| panic!("{e}")),
             ),
             max_service_id: MAX_IDS,
+            maglev_capacity: 251 * 100,
         }
     }
 
@@ -551,6 +661,7 @@ mod tests {
         PlanConfig {
             selection: BackendSelection::Random,
             max_service_id: MAX_IDS,
+            maglev_capacity: 0,
         }
     }
 
@@ -580,15 +691,20 @@ mod tests {
         SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, last_octet), 8080)
     }
 
-    /// A ClusterIP service per `(name, clusterIP last octet, backend last octets)`.
+    /// A LoadBalancer service per `(name, ingress IP last octet, backend last octets)`
+    /// (reached from outside, so it gets a Maglev table under Maglev).
     fn desired(services: &[(&str, u8, &[u8])]) -> DesiredState {
+        desired_with_kind(services, FrontendKind::LoadBalancer)
+    }
+
+    fn desired_with_kind(services: &[(&str, u8, &[u8])], kind: FrontendKind) -> DesiredState {
         let mut state = DesiredState::default();
         for (name, vip, backends) in services {
             let key = set_key(name);
             state.frontends.insert(
                 frontend_key(*vip),
                 Frontend {
-                    kind: FrontendKind::ClusterIp,
+                    kind,
                     from_outside: key.clone(),
                     from_node: key.clone(),
                 },
@@ -620,8 +736,6 @@ mod tests {
     /// The maps as an executor would hold them, to check plans by applying them.
     #[derive(Debug, Default)]
     struct FakeMaps {
-        /// Table size when the plans use Maglev.
-        maglev_size: Option<usize>,
         frontends: BTreeMap<FrontendKey, AppliedFrontend>,
         services: BTreeMap<ServiceId, ServiceEntry>,
         slots: BTreeMap<(ServiceId, u32), SocketAddrV4>,
@@ -631,17 +745,6 @@ mod tests {
     }
 
     impl FakeMaps {
-        fn new(config: &PlanConfig) -> Self {
-            let maglev_size = match config.selection {
-                BackendSelection::Maglev(size) => Some(size.get() as usize),
-                BackendSelection::Random => None,
-            };
-            Self {
-                maglev_size,
-                ..Self::default()
-            }
-        }
-
         fn apply(&mut self, operation: &Operation) {
             match operation {
                 Operation::SetBackend {
@@ -672,8 +775,13 @@ mod tests {
                 Operation::RemoveBackend { service, slot } => {
                     self.slots.remove(&(*service, *slot));
                 }
-                Operation::RemoveMaglevTable { service } => {
-                    self.tables.remove(service);
+                Operation::RemoveMaglevTable { service, positions } => {
+                    if let Some(table) = self.tables.get_mut(service) {
+                        table.retain(|position, _| !positions.contains(position));
+                        if table.is_empty() {
+                            self.tables.remove(service);
+                        }
+                    }
                 }
                 Operation::RemoveService { service } => {
                     self.services.remove(service);
@@ -700,9 +808,18 @@ mod tests {
                             "after {after:?}: {id:?} slot {slot} missing"
                         );
                     }
-                    if let (Some(size), true) = (self.maglev_size, entry.backend_count > 0) {
+                    if let Some(size) = entry.maglev {
+                        assert!(
+                            entry.backend_count > 0,
+                            "after {after:?}: empty {id:?} has a table"
+                        );
                         let table = self.tables.get(&id).cloned().unwrap_or_default();
-                        assert_eq!(table.len(), size, "after {after:?}: table incomplete");
+                        let positions: Vec<u32> = table.keys().copied().collect();
+                        assert!(
+                            (0..size.get()).all(|p| table.contains_key(&p)),
+                            "after {after:?}: table of {id:?} incomplete ({} of {size})",
+                            positions.len()
+                        );
                         assert!(
                             table.values().all(|slot| *slot < entry.backend_count),
                             "after {after:?}: table of {id:?} points past its slots"
@@ -713,7 +830,7 @@ mod tests {
         }
 
         /// The maps must hold exactly what the planned state says.
-        fn assert_matches(&self, state: &AppliedState, config: &PlanConfig) {
+        fn assert_matches(&self, state: &AppliedState) {
             assert_eq!(self.frontends, state.frontends);
             let services: BTreeMap<_, _> = state
                 .services
@@ -732,29 +849,30 @@ mod tests {
                 })
                 .collect();
             assert_eq!(self.slots, slots);
-            if let BackendSelection::Maglev(size) = config.selection {
-                for (id, service) in &state.services {
-                    let expected =
-                        slot_table(size, &service.slots).unwrap_or_else(|e| panic!("{e}"));
-                    let actual: Vec<u32> = self
-                        .tables
-                        .get(id)
-                        .map(|t| t.values().copied().collect())
-                        .unwrap_or_default();
-                    assert_eq!(actual, expected.entries(), "table of {id:?}");
-                }
-                assert!(self.tables.keys().all(|id| state.services.contains_key(id)));
-            } else {
-                assert!(self.tables.is_empty());
+            for (id, service) in &state.services {
+                let actual: Vec<u32> = self
+                    .tables
+                    .get(id)
+                    .map(|t| t.values().copied().collect())
+                    .unwrap_or_default();
+                let expected = match service.entry.maglev {
+                    Some(size) => slot_table(size, &service.slots)
+                        .unwrap_or_else(|e| panic!("{e}"))
+                        .entries()
+                        .to_vec(),
+                    None => Vec::new(),
+                };
+                assert_eq!(actual, expected, "table of {id:?}");
             }
+            assert!(self.tables.keys().all(|id| state.services.contains_key(id)));
         }
 
-        fn run(&mut self, plan: &Plan, config: &PlanConfig) {
+        fn run(&mut self, plan: &Plan) {
             for operation in &plan.operations {
                 self.apply(operation);
                 self.assert_consistent(operation);
             }
-            self.assert_matches(&plan.next, config);
+            self.assert_matches(&plan.next);
         }
     }
 
@@ -763,8 +881,8 @@ mod tests {
         let config = maglev_config();
         let desired = desired(&[("a", 1, &[1, 2, 3]), ("b", 2, &[4])]);
         let first = plan_ok(&AppliedState::empty(MAX_IDS), &desired, &config);
-        let mut maps = FakeMaps::new(&config);
-        maps.run(&first, &config);
+        let mut maps = FakeMaps::default();
+        maps.run(&first);
         let count = |f: fn(&Operation) -> bool| first.operations.iter().filter(|o| f(o)).count();
         assert_eq!(count(|o| matches!(o, Operation::SetBackend { .. })), 4);
         assert_eq!(count(|o| matches!(o, Operation::SetService { .. })), 2);
@@ -786,13 +904,13 @@ mod tests {
         let config = maglev_config();
         let before = desired(&[("a", 1, &[1, 2, 3, 4]), ("b", 2, &[5, 6])]);
         let first = plan_ok(&AppliedState::empty(MAX_IDS), &before, &config);
-        let mut maps = FakeMaps::new(&config);
-        maps.run(&first, &config);
+        let mut maps = FakeMaps::default();
+        maps.run(&first);
         let a = id_of(&first.next, 1);
 
         let after = desired(&[("a", 1, &[1, 3, 4]), ("b", 2, &[5, 6])]);
         let second = plan_ok(&first.next, &after, &config);
-        maps.run(&second, &config);
+        maps.run(&second);
         // The last backend moves into the freed slot 1; nothing else is rewritten.
         let slot_ops: Vec<_> = second
             .operations
@@ -873,7 +991,8 @@ mod tests {
                     entry: ServiceEntry {
                         backend_count: 1,
                         when_empty: None,
-                        affinity: None
+                        affinity: None,
+                        maglev: None,
                     }
                 },
                 Operation::RemoveBackend {
@@ -898,10 +1017,10 @@ mod tests {
             &desired(&[("a", 1, &[1])]),
             &config,
         );
-        let mut maps = FakeMaps::new(&config);
-        maps.run(&first, &config);
+        let mut maps = FakeMaps::default();
+        maps.run(&first);
         let second = plan_ok(&first.next, &desired(&[("a", 1, &[])]), &config);
-        maps.run(&second, &config);
+        maps.run(&second);
         let a = id_of(&second.next, 1);
         assert_eq!(
             maps.services
@@ -909,9 +1028,10 @@ mod tests {
                 .map(|e| (e.backend_count, e.when_empty)),
             Some((0, Some(WhenEmpty::Reject)))
         );
-        assert!(second
-            .operations
-            .contains(&Operation::RemoveMaglevTable { service: a }));
+        assert!(second.operations.contains(&Operation::RemoveMaglevTable {
+            service: a,
+            positions: 0..251
+        }));
         assert!(maps.frontends.contains_key(&frontend_key(1)));
     }
 
@@ -944,10 +1064,10 @@ mod tests {
     fn adding_and_removing_services_keeps_other_ids() {
         let config = maglev_config();
         let mut applied = AppliedState::empty(MAX_IDS);
-        let mut maps = FakeMaps::new(&config);
+        let mut maps = FakeMaps::default();
         let step = |applied: &mut AppliedState, maps: &mut FakeMaps, d: &DesiredState| {
             let p = plan_ok(applied, d, &config);
-            maps.run(&p, &config);
+            maps.run(&p);
             *applied = p.next.clone();
             p
         };
@@ -1049,10 +1169,10 @@ mod tests {
 
         // A change made while the agent was down touches only that service.
         let changed = desired(&[("a", 1, &[1, 2]), ("b", 2, &[3, 4]), ("c", 3, &[])]);
-        let mut maps = FakeMaps::new(&config);
-        maps.run(&first, &config);
+        let mut maps = FakeMaps::default();
+        maps.run(&first);
         let after_restart = plan_ok(&read_back(&first.next), &changed, &config);
-        maps.run(&after_restart, &config);
+        maps.run(&after_restart);
         let b = id_of(&first.next, 2);
         assert_eq!(id_of(&after_restart.next, 2), b);
         assert!(after_restart.operations.iter().all(|o| match o {
@@ -1076,9 +1196,9 @@ mod tests {
     fn policy_change_fills_the_new_set_before_the_frontend_moves_and_removes_the_old() {
         let config = maglev_config();
         let before = desired(&[("a", 1, &[1, 2])]);
-        let mut maps = FakeMaps::new(&config);
+        let mut maps = FakeMaps::default();
         let first = plan_ok(&AppliedState::empty(MAX_IDS), &before, &config);
-        maps.run(&first, &config);
+        maps.run(&first);
         let cluster = id_of(&first.next, 1);
 
         // internalTrafficPolicy: Local; only backend 2 is on this node.
@@ -1101,7 +1221,7 @@ mod tests {
             },
         );
         let second = plan_ok(&first.next, &after, &config);
-        maps.run(&second, &config);
+        maps.run(&second);
         let local_id = id_of(&second.next, 1);
         assert_ne!(local_id, cluster);
         // The new set is complete before the frontend points to it; the old one goes after.
@@ -1126,11 +1246,134 @@ mod tests {
             &desired(&[("a", 1, &[1, 2, 3])]),
             &config,
         );
-        let mut maps = FakeMaps::new(&config);
-        maps.run(&first, &config);
+        let mut maps = FakeMaps::default();
+        maps.run(&first);
         let second = plan_ok(&first.next, &desired(&[("a", 1, &[2, 3, 4])]), &config);
-        maps.run(&second, &config);
+        maps.run(&second);
         assert!(maps.tables.is_empty());
+    }
+
+    #[test]
+    fn only_sets_reached_from_outside_get_tables() {
+        let config = maglev_config();
+        let mut d = desired_with_kind(&[("a", 1, &[1, 2])], FrontendKind::ClusterIp);
+        let node_port = desired_with_kind(&[("b", 2, &[3])], FrontendKind::NodePort);
+        d.frontends.extend(node_port.frontends);
+        d.backend_sets.extend(node_port.backend_sets);
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &d, &config);
+        let mut maps = FakeMaps::default();
+        maps.run(&first);
+        let (a, b) = (id_of(&first.next, 1), id_of(&first.next, 2));
+        assert_eq!(first.next.services[&a].entry.maglev, None);
+        assert_eq!(
+            first.next.services[&b].entry.maglev,
+            TableSize::new(251).ok()
+        );
+        assert_eq!(maps.tables.keys().collect::<Vec<_>>(), vec![&b]);
+    }
+
+    #[test]
+    fn tables_that_do_not_fit_leave_their_sets_random_until_room_is_made() {
+        let config = PlanConfig {
+            maglev_capacity: 251 * 2,
+            ..maglev_config()
+        };
+        let three = desired(&[("a", 1, &[1]), ("b", 2, &[2]), ("c", 3, &[3])]);
+        let mut maps = FakeMaps::default();
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &three, &config);
+        maps.run(&first);
+        assert_eq!(first.untabled, vec![set_key("c")]);
+        assert_eq!(maps.tables.len(), 2);
+        let c = id_of(&first.next, 3);
+        assert_eq!(first.next.services[&c].entry.maglev, None);
+        // Planning again changes nothing while there is no room.
+        let again = plan_ok(&first.next, &three, &config);
+        assert_eq!(again.operations, Vec::new());
+        // "a" goes: its table is removed after this plan, and "c" gets one in the next.
+        let two = desired(&[("b", 2, &[2]), ("c", 3, &[3])]);
+        let second = plan_ok(&first.next, &two, &config);
+        maps.run(&second);
+        assert_eq!(second.untabled, vec![set_key("c")]);
+        let third = plan_ok(&second.next, &two, &config);
+        maps.run(&third);
+        assert!(third.untabled.is_empty());
+        assert_eq!(
+            third.next.services[&c].entry.maglev,
+            TableSize::new(251).ok()
+        );
+        assert_eq!(maps.tables.len(), 2);
+    }
+
+    #[test]
+    fn switching_selection_or_table_size_at_restart_rewrites_tables_in_order() {
+        let size = |n| TableSize::new(n).unwrap_or_else(|e| panic!("{e}"));
+        let with = |selection| PlanConfig {
+            selection,
+            max_service_id: MAX_IDS,
+            maglev_capacity: 509 * 4,
+        };
+        let d = desired(&[("a", 1, &[1, 2, 3])]);
+        let mut maps = FakeMaps::default();
+        let mut applied = AppliedState::empty(MAX_IDS);
+        // Every step restarts the agent with other flags; `run` checks the datapath after
+        // every single operation (a value never names an incomplete table).
+        let mut step = |selection| {
+            let p = plan_ok(&read_back(&applied), &d, &with(selection));
+            maps.run(&p);
+            applied = p.next.clone();
+            (
+                p,
+                maps.tables.values().map(BTreeMap::len).collect::<Vec<_>>(),
+            )
+        };
+        let (_, tables) = step(BackendSelection::Random);
+        assert_eq!(tables, Vec::<usize>::new());
+        let (_, tables) = step(BackendSelection::Maglev(size(251)));
+        assert_eq!(tables, vec![251]);
+        let (_, tables) = step(BackendSelection::Maglev(size(509)));
+        assert_eq!(tables, vec![509]);
+        let (smaller, tables) = step(BackendSelection::Maglev(size(251)));
+        assert_eq!(tables, vec![251]);
+        assert!(smaller.operations.contains(&Operation::RemoveMaglevTable {
+            service: ServiceId(1),
+            positions: 251..509
+        }));
+        let (off, tables) = step(BackendSelection::Random);
+        assert_eq!(tables, Vec::<usize>::new());
+        let position = |f: fn(&Operation) -> bool| off.operations.iter().position(f);
+        assert!(
+            position(|o| matches!(o, Operation::SetService { .. }))
+                < position(|o| matches!(o, Operation::RemoveMaglevTable { .. }))
+        );
+    }
+
+    #[test]
+    fn an_incomplete_table_read_back_is_written_whole_before_it_is_named() {
+        let config = maglev_config();
+        let d = desired(&[("a", 1, &[1, 2])]);
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &d, &config);
+        // `maps` reads a service whose table is incomplete as one without a table.
+        let mut back = read_back(&first.next);
+        for service in back.services.values_mut() {
+            service.entry.maglev = None;
+        }
+        let again = plan_ok(&back, &d, &config);
+        let written = again.operations.iter().position(
+            |o| matches!(o, Operation::SetMaglevEntries { entries, .. } if entries.len() == 251),
+        );
+        let named = again
+            .operations
+            .iter()
+            .position(|o| matches!(o, Operation::SetService { .. }));
+        assert!(
+            written.is_some() && written < named,
+            "{:?}",
+            again.operations
+        );
+        assert_eq!(
+            again.next.services[&ServiceId(1)].entry,
+            first.next.services[&ServiceId(1)].entry
+        );
     }
 
     #[test]
@@ -1161,7 +1404,7 @@ mod tests {
         // operation the fake maps must be usable, and after every plan exact.
         let config = maglev_config();
         let mut applied = AppliedState::empty(MAX_IDS);
-        let mut maps = FakeMaps::new(&config);
+        let mut maps = FakeMaps::default();
         let mut seed: u64 = 0x5eed;
         let mut next = move |bound: u64| {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -1182,7 +1425,7 @@ mod tests {
                 .map(|(n, v, b)| (*n, *v, b.as_slice()))
                 .collect();
             let p = plan_ok(&applied, &desired(&view), &config);
-            maps.run(&p, &config);
+            maps.run(&p);
             // Planning again from the result is always empty.
             assert_eq!(
                 plan_ok(&p.next, &desired(&view), &config).operations,

@@ -37,6 +37,9 @@ pub enum MaglevError {
     /// The same key was passed twice; keys must identify backends uniquely.
     #[error("backend key {key:?} appears more than once")]
     DuplicateBackend { key: String },
+    /// A table size given as text is not a number.
+    #[error("Maglev table size {input:?} is not a number; choose a prime such as 16381")]
+    NotANumber { input: String },
 }
 
 /// A validated Maglev table size: a prime within [`MIN_TABLE_SIZE`]..=[`MAX_TABLE_SIZE`].
@@ -64,6 +67,21 @@ impl TableSize {
 impl Default for TableSize {
     fn default() -> Self {
         Self(DEFAULT_TABLE_SIZE)
+    }
+}
+
+/// Parses a table size flag: a decimal number that [`TableSize::new`] accepts.
+impl std::str::FromStr for TableSize {
+    type Err = MaglevError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let size = s
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| MaglevError::NotANumber {
+                input: s.to_owned(),
+            })?;
+        Self::new(size)
     }
 }
 
@@ -285,6 +303,26 @@ mod tests {
             TableSize::new(262_139),
             Err(MaglevError::OutOfRange { size: 262_139 })
         );
+    }
+
+    #[test]
+    fn sizes_parse_from_flags_with_clear_errors() {
+        assert_eq!("16381".parse::<TableSize>(), Ok(TableSize::default()));
+        assert_eq!(" 1021 ".parse::<TableSize>().map(TableSize::get), Ok(1021));
+        let error = |s: &str| match s.parse::<TableSize>() {
+            Ok(size) => panic!("{s:?} parsed as {size}"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            error("16383"),
+            "Maglev table size 16383 is not a prime; choose a prime such as 16381"
+        );
+        assert_eq!(error("13"), "Maglev table size 13 is outside 251..=131071");
+        assert_eq!(
+            error("lots"),
+            "Maglev table size \"lots\" is not a number; choose a prime such as 16381"
+        );
+        assert!(error("-7").contains("not a number"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use super::{
     desired::{FrontendAddress, FrontendKey, FrontendKind, SessionAffinity, WhenEmpty},
     diff::{AppliedFrontend, AppliedService, AppliedState, Operation, ServiceEntry, ServiceId},
+    maglev::TableSize,
     Protocol,
 };
 
@@ -42,8 +43,6 @@ pub struct ServiceMaps {
     pub(crate) backends: HashMap<MapData, BackendKey, Backend>,
     pub(crate) maglev: HashMap<MapData, MaglevKey, u32>,
     pub(crate) terminating: HashMap<MapData, TerminatingKey, u8>,
-    /// Size of a Maglev table, when tables are written (to delete a whole one).
-    pub(crate) maglev_table_size: Option<u32>,
 }
 
 impl std::fmt::Debug for ServiceMaps {
@@ -123,8 +122,8 @@ impl ServiceMaps {
                 maps::BACKENDS,
                 &backend_key(*service, *slot),
             ),
-            Operation::RemoveMaglevTable { service } => {
-                for position in 0..self.maglev_table_size.unwrap_or(0) {
+            Operation::RemoveMaglevTable { service, positions } => {
+                for position in positions.clone() {
                     let key = MaglevKey {
                         service_id: service.0,
                         position,
@@ -163,7 +162,10 @@ impl ServiceMaps {
     /// Reads what the maps hold (after a restart, from the pins) as the planner's applied
     /// state, so the next plan rewrites only what differs. Entries that no complete service
     /// can reach (slots past a service's count, tables and terminating backends of missing
-    /// services, frontends with values this agent does not know) are removed on the way.
+    /// services, frontends with values this agent does not know) are removed on the way. A
+    /// Maglev table counts only when it is complete (every position below the size its
+    /// service value names); an incomplete one reads as no table, so the next plan writes it
+    /// whole.
     pub fn read_applied(&mut self, max_service_id: u32) -> Result<AppliedState, MapsError> {
         let mut frontends = BTreeMap::new();
         let mut junk_frontends = Vec::new();
@@ -212,14 +214,31 @@ impl ServiceMaps {
             remove(&mut self.terminating, maps::TERMINATING, &key)?;
         }
         let mut stale_tables = Vec::new();
+        let mut table_entries: BTreeMap<ServiceId, u32> = BTreeMap::new();
         for key in self.maglev.keys() {
             let key = key.map_err(map_error(maps::MAGLEV))?;
-            if !services.contains_key(&ServiceId(key.service_id)) {
+            let id = ServiceId(key.service_id);
+            let size = services.get(&id).and_then(|entry| entry.maglev);
+            if size.is_some_and(|size| key.position < size.get()) {
+                *table_entries.entry(id).or_default() += 1;
+            } else {
                 stale_tables.push(key);
             }
         }
         for key in stale_tables {
             remove(&mut self.maglev, maps::MAGLEV, &key)?;
+        }
+        for (id, entry) in services.iter_mut() {
+            let complete = entry
+                .maglev
+                .is_some_and(|size| table_entries.get(id) == Some(&size.get()));
+            if entry.maglev.is_some() && !complete {
+                warn!(
+                    service = id.0,
+                    "an incomplete Maglev table will be rewritten"
+                );
+                entry.maglev = None;
+            }
         }
 
         let mut applied = BTreeMap::new();
@@ -352,6 +371,7 @@ fn service_value(entry: &ServiceEntry) -> ServiceValue {
     ServiceValue {
         backend_count: entry.backend_count,
         affinity_timeout_seconds: entry.affinity.map_or(0, |a| a.timeout_seconds),
+        maglev_table_size: entry.maglev.map_or(0, TableSize::get),
         when_empty: match entry.when_empty {
             None => when_empty::NONE,
             Some(WhenEmpty::Reject) => when_empty::REJECT,
@@ -373,6 +393,12 @@ fn entry_from_wire(value: &ServiceValue) -> ServiceEntry {
         affinity: (value.affinity_timeout_seconds > 0).then_some(SessionAffinity {
             timeout_seconds: value.affinity_timeout_seconds,
         }),
+        // A size this agent would not write reads as no table; its entries are removed and
+        // the next plan writes a table of the configured size.
+        maglev: match value.maglev_table_size {
+            0 => None,
+            size => TableSize::new(size).ok(),
+        },
     }
 }
 
@@ -440,20 +466,39 @@ mod tests {
                 affinity: Some(SessionAffinity {
                     timeout_seconds: 10,
                 }),
+                maglev: None,
+            },
+            ServiceEntry {
+                backend_count: 2,
+                when_empty: None,
+                affinity: None,
+                maglev: Some(TableSize::default()),
             },
             ServiceEntry {
                 backend_count: 0,
                 when_empty: Some(WhenEmpty::Drop),
                 affinity: None,
+                maglev: None,
             },
             ServiceEntry {
                 backend_count: 0,
                 when_empty: Some(WhenEmpty::Reject),
                 affinity: None,
+                maglev: None,
             },
         ] {
             assert_eq!(entry_from_wire(&service_value(&entry)), entry);
         }
+        assert_eq!(
+            service_value(&ServiceEntry {
+                backend_count: 1,
+                when_empty: None,
+                affinity: None,
+                maglev: TableSize::new(251).ok(),
+            })
+            .maglev_table_size,
+            251
+        );
         let backend = SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, 9), 80);
         assert_eq!(backend_from_wire(&backend_value(backend)), backend);
         let key = terminating_key(ServiceId(2), backend);
@@ -474,5 +519,14 @@ mod tests {
             pad: [0; 3],
         };
         assert_eq!(applied_frontend_from_wire(&value), None);
+        // A table size this agent would never write (not a prime) reads as no table.
+        let service = ServiceValue {
+            backend_count: 2,
+            affinity_timeout_seconds: 0,
+            maglev_table_size: 1000,
+            when_empty: when_empty::NONE,
+            pad: [0; 3],
+        };
+        assert_eq!(entry_from_wire(&service).maglev, None);
     }
 }

@@ -22,10 +22,11 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use corten_ebpf_common::{
-    maps, programs, AffinityKey, AffinityValue, Backend, BackendKey, FrontendKey, FrontendValue,
-    MaglevKey, NatFlowKey, NatFlowValue, RevNatKey, RevNatValue, ServiceValue, TerminatingKey,
-    DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_MAGLEV_ENTRIES,
-    DEFAULT_MAX_NAT_FLOWS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SOCK_REV_NAT, DEFAULT_MAX_TERMINATING,
+    maps, nat_stat, programs, AffinityKey, AffinityValue, Backend, BackendKey, FrontendKey,
+    FrontendValue, MaglevKey, NatFlowKey, NatFlowValue, RevNatKey, RevNatValue, ServiceValue,
+    TerminatingKey, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FRONTENDS,
+    DEFAULT_MAX_MAGLEV_ENTRIES, DEFAULT_MAX_NAT_FLOWS, DEFAULT_MAX_SERVICES,
+    DEFAULT_MAX_SOCK_REV_NAT, DEFAULT_MAX_TERMINATING, MAGLEV_MAP_FLAGS,
 };
 use tracing::{debug, info, warn};
 
@@ -111,7 +112,9 @@ pub struct MapSizes {
     pub services: u32,
     /// Entries in the backend map.
     pub backends: u32,
-    /// Entries in the Maglev map.
+    /// Entries in the Maglev map (not preallocated; each table takes its size in entries, and
+    /// the kernel's hash buckets take about 16 bytes per entry of capacity up front). A pinned
+    /// map of another capacity is replaced.
     pub maglev: u32,
     /// Entries in the terminating-backend map.
     pub terminating: u32,
@@ -192,7 +195,7 @@ impl SocketLb {
             .map_max_entries(maps::AFFINITY, sizes.affinity)
             .map_max_entries(maps::NAT_FLOWS, sizes.nat_flows);
         for (name, path) in &pins {
-            remove_if_incompatible(name, path)?;
+            remove_if_incompatible(name, path, &sizes)?;
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(CORTEN_EBPF)?;
@@ -207,12 +210,12 @@ impl SocketLb {
             backends: take_map(&mut ebpf, maps::BACKENDS)?,
             maglev: take_map(&mut ebpf, maps::MAGLEV)?,
             terminating: take_map(&mut ebpf, maps::TERMINATING)?,
-            maglev_table_size: None,
         };
         let config = PlanConfig {
-            // Socket-LB picks uniformly at random; Maglev tables serve the tc programs to come.
+            // Until `set_selection` says otherwise; the socket programs pick at random anyway.
             selection: BackendSelection::Random,
             max_service_id: sizes.services,
+            maglev_capacity: sizes.maglev,
         };
         let applied = maps.read_applied(config.max_service_id)?;
         if !applied.frontends.is_empty() {
@@ -231,6 +234,14 @@ impl SocketLb {
             config,
             tc: None,
         })
+    }
+
+    /// How the tc programs pick backends for new flows from outside: with
+    /// [`BackendSelection::Maglev`] the next [`SocketLb::sync`] writes a Maglev table for
+    /// every backend set that outside clients reach (and removes tables no longer wanted,
+    /// also those a previous run with other flags left in the pinned maps).
+    pub fn set_selection(&mut self, selection: BackendSelection) {
+        self.config.selection = selection;
     }
 
     /// Attaches the tc programs (ingress and egress) to an interface that traffic from
@@ -293,6 +304,14 @@ impl SocketLb {
     /// repairs whatever was half written.
     pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncStats, SocketLbError> {
         let plan = diff::plan(&self.applied, desired, &self.config)?;
+        if !plan.untabled.is_empty() {
+            warn!(
+                sets = plan.untabled.len(),
+                first = ?plan.untabled.first(),
+                "the Maglev map is full: these Service ports pick backends at random \
+                 (raise --proxy-max-maglev-entries)"
+            );
+        }
         for operation in &plan.operations {
             if let Err(error) = self.maps.apply(operation, &self.applied) {
                 warn!(%error, ?operation, "map write failed; reading the maps back");
@@ -332,6 +351,19 @@ where
     link.pin(path).map_err(|e| link_error(e.to_string()))
 }
 
+/// What a pinned map must have beyond its layout to be reused (capacity, flags): the counter
+/// array exactly one entry per counter; the Maglev map no preallocation and the capacity
+/// asked for, which follows the backend selection (the planner counts on it; a replaced map
+/// reads back without tables, and the next sync writes them whole). Other maps keep the
+/// capacity they were created with.
+fn expected_shape(name: &str, sizes: &MapSizes) -> (Option<u32>, u32) {
+    match name {
+        maps::NAT_STATS => (Some(nat_stat::COUNT), 0),
+        maps::MAGLEV => (Some(sizes.maglev), MAGLEV_MAP_FLAGS),
+        _ => (None, 0),
+    }
+}
+
 /// Type, key size and value size of each map, as this agent's programs use it.
 fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
     use std::mem::size_of;
@@ -368,7 +400,11 @@ fn expected_layout(name: &str) -> Option<(MapType, usize, usize)> {
 /// A pin whose map has another layout than this agent's programs expect (an older agent's)
 /// cannot be reused: the programs would not pass the verifier. It is unpinned (programs
 /// still attached keep their map until they are replaced) and created afresh.
-fn remove_if_incompatible(name: &'static str, path: &Path) -> Result<(), SocketLbError> {
+fn remove_if_incompatible(
+    name: &'static str,
+    path: &Path,
+    sizes: &MapSizes,
+) -> Result<(), SocketLbError> {
     let Ok(info) = MapInfo::from_pin(path) else {
         return Ok(()); // not pinned (yet)
     };
@@ -380,12 +416,17 @@ fn remove_if_incompatible(name: &'static str, path: &Path) -> Result<(), SocketL
     let Some((map_type, key, value)) = expected_layout(name) else {
         return Ok(());
     };
-    if found == (Some(map_type), key, value) {
+    let (entries, flags) = expected_shape(name, sizes);
+    let same_shape = entries.is_none_or(|entries| info.max_entries() == entries)
+        && info.map_flags() & flags == flags;
+    if found == (Some(map_type), key, value) && same_shape {
         return Ok(());
     }
     warn!(
         map = name,
         ?found,
+        max_entries = info.max_entries(),
+        flags = info.map_flags(),
         "replacing a pinned map of another layout"
     );
     std::fs::remove_file(path).map_err(|source| SocketLbError::StalePin {
@@ -436,5 +477,15 @@ mod tests {
             Some((MapType::LruHash, 16, 24))
         );
         assert_eq!(MapSizes::default().affinity, DEFAULT_MAX_AFFINITY);
+        let sizes = MapSizes::default();
+        assert_eq!(
+            expected_shape(maps::NAT_STATS, &sizes),
+            (Some(nat_stat::COUNT), 0)
+        );
+        assert_eq!(
+            expected_shape(maps::MAGLEV, &sizes),
+            (Some(sizes.maglev), MAGLEV_MAP_FLAGS)
+        );
+        assert_eq!(expected_shape(maps::FRONTENDS, &sizes), (None, 0));
     }
 }

@@ -103,10 +103,11 @@ impl TcNat {
 /// How a counter's change should be reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatLevel {
-    /// Normal operation (new flows).
+    /// Normal operation (new flows, connections to services without endpoints refused).
     Info,
     /// Something was dropped or lost that a user should know about (a full flow map, no SNAT
-    /// port, no route, a service without backends for outside clients).
+    /// port, no route, a service without backends for outside clients, a flow that missed its
+    /// Maglev table entry and got a random backend).
     Warn,
 }
 
@@ -119,7 +120,7 @@ pub fn stat_changes(before: &NatStats, now: &NatStats) -> Vec<(&'static str, u64
             if delta == 0 {
                 return None;
             }
-            let level = if index == nat_stat::FLOWS_CREATED {
+            let level = if index == nat_stat::FLOWS_CREATED || index == nat_stat::REJECTED {
                 StatLevel::Info
             } else {
                 StatLevel::Warn
@@ -135,13 +136,14 @@ mod tests {
 
     #[test]
     fn only_changed_counters_are_reported_and_losses_warn() {
-        let before: NatStats = [5, 0, 0, 1, 0, 0];
-        let now: NatStats = [9, 2, 0, 1, 0, 0];
+        let before: NatStats = [5, 0, 0, 1, 0, 0, 0, 0];
+        let now: NatStats = [9, 2, 0, 1, 0, 0, 0, 3];
         assert_eq!(
             stat_changes(&before, &now),
             vec![
                 ("flows_created", 4, StatLevel::Info),
                 ("flow_insert_failed", 2, StatLevel::Warn),
+                ("rejected", 3, StatLevel::Info),
             ]
         );
         assert!(stat_changes(&now, &now).is_empty());
@@ -151,7 +153,14 @@ mod tests {
     fn a_full_flow_map_is_a_warning() {
         let mut now: NatStats = [0; nat_stat::COUNT as usize];
         now[nat_stat::FLOW_MISSING as usize] = 3;
+        now[nat_stat::MAGLEV_FALLBACK as usize] = 1;
         let changes = stat_changes(&[0; nat_stat::COUNT as usize], &now);
-        assert_eq!(changes, vec![("flow_missing", 3, StatLevel::Warn)]);
+        assert_eq!(
+            changes,
+            vec![
+                ("flow_missing", 3, StatLevel::Warn),
+                ("maglev_fallback", 1, StatLevel::Warn)
+            ]
+        );
     }
 }

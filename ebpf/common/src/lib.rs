@@ -4,15 +4,18 @@
 //! loaders (`agent/src/proxy/`) both use these types, so their layouts cannot drift apart.
 //! Everything here is `#[repr(C)]`, has explicit padding fields (no uninitialised bytes ever
 //! reach a map), and stores addresses and ports in network byte order exactly as the kernel
-//! hands them to the programs. This crate holds types and constants only: no logic that
-//! belongs to one side, no I/O.
+//! hands them to the programs. This crate holds types and constants only, plus the one
+//! function both sides are bound by: [`maglev_flow_hash`], which places a flow in a Maglev
+//! table (it must never change between agent versions, so it is pinned by tests here). No
+//! logic that belongs to one side, no I/O.
 //!
 //! The service datapath's maps, and who writes them:
 //! - [`maps::FRONTENDS`]: [`FrontendKey`] → [`FrontendValue`] (agent): the addresses services
 //!   answer on and the service ids behind them.
 //! - [`maps::SERVICES`]: service id (`u32`) → [`ServiceValue`] (agent).
 //! - [`maps::BACKENDS`]: [`BackendKey`] → [`Backend`] (agent): slots `0..backend_count`.
-//! - [`maps::MAGLEV`]: [`MaglevKey`] → slot (`u32`) (agent): consistent-hashing tables.
+//! - [`maps::MAGLEV`]: [`MaglevKey`] → slot (`u32`) (agent): consistent-hashing tables, one
+//!   per service whose [`ServiceValue::maglev_table_size`] is set (the tc programs' choice).
 //! - [`maps::TERMINATING`]: [`TerminatingKey`] → `u8` (agent): backends whose flows are kept.
 //! - [`maps::SOCK_REV_NAT`]: [`RevNatKey`] → [`RevNatValue`] (kernel, LRU): which service
 //!   address a socket's backend stands for, so replies and `getpeername` show the service.
@@ -87,8 +90,13 @@ pub mod nat_stat {
     pub const SNAT_PORTS_EXHAUSTED: u32 = 4;
     /// Dropped: the route to a backend or back to a client could not be resolved.
     pub const NO_ROUTE: u32 = 5;
+    /// A service with a Maglev table had no usable entry at the flow's position (a torn or
+    /// missing table): the flow got a random backend instead.
+    pub const MAGLEV_FALLBACK: u32 = 6;
+    /// A TCP connection to a service without any endpoint was refused with a reset.
+    pub const REJECTED: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
     /// Counter names, by index, for logs and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_created",
@@ -97,6 +105,8 @@ pub mod nat_stat {
         "no_backend",
         "snat_ports_exhausted",
         "no_route",
+        "maglev_fallback",
+        "rejected",
     ];
 }
 
@@ -161,8 +171,15 @@ pub const DEFAULT_MAX_FRONTENDS: u32 = 65_536;
 pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
 /// Default capacity of the backend map.
 pub const DEFAULT_MAX_BACKENDS: u32 = 262_144;
-/// Default capacity of the Maglev map (one table of the default size).
+/// Default capacity of the Maglev map: one table of the default size (16381), enough while
+/// no table is written (random selection). The map is not preallocated: entries cost memory
+/// (about 70 bytes each in the kernel) once written, one table per Service port reachable from
+/// outside while Maglev is on; the agent sizes it for [`DEFAULT_MAGLEV_TABLES`] tables then.
 pub const DEFAULT_MAX_MAGLEV_ENTRIES: u32 = 16_381;
+/// How many Maglev tables the Maglev map holds by default when Maglev is on.
+pub const DEFAULT_MAGLEV_TABLES: u32 = 16;
+/// `BPF_F_NO_PREALLOC`: the Maglev map allocates entries as they are written.
+pub const MAGLEV_MAP_FLAGS: u32 = 1;
 /// Default capacity of the terminating-backend map.
 pub const DEFAULT_MAX_TERMINATING: u32 = 65_536;
 /// Default capacity of the socket reverse-NAT map (LRU: old entries make room).
@@ -228,6 +245,10 @@ pub struct ServiceValue {
     pub backend_count: u32,
     /// ClientIP session affinity timeout in seconds; zero means no affinity.
     pub affinity_timeout_seconds: u32,
+    /// Entries of the service's Maglev table (a prime): a new flow from outside takes the
+    /// slot at position `maglev_flow_hash(flow) % maglev_table_size`. Zero: no table, a
+    /// random slot. Only the tc programs read it; the socket programs always pick at random.
+    pub maglev_table_size: u32,
     /// One of [`when_empty`].
     pub when_empty: u8,
     /// Always zero.
@@ -390,6 +411,46 @@ pub struct NatFlowValue {
     pub pad: [u8; 2],
 }
 
+/// The position-independent hash of a flow that picks its entry in a Maglev table: the
+/// backend of a new flow from outside is the slot at `maglev_flow_hash(flow) % size`.
+///
+/// It hashes the flow's addresses, ports and protocol as numbers (host order), so the same
+/// flow gets the same value on every node, after every restart and on every architecture:
+/// a flow that moves to another node (ECMP in front of several nodes, a node that fails) is
+/// sent to the same backend there. MurmurHash3's 32-bit mixing over four words (source
+/// address, destination address, both ports, protocol) with a fixed seed.
+#[inline(always)]
+pub fn maglev_flow_hash(flow: &NatFlowKey) -> u32 {
+    const SEED: u32 = 0x636f_7274; // "cort"
+    const C1: u32 = 0xcc9e_2d51;
+    const C2: u32 = 0x1b87_3593;
+    let ports =
+        (u32::from(u16::from_be(flow.src_port)) << 16) | u32::from(u16::from_be(flow.dst_port));
+    let words = [
+        u32::from_be(flow.src_addr),
+        u32::from_be(flow.dst_addr),
+        ports,
+        u32::from(flow.protocol),
+    ];
+    let mut hash = SEED;
+    let mut i = 0;
+    while i < words.len() {
+        let k = words[i].wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+        hash ^= k;
+        hash = hash
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64);
+        i += 1;
+    }
+    hash ^= 16; // the input's length in bytes
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ (hash >> 16)
+}
+
 #[cfg(feature = "user")]
 #[allow(unsafe_code)]
 mod pod {
@@ -431,7 +492,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FrontendKey>(), 8);
         assert_eq!(size_of::<FrontendValue>(), 12);
-        assert_eq!(size_of::<ServiceValue>(), 12);
+        assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<Backend>(), 8);
         assert_eq!(size_of::<MaglevKey>(), 8);
@@ -447,6 +508,44 @@ mod tests {
             u32::from(SNAT_PORT_FIRST) + u32::from(SNAT_PORT_COUNT) - 1,
             u32::from(u16::MAX)
         );
+    }
+
+    fn flow(src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16) -> NatFlowKey {
+        NatFlowKey {
+            src_addr: u32::from_ne_bytes(src),
+            dst_addr: u32::from_ne_bytes(dst),
+            src_port: src_port.to_be(),
+            dst_port: dst_port.to_be(),
+            protocol: protocol::TCP,
+            pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn flow_hash_is_pinned() {
+        // Every node and every agent version must place a flow at the same position: a change
+        // of these values breaks Maglev's promise for flows that move between nodes.
+        // The value agrees with a reference MurmurHash3 (x86_32) of the four words as
+        // little-endian bytes with the same seed.
+        let a = flow([172, 30, 0, 250], 40000, [203, 0, 113, 20], 80);
+        assert_eq!(maglev_flow_hash(&a), 0xbfa7_47e8);
+        let mut udp = a;
+        udp.protocol = protocol::UDP;
+        assert_ne!(maglev_flow_hash(&a), maglev_flow_hash(&udp));
+    }
+
+    #[test]
+    fn flow_hash_spreads_source_ports_over_a_table() {
+        // 3000 source ports of one client over a 251-entry table: every position is hit, and
+        // no position gets more than three times its share.
+        let size = 251u32;
+        let mut hits = [0u32; 251];
+        for port in 30000..33000u16 {
+            let key = flow([172, 30, 0, 250], port, [172, 30, 0, 10], 30080);
+            hits[(maglev_flow_hash(&key) % size) as usize] += 1;
+        }
+        let share = 3000 / size;
+        assert!(hits.iter().all(|&h| h > 0 && h <= 3 * share), "{hits:?}");
     }
 
     #[test]
