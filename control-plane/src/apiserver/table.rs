@@ -120,6 +120,68 @@ fn selector(obj: &Value, pointer: &str) -> String {
         .unwrap_or_else(|| "<none>".to_owned())
 }
 
+/// The EXTERNAL-IP column as kubectl's printer fills it: externalIPs for ClusterIP and
+/// NodePort Services, the load balancer's ingress (IPs or hostnames, long lists cut to 13
+/// characters and "...") and then the externalIPs for LoadBalancers (`<pending>` with
+/// neither), the external name for ExternalName.
+fn service_external_ip(obj: &Value) -> String {
+    let strings = |pointer: &str| -> Vec<String> {
+        obj.pointer(pointer)
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let external_ips = strings("/spec/externalIPs");
+    let kind = obj
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    match kind {
+        "ClusterIP" | "NodePort" if external_ips.is_empty() => "<none>".to_owned(),
+        "ClusterIP" | "NodePort" => external_ips.join(","),
+        "LoadBalancer" => {
+            let ingress: std::collections::BTreeSet<&str> = obj
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    i.get("ip")
+                        .or_else(|| i.get("hostname"))
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                })
+                .collect();
+            let mut ingress = ingress.into_iter().collect::<Vec<_>>().join(",");
+            if ingress.chars().count() > 16 {
+                ingress = format!("{}...", ingress.chars().take(13).collect::<String>());
+            }
+            let all: Vec<String> = (!ingress.is_empty())
+                .then_some(ingress)
+                .into_iter()
+                .chain(external_ips)
+                .collect();
+            if all.is_empty() {
+                "<pending>".to_owned()
+            } else {
+                all.join(",")
+            }
+        }
+        "ExternalName" => obj
+            .pointer("/spec/externalName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        _ => "<unknown>".to_owned(),
+    }
+}
+
 fn service_ports(obj: &Value) -> String {
     let ports = obj
         .pointer("/spec/ports")
@@ -212,13 +274,7 @@ fn cells(def: &ResourceDef, obj: &Value) -> Vec<Value> {
                     .cloned()
                     .unwrap_or(json!("<none>")),
             );
-            let external = joined(obj, "/status/loadBalancer/ingress", "ip");
-            let external = if external.is_empty() {
-                "<none>".to_owned()
-            } else {
-                external
-            };
-            cells.push(json!(external));
+            cells.push(json!(service_external_ip(obj)));
             cells.push(json!(service_ports(obj)));
         }
         "pods" => {
@@ -343,6 +399,46 @@ pub fn table(def: &ResourceDef, objects: &[Value], metadata: Value, include: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_external_ips_read_as_kubectl_prints_them() {
+        let column = |spec: Value, status: Value| {
+            service_external_ip(&json!({"spec": spec, "status": status}))
+        };
+        assert_eq!(column(json!({"type": "ClusterIP"}), json!({})), "<none>");
+        assert_eq!(
+            column(
+                json!({"type": "NodePort", "externalIPs": ["192.0.2.1", "192.0.2.2"]}),
+                json!({})
+            ),
+            "192.0.2.1,192.0.2.2"
+        );
+        assert_eq!(
+            column(json!({"type": "LoadBalancer"}), json!({})),
+            "<pending>"
+        );
+        assert_eq!(
+            column(
+                json!({"type": "LoadBalancer", "externalIPs": ["192.0.2.9"]}),
+                json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}})
+            ),
+            "203.0.113.7,192.0.2.9"
+        );
+        assert_eq!(
+            column(
+                json!({"type": "LoadBalancer"}),
+                json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}, {"hostname": "lb.example.com"}]}})
+            ),
+            "203.0.113.7,l..."
+        );
+        assert_eq!(
+            column(
+                json!({"type": "ExternalName", "externalName": "example.com"}),
+                json!({})
+            ),
+            "example.com"
+        );
+    }
     use crate::apiserver::resources::Registry;
 
     #[test]
