@@ -8,10 +8,11 @@
 //! CRI with volumes, probes, hooks and graceful termination), its HTTPS API on :10250
 //! ([`kubelet_api`]: logs, exec, attach, port-forward, healthz on :10248), the pod network
 //! ([`network`]: CNI config, vxlan / host-gw routes, masquerade, the BGP speaker) and the
-//! service proxy ([`proxy`]: Services and EndpointSlices programmed into socket-LB maps).
-//! Cluster DNS and the tc datapath for traffic from outside are still to come.
+//! service proxy ([`proxy`]: Services and EndpointSlices programmed into the socket-LB and
+//! tc programs' maps); [`watches`] wakes their control loops. Cluster DNS is still to come.
 
 pub mod kubelet;
 pub mod kubelet_api;
 pub mod network;
 pub mod proxy;
+pub mod watches;

@@ -4,9 +4,8 @@
 //! land in the containers' and the pods' cgroups (memory limit, CFS quota, cpu shares) under
 //! the QoS class's cgroup (kubepods, burstable, besteffort), the QoS cgroups hold the
 //! node's allocatable and the burstable pods' cpu requests, and the pod cgroups go with the
-//! pods; a container that outgrows its memory limit ends `OOMKilled`; and a manifest in the
-//! agent's manifest directory runs as a static pod with a mirror pod in the API, gone with
-//! its manifest.
+//! pods; and a container that outgrows its memory limit ends `OOMKilled`. (Static pods have
+//! their own lab test, `kubelet_static_pods.rs`.)
 //!
 //! Safety: everything runs inside the lab's namespaces and cgroup; every wait is bounded.
 use std::{
@@ -76,7 +75,6 @@ fn the_kubelet_adopts_copies_limits_and_reports_oom() -> anyhow::Result<()> {
     kubectl_cp_copies_both_ways(&lab)?;
     limits_land_in_the_cgroups(&lab)?;
     over_the_memory_limit_is_oom_killed(&lab)?;
-    static_pods_run_from_the_manifest_directory(&lab)?;
     lab.check_agents()?;
     lab.down()
 }
@@ -525,123 +523,5 @@ fn over_the_memory_limit_is_oom_killed(lab: &Lab) -> anyhow::Result<()> {
         "hog ended {state}"
     );
     ensure!(phase == "Failed", "hog's phase {phase}");
-    Ok(())
-}
-
-/// A JSON and a YAML manifest in `<data dir>/manifests` run as `<name>-<node>` (broken and
-/// hidden files beside them skipped), mirrored in the API
-/// (annotated `kubernetes.io/config.mirror`, owned by the Node); a mirror pod deleted by
-/// hand comes back; removing the manifest removes the pod.
-fn static_pods_run_from_the_manifest_directory(lab: &Lab) -> anyhow::Result<()> {
-    let dir = lab.paths().agent_data_dir(0).join("manifests");
-    std::fs::create_dir_all(&dir)?;
-    let node = lab.node_name(0);
-    let name = format!("web-{node}");
-    let manifest = json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "kube-system", "labels": {"tier": "static"}},
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "main",
-            "image": BUSYBOX_IMAGE, "command": ["sleep", "100000"]}]}});
-    let file = dir.join("web.json");
-    std::fs::write(&file, manifest.to_string())?;
-    // A hidden file and a broken manifest are skipped.
-    std::fs::write(dir.join(".web.json.swp"), manifest.to_string())?;
-    std::fs::write(dir.join("broken.json"), "{not json")?;
-    std::fs::write(dir.join("broken.yaml"), "spec: [")?;
-    // A YAML manifest runs too.
-    let yaml = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cache\nspec:\n  \
-         terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    \
-         image: {BUSYBOX_IMAGE}\n    command: [sleep, \"100000\"]\n"
-    );
-    let yaml_file = dir.join("cache.yaml");
-    std::fs::write(&yaml_file, yaml)?;
-    let cache = format!("cache-{node}");
-
-    let mirror = eventually(lab, "the static pod Ready", || {
-        let out = lab
-            .kubectl()?
-            .args(["get", "pod", "-n", "kube-system", &name, "-o", "json"])
-            .output()?;
-        if !out.status.success() {
-            return Ok(None);
-        }
-        let pod: Value = serde_json::from_slice(&out.stdout)?;
-        Ok(pod_ready(&pod).then_some(pod))
-    })?;
-    let annotations = &mirror["metadata"]["annotations"];
-    ensure!(
-        annotations["kubernetes.io/config.mirror"].is_string()
-            && annotations["kubernetes.io/config.mirror"]
-                == annotations["kubernetes.io/config.hash"]
-            && annotations["kubernetes.io/config.source"] == "file",
-        "mirror pod annotations {annotations}"
-    );
-    ensure!(
-        mirror["metadata"]["ownerReferences"][0]["kind"] == "Node"
-            && mirror["metadata"]["ownerReferences"][0]["name"] == node.as_str(),
-        "mirror pod owners {}",
-        mirror["metadata"]["ownerReferences"]
-    );
-    ensure!(
-        mirror["spec"]["nodeName"] == node.as_str(),
-        "nodeName {}",
-        mirror["spec"]["nodeName"]
-    );
-    ensure!(
-        mirror["metadata"]["labels"]["tier"] == "static",
-        "labels {}",
-        mirror["metadata"]["labels"]
-    );
-    let pods = kubectl(lab, &["get", "pods", "-A", "-o", "name"])?;
-    ensure!(
-        pods.lines().filter(|l| l.starts_with("pod/web")).count() == 1,
-        "pods: {pods}"
-    );
-    let from_yaml = eventually(lab, "the YAML static pod Ready", || {
-        let pod = json(lab, &["get", "pod", "-n", "default", &cache]).ok();
-        Ok(pod.filter(pod_ready))
-    })?;
-    ensure!(
-        from_yaml["metadata"]["annotations"]["kubernetes.io/config.source"] == "file"
-            && from_yaml["spec"]["containers"][0]["command"] == json!(["sleep", "100000"]),
-        "the YAML static pod: {from_yaml}"
-    );
-    let hello = kubectl(
-        lab,
-        &["exec", "-n", "kube-system", &name, "--", "echo", "static"],
-    )?;
-    ensure!(hello.trim() == "static", "exec gave {hello:?}");
-
-    // Deleted by hand, the mirror pod comes back.
-    let first_uid = mirror["metadata"]["uid"].clone();
-    kubectl(
-        lab,
-        &["delete", "pod", "-n", "kube-system", &name, "--wait=false"],
-    )?;
-    eventually(lab, "the mirror pod back", || {
-        let pod = json(lab, &["get", "pod", "-n", "kube-system", &name]).ok();
-        Ok(pod
-            .filter(|p| p["metadata"]["uid"] != first_uid && pod_ready(p))
-            .map(|_| ()))
-    })?;
-
-    // Its manifest removed, the pod goes.
-    std::fs::remove_file(&file)?;
-    std::fs::remove_file(&yaml_file)?;
-    eventually(lab, "the static pod gone", || {
-        let out = lab
-            .kubectl()?
-            .args(["get", "pod", "-n", "kube-system", &name, "-o", "name"])
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        Ok((!out.status.success() && stderr.contains("NotFound")).then_some(()))
-    })?;
-    eventually(lab, "the YAML static pod gone", || {
-        let pods = kubectl(lab, &["get", "pods", "-n", "default", "-o", "name"])?;
-        Ok((!pods.lines().any(|l| l == format!("pod/{cache}"))).then_some(()))
-    })?;
-    std::fs::remove_file(dir.join(".web.json.swp")).ok();
-    std::fs::remove_file(dir.join("broken.json")).ok();
-    std::fs::remove_file(dir.join("broken.yaml")).ok();
     Ok(())
 }

@@ -7,8 +7,10 @@
 //! `<SVC>_PORT_...`) that the container does not define itself.
 //!
 //! Owns that computation as pure functions over objects fetched beforehand ([`fetch`] is
-//! the only I/O: GETs of the referenced ConfigMaps and Secrets and a list of Services). It
-//! must not talk to the runtime; a failure here is the caller's `CreateContainerConfigError`.
+//! the only I/O: GETs of the referenced ConfigMaps and Secrets and a list of Services; a
+//! static pod does without the Services when the API does not answer, as upstream's
+//! kubelet does not make static pods wait for them). It must not talk to the runtime; a
+//! failure here is the caller's `CreateContainerConfigError`.
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_cri::v1::KeyValue;
@@ -17,6 +19,7 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 use kube::{Api, Client};
+use tracing::debug;
 
 use super::runtime_config::parse_milli;
 
@@ -591,20 +594,35 @@ pub async fn fetch(
         let object = get_optional(&secret_api, &name).await?;
         sources.secrets.insert(name, object);
     }
+    match fetch_services(client, pod).await {
+        Ok(services) => sources.services = services,
+        // A static pod must run while the API server is away (it may be the API server).
+        Err(e) if super::static_pods::is_static(pod) => {
+            debug!(error = %e, "no Services for a static pod's environment");
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(sources)
+}
+
+/// The Services a pod's environment shows: those of its namespace (when service links are
+/// on) and the master `kubernetes` Service.
+async fn fetch_services(client: &Client, pod: &Pod) -> Result<Vec<Service>, kube::Error> {
+    let mut services = Vec::new();
     let links = pod
         .spec
         .as_ref()
         .and_then(|s| s.enable_service_links)
         .unwrap_or(true);
     if links {
-        let api: Api<Service> = Api::namespaced(client.clone(), namespace);
-        sources.services = api.list(&Default::default()).await?.items;
+        let api: Api<Service> = Api::namespaced(client.clone(), namespace_of(pod));
+        services = api.list(&Default::default()).await?.items;
     }
     let master: Api<Service> = Api::namespaced(client.clone(), MASTER_SERVICE_NAMESPACE);
     if let Some(kubernetes) = get_optional(&master, "kubernetes").await? {
-        sources.services.push(kubernetes);
+        services.push(kubernetes);
     }
-    Ok(sources)
+    Ok(services)
 }
 
 #[cfg(test)]

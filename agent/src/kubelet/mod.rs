@@ -1,17 +1,28 @@
 //! The kubelet (DESIGN.md §7): registers the node and keeps its Lease and status
 //! ([`node`]), imports images from the image directory ([`images`]), writes the CNI config
-//! once the node has a pod CIDR, and runs the pods bound to the node through CRI
-//! ([`pods`], deciding with [`plan`], reporting with [`status`], configuring with
-//! [`runtime_config`], the pod cgroups with [`pod_cgroups`] and the QoS tiers above them
-//! with [`qos_cgroups`]), probing containers with
-//! [`probes`] (checks in [`checks`]), running their hooks and killing them gracefully with
-//! [`lifecycle`], and recording [`events`];
+//! once the node has a pod CIDR, and runs the pods of this node through CRI ([`pods`],
+//! deciding with [`plan`], reporting with [`status`], configuring with [`runtime_config`],
+//! the pod cgroups with [`pod_cgroups`] and the QoS tiers above them with
+//! [`qos_cgroups`]), probing containers with [`probes`] (checks in [`checks`]), running
+//! their hooks and killing them gracefully with [`lifecycle`], and recording [`events`];
 //! containers get their environment from [`env`] and their volumes from [`volumes`]
-//! (both put together by [`container_inputs`]); static pods from `<data dir>/manifests`
-//! reach the pod worker as mirror pods ([`static_pods`]). Under memory or disk pressure the
-//! [`eviction`] manager sets the node's pressure conditions, reclaims unused images
-//! ([`image_gc`], which also collects them above its high threshold) and dead containers,
-//! and has the pod worker evict pods.
+//! (both put together by [`container_inputs`]). The pods come from [`pod_sources`]: the
+//! API's pods bound to this node and the static pods of `<data dir>/manifests`
+//! ([`static_pods`]), which run from their manifests (not from their mirror pods) and
+//! are shown in the API by mirror pods. Under memory or disk pressure the [`eviction`]
+//! manager sets the node's pressure conditions, reclaims unused images ([`image_gc`],
+//! which also collects them above its high threshold) and dead containers, and has the pod
+//! worker evict pods.
+//!
+//! Start order: the container runtime must answer (the kubelet waits a minute for it, then
+//! fails); nothing waits for the API server. Registration, the Lease and the node status
+//! run in the background and retry until the server answers, while the pod worker already
+//! runs the static pods (and stops those whose manifest went while the agent was down); the
+//! API's pods, the mirror pods and the removal of other sandboxes of pods in no source wait
+//! for the first list of the API's pods. A static pod whose pod network needs the CNI
+//! config still waits for it: that config is written once the Node has a pod CIDR (a config
+//! written by an earlier run stays in place); `hostNetwork` static pods need nothing from
+//! the API.
 //!
 //! Owns everything between the API's pods and the runtime's containers on this node. It
 //! talks to the cluster only through the Kubernetes API (kube-rs) and to containers only
@@ -28,6 +39,7 @@ pub mod node;
 pub mod observed;
 pub mod plan;
 pub mod pod_cgroups;
+pub mod pod_sources;
 pub mod pods;
 pub mod probes;
 pub mod qos_cgroups;
@@ -138,11 +150,39 @@ fn spawn_kubelet_api(client: &Client, cri: &CriClient, config: &KubeletConfig) {
     });
 }
 
+/// How long registration waits between tries at most.
+const REGISTER_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Registers the node, retrying until the API server takes it, then keeps its Lease and
+/// status (as upstream's kubelet, which runs its static pods meanwhile).
+async fn register_and_heartbeat(
+    client: Client,
+    identity: node::NodeIdentity,
+    mut cri: CriClient,
+    pressure: tokio::sync::watch::Receiver<eviction::NodePressure>,
+) {
+    let mut delay = Duration::from_millis(500);
+    let registered = loop {
+        let images = images::node_images(&mut cri).await;
+        match node::register(&client, &identity, images).await {
+            Ok(node) => break node,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "registering the node failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(REGISTER_RETRY_MAX);
+            }
+        }
+    };
+    tokio::spawn(node::renew_lease_forever(client.clone(), registered));
+    node::report_status_forever(client, identity, cri, pressure).await;
+}
+
 /// Runs the kubelet until the process ends.
 pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
     crate::network::enable_forwarding().context("enabling IPv4 forwarding on the node")?;
-    let mut cri = connect_runtime(&config.runtime_socket).await?;
+    let cri = connect_runtime(&config.runtime_socket).await?;
     let version = cri
+        .clone()
         .version()
         .await
         .context("asking the runtime its version")?;
@@ -151,17 +191,19 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
         ip: config.node_ip.clone(),
         runtime_version: format!("{}://{}", version.runtime_name, version.runtime_version),
     };
+    // The static pods first: they run whether or not the API server answers.
+    let sources = pod_sources::PodSources::start(
+        client.clone(),
+        &config.node_name,
+        config.data_dir.join("manifests"),
+    );
     let mut seen = HashMap::new();
     if let Some(dir) = &config.image_dir {
         let imported = images::import_new(&config.runtime_socket, dir, &mut seen).await;
         info!(archives = imported, dir = %dir.display(), "imported image archives");
     }
-    let registered = node::register(&client, &identity, images::node_images(&mut cri).await)
-        .await
-        .context("registering the node")?;
-    tokio::spawn(node::renew_lease_forever(client.clone(), registered));
     let (pressure, pressure_changes) = tokio::sync::watch::channel(Default::default());
-    tokio::spawn(node::report_status_forever(
+    tokio::spawn(register_and_heartbeat(
         client.clone(),
         identity,
         cri.clone(),
@@ -175,10 +217,10 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(write_cni_config_when_ready(client.clone(), config.clone()));
-    tokio::spawn(static_pods::run(
+    tokio::spawn(static_pods::keep_mirrors(
         client.clone(),
         config.node_name.clone(),
-        config.data_dir.join("manifests"),
+        sources.clone(),
     ));
     spawn_kubelet_api(&client, &cri, &config);
     let log_root = config.data_dir.join("pods");
@@ -209,6 +251,7 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
             log_root: log_root.to_string_lossy().into_owned(),
             evictions,
         },
+        sources,
     )
     .await;
     Ok(())

@@ -1,14 +1,18 @@
-//! The pod worker: follows the pods bound to this node (a watch with
-//! `spec.nodeName=<node>`), and for each one observes the runtime, carries out the
-//! [`plan`](super::plan) (sandbox, images, containers), reports the
-//! [`status`](super::status), kills containers whose liveness or startup probe failed
+//! The pod worker: runs the pods of this node's [`PodSources`] — the API's pods bound to
+//! the node (not mirror pods) and the static pods from the manifest directory — and for
+//! each one observes the runtime, carries out the [`plan`](super::plan) (sandbox, images,
+//! containers), reports the [`status`](super::status) (a static pod's to its mirror pod,
+//! once the API shows one), kills containers whose liveness or startup probe failed
 //! ([`probes`](super::probes)), runs postStart hooks, and on deletion runs preStop hooks and
 //! stops the containers within the grace period ([`lifecycle`](super::lifecycle)), removes
-//! the sandbox and only then removes the pod from the API (the kubelet's final delete). Each
-//! pod syncs in its own task. A pod the [`eviction`](super::eviction) manager evicts has its
-//! containers killed and is reported Failed / Evicted; it never runs again.
-//! Sandboxes of pods that no longer exist are removed. Every pass first brings the QoS
-//! cgroups ([`qos_cgroups`](super::qos_cgroups)) in step with the node's pods.
+//! the sandbox and only then removes the pod from the API (the kubelet's final delete). A
+//! static pod whose manifest is gone terminates the same way, without the API; a static pod
+//! waits to start while another of its name (its manifest's previous version) terminates.
+//! Each pod syncs in its own task. A pod the [`eviction`](super::eviction) manager evicts
+//! has its containers killed and is reported Failed / Evicted; it never runs again.
+//! Sandboxes of pods that are in no source are removed: a static pod's at once, the others
+//! once the API's pods have been listed. Every pass first brings the QoS cgroups ([`qos_cgroups`](super::qos_cgroups)) in
+//! step with the node's pods.
 //!
 //! Owns the CRI calls for pods; decisions are in `plan`, shapes in `runtime_config`.
 use std::{
@@ -18,21 +22,18 @@ use std::{
 };
 
 use corten_cri::runtime::CriClient;
-use futures::TryStreamExt;
 use k8s_cri::v1::{
     ContainerFilter, ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
     ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxFilter,
     PodSandboxState, PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     api::{DeleteParams, Patch, PatchParams, Preconditions},
-    runtime::{reflector, watcher, WatchStreamExt},
     Api, Client,
 };
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -45,10 +46,11 @@ use super::{
     observed::{ContainerObservation, Observed, RunState, SandboxObservation},
     plan::{self, Action},
     pod_cgroups,
+    pod_sources::PodSources,
     probes::ProbeManager,
     qos_cgroups::QosCgroups,
     runtime_config::{self, PodFields, CONTAINER_NAME_LABEL, POD_UID_LABEL},
-    status,
+    static_pods, status,
     volumes::{VolumeError, VolumeManager},
 };
 
@@ -75,7 +77,9 @@ pub struct PodWorkerConfig {
 struct Memory {
     waiting: HashMap<String, (String, String)>,
     started_at: i64,
-    reported: Option<Value>,
+    /// The status last written, and the UID of the API pod it went to (a static pod's
+    /// mirror pod may be replaced).
+    reported: Option<(String, Value)>,
 }
 
 fn now_seconds() -> i64 {
@@ -89,29 +93,22 @@ fn uid_of(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
-/// Runs the pod worker forever.
-pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let (reader, writer) = reflector::store::<Pod>();
-    let changed = Arc::new(Notify::new());
-    let watch_config =
-        watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
-    let stream = reflector(writer, watcher(pods, watch_config))
-        .default_backoff()
-        .touched_objects();
-    {
-        let changed = changed.clone();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(_)) => changed.notify_one(),
-                    Ok(None) => return,
-                    Err(e) => warn!(error = %e, "pod watch error"),
-                }
-            }
-        });
-    }
+/// `pod`, deleted now: how a static pod whose manifest is gone terminates.
+fn retired(pod: &Pod) -> Pod {
+    let mut pod = pod.clone();
+    pod.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    pod
+}
+
+fn full_name(pod: &Pod) -> (Option<&str>, Option<&str>) {
+    (
+        pod.metadata.namespace.as_deref(),
+        pod.metadata.name.as_deref(),
+    )
+}
+
+/// Runs the pod worker forever over the pods of `sources`.
+pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig, sources: PodSources) {
     let events = EventRecorder::new(client.clone(), config.node_name.clone());
     let volumes = VolumeManager::new(
         client.clone(),
@@ -126,15 +123,11 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
         client,
         cri,
         config,
+        sources: sources.clone(),
         memory: Mutex::new(HashMap::new()),
         busy: Mutex::new(HashMap::new()),
+        retiring: Mutex::new(HashMap::new()),
     });
-    // Until the first list arrives the store is empty, and every sandbox on the node would
-    // look orphaned: a restarted agent must adopt its pods, not remove them.
-    if let Err(e) = reader.wait_until_ready().await {
-        warn!(error = %e, "the pod store never became ready");
-        return;
-    }
     let mut generation: u64 = 0;
     let mut qos = QosCgroups::new(&worker.config.cgroup_root, worker.allocatable.clone());
     // The resourceVersion each pod's last sync started from, and when every pod was last
@@ -143,13 +136,43 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
     // the node each time.
     let mut synced_versions: HashMap<String, Option<String>> = HashMap::new();
     let mut last_full_pass: Option<Instant> = None;
+    // The static pods of the last pass: one missing now had its manifest removed or changed.
+    let mut known_static = static_pods::StaticPodSet::new();
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = changed.notified() => {}
-            _ = tokio::time::sleep(RESYNC) => {}
+        if !first {
+            tokio::select! {
+                _ = sources.changed() => {}
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
         }
-        let pods = reader.state();
-        let live: HashSet<String> = pods.iter().map(|p| uid_of(p)).collect();
+        first = false;
+        let statics = sources.static_pods();
+        let retiring = {
+            let mut retiring = lock(&worker.retiring);
+            for (uid, pod) in &known_static {
+                if !statics.contains_key(uid) && !retiring.contains_key(uid) {
+                    info!(pod = ?pod.metadata.name, "the static pod's manifest is gone: stopping it");
+                    retiring.insert(uid.clone(), Arc::new(retired(pod)));
+                }
+            }
+            retiring.clone()
+        };
+        let mut live: HashSet<String> = statics.keys().cloned().collect();
+        live.extend(retiring.keys().cloned());
+        let mut pods: Vec<Arc<Pod>> = sources
+            .pods()
+            .into_iter()
+            .filter(|p| {
+                // A static pod starts once the pod of its name it replaces has stopped
+                // (upstream's pod workers start one static pod of a name at a time).
+                !static_pods::is_static(p)
+                    || !retiring.values().any(|r| full_name(r) == full_name(p))
+            })
+            .collect();
+        pods.extend(retiring.into_values());
+        known_static = statics;
+        live.extend(pods.iter().map(|p| uid_of(p)));
         let full = last_full_pass.is_none_or(|at| at.elapsed() >= RESYNC);
         if full {
             last_full_pass = Some(Instant::now());
@@ -199,8 +222,10 @@ pub async fn run(client: Client, cri: CriClient, config: PodWorkerConfig) {
             );
         }
         synced_versions.retain(|uid, _| live.contains(uid));
+        // Until the API's pods have been listed, every sandbox of an API pod would look
+        // orphaned: a restarted agent must adopt its pods, not remove them.
         if full {
-            if let Err(e) = worker.remove_orphans(&live).await {
+            if let Err(e) = worker.remove_orphans(&live, sources.api_synced()).await {
                 warn!(error = %e, "removing orphaned sandboxes failed");
             }
         }
@@ -234,9 +259,12 @@ struct Worker {
     client: Client,
     cri: CriClient,
     config: PodWorkerConfig,
+    sources: PodSources,
     memory: Mutex<HashMap<String, Memory>>,
     /// Pods whose sync is under way, by UID.
     busy: Mutex<HashMap<String, RunningSync>>,
+    /// Static pods whose manifest is gone (or changed), by UID, until they have stopped.
+    retiring: Mutex<HashMap<String, Arc<Pod>>>,
     probes: ProbeManager,
     events: EventRecorder,
     volumes: VolumeManager,
@@ -395,6 +423,14 @@ impl Worker {
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(pod).await;
         }
+        // A static pod's status lives on its mirror pod: the pod as the API shows it.
+        let shown;
+        let pod = if static_pods::is_static(pod) {
+            shown = self.with_mirror_status(pod);
+            &shown
+        } else {
+            pod
+        };
         // An eviction asked for, or carried out before: the pod runs no more.
         if let Some(eviction) = self.config.evictions.pending(&uid) {
             return self.evict(pod, Some(&eviction)).await;
@@ -455,25 +491,68 @@ impl Worker {
             started_at,
             now_seconds(),
         );
-        let changed = self.memory(&uid, |m| m.reported.as_ref() != Some(&status));
+        let Some(target) = self.status_target(pod) else {
+            return Ok(());
+        };
+        let changed = self.memory(&uid, |m| {
+            m.reported
+                .as_ref()
+                .is_none_or(|(to, reported)| *to != target || *reported != status)
+        });
         if changed {
             self.report(pod, status).await?;
         }
         Ok(())
     }
 
-    /// Writes the pod's status (a merge patch) and remembers it as reported.
+    /// A static pod with the status of its mirror pod (none while there is no mirror).
+    fn with_mirror_status(&self, pod: &Pod) -> Pod {
+        let mut shown = pod.clone();
+        shown.status = self
+            .sources
+            .mirror_of(pod)
+            .and_then(|mirror| mirror.status.clone());
+        shown
+    }
+
+    /// The UID of the API pod that shows `pod`'s status: the pod itself, or a static pod's
+    /// mirror pod (`None` while the API shows none).
+    fn status_target(&self, pod: &Pod) -> Option<String> {
+        if static_pods::is_static(pod) {
+            self.sources
+                .mirror_of(pod)
+                .and_then(|mirror| mirror.metadata.uid.clone())
+        } else {
+            Some(uid_of(pod))
+        }
+    }
+
+    /// Writes the pod's status (a merge patch) to the pod, or to a static pod's mirror pod,
+    /// and remembers it as reported. A static pod without a mirror pod reports nothing yet
+    /// (its status is written once the mirror pod is there).
     async fn report(&self, pod: &Pod, status: Value) -> Result<(), SyncError> {
+        let Some(target) = self.status_target(pod) else {
+            return Ok(());
+        };
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status.clone()})),
-        )
-        .await?;
-        self.memory(&uid_of(pod), |m| m.reported = Some(status));
+        let written = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status.clone()})),
+            )
+            .await;
+        match written {
+            Ok(_) => {}
+            // The mirror pod went (deleted by hand): its successor gets the status.
+            Err(kube::Error::Api(e)) if e.code == 404 && static_pods::is_static(pod) => {
+                return Ok(())
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.memory(&uid_of(pod), |m| m.reported = Some((target, status)));
         Ok(())
     }
 
@@ -835,7 +914,7 @@ impl Worker {
     /// Graceful termination (upstream's killPod): every running container's preStop hook,
     /// then SIGTERM and SIGKILL when the grace period runs out, all containers at once; then
     /// the sandbox is removed, and only then the kubelet's own delete with grace 0 removes
-    /// the pod from the API.
+    /// the pod from the API (a static pod is not in the API: it is only forgotten).
     async fn terminate(&self, pod: &Pod) -> Result<(), SyncError> {
         let uid = uid_of(pod);
         self.probes.forget_pod(&uid);
@@ -845,6 +924,13 @@ impl Worker {
         self.remove_sandboxes(&uid).await?;
         pod_cgroups::remove(&uid, &self.config.cgroup_root);
         self.volumes.tear_down(&uid)?;
+        if static_pods::is_static(pod) {
+            // Its mirror pod is the mirror keeper's to delete; nothing else in the API.
+            info!(pod = ?pod.metadata.name, "static pod stopped");
+            self.forget(&uid);
+            lock(&self.retiring).remove(&uid);
+            return Ok(());
+        }
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
@@ -992,8 +1078,15 @@ impl Worker {
         Ok(())
     }
 
-    /// Removes sandboxes whose pods are gone from the API.
-    async fn remove_orphans(&self, live: &HashSet<String>) -> Result<(), SyncError> {
+    /// Removes the sandboxes of pods that are in no source (not in `live`). Before the API's
+    /// pods have been listed (`api_synced` false) only static pods' sandboxes can be told
+    /// orphaned (by the annotations they carry): a manifest removed while the agent was down
+    /// stops even while the API server is away.
+    async fn remove_orphans(
+        &self,
+        live: &HashSet<String>,
+        api_synced: bool,
+    ) -> Result<(), SyncError> {
         let mut cri = self.cri.clone();
         let sandboxes = cri
             .runtime()
@@ -1004,6 +1097,10 @@ impl Worker {
             .items;
         let orphans: HashSet<String> = sandboxes
             .iter()
+            .filter(|s| {
+                api_synced
+                    || static_pods::is_static_sandbox(&s.labels, &s.annotations, POD_UID_LABEL)
+            })
             .filter_map(|s| s.labels.get(POD_UID_LABEL))
             .filter(|uid| !live.contains(*uid))
             .cloned()

@@ -478,7 +478,15 @@ impl Handler {
             Ok(pod) => pod,
             Err(response) => return response,
         };
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        // A mirror pod's containers run in its static pod, whose UID is the mirror's hash.
+        let uid = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::kubelet::static_pods::MIRROR_ANNOTATION))
+            .or(pod.metadata.uid.as_ref())
+            .cloned()
+            .unwrap_or_default();
         let ports = streaming::forwarded_ports(req.uri().query().unwrap_or_default());
         let mut cri = self.cri.clone();
         match streaming::port_forward_url(&mut cri, &uid, ports).await {

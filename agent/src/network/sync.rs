@@ -13,7 +13,6 @@ use std::{
 };
 
 use anyhow::Context;
-use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::{
     api::{Patch, PatchParams},
@@ -83,19 +82,11 @@ pub async fn run(
     let stream = reflector(writer, watcher(nodes.clone(), watcher::Config::default()))
         .default_backoff()
         .touched_objects();
-    {
-        let changed = changed.clone();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(_)) => changed.notify_one(),
-                    Ok(None) => return,
-                    Err(e) => warn!(error = %e, "node watch error"),
-                }
-            }
-        });
-    }
+    tokio::spawn(crate::watches::notify_on_change(
+        "Node",
+        stream,
+        changed.clone(),
+    ));
     if let Some(learned) = learned.clone() {
         let changed = changed.clone();
         tokio::spawn(async move {

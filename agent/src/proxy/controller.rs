@@ -9,7 +9,7 @@
 //! `desired` and `diff`) nor write maps (that is `socket_lb` and `maps`).
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use futures::{Stream, TryStreamExt};
+use futures::Stream;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     runtime::{reflector, watcher, WatchStreamExt},
@@ -189,20 +189,12 @@ fn report_nat_stats(lb: &SocketLb, last: &mut Option<NatStats>) {
     *last = Some(now);
 }
 
-/// Drives a reflector's stream and wakes the loop on every change; errors are logged (the
-/// watcher backs off and relists by itself).
+/// Drives a reflector's stream with the watcher's backoff and wakes the loop on every
+/// change (see [`crate::watches`]).
 async fn forward_changes<K, S>(kind: &'static str, stream: S, changed: Arc<Notify>)
 where
     K: Resource + Clone + std::fmt::Debug + Send + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
-    let stream = stream.default_backoff();
-    let mut stream = std::pin::pin!(stream);
-    loop {
-        match stream.try_next().await {
-            Ok(Some(_)) => changed.notify_one(),
-            Ok(None) => return,
-            Err(error) => warn!(kind, %error, "watch error"),
-        }
-    }
+    crate::watches::notify_on_change(kind, stream.default_backoff(), changed).await;
 }

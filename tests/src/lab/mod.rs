@@ -531,6 +531,45 @@ impl Lab {
         Ok(())
     }
 
+    /// Kills corten-server (in node 0) with SIGKILL and reaps it: the API goes away while
+    /// the agents and their containers keep running.
+    pub fn kill_server(&mut self) -> anyhow::Result<()> {
+        self.control_plane()?;
+        let pid = process::running(
+            &self.paths.server_pid_file(),
+            &self.paths.node_cgroup_path(0),
+        )
+        .context("corten-server is not running")?;
+        host::signal(pid, libc::SIGKILL)
+            .with_context(|| format!("killing corten-server ({pid})"))?;
+        if let Some(at) = self.children.iter().position(|c| c.id() == pid) {
+            let mut child = self.children.swap_remove(at);
+            child.wait().context("reaping corten-server")?;
+        }
+        Ok(())
+    }
+
+    /// Starts corten-server again (after [`Lab::kill_server`]) on its data dir, and waits
+    /// until it answers `/readyz`.
+    pub fn start_server(&mut self) -> anyhow::Result<()> {
+        self.control_plane()?;
+        if process::running(
+            &self.paths.server_pid_file(),
+            &self.paths.node_cgroup_path(0),
+        )
+        .is_some()
+        {
+            bail!("corten-server is already running");
+        }
+        let binaries = ControlPlaneBinaries::find()?;
+        let server = control_plane::start_server(&self.paths, &binaries.server, false)?;
+        self.children.push(server);
+        if let Some(server) = self.children.last_mut() {
+            control_plane::wait_ready(&self.paths, server, &binaries.kubectl)?;
+        }
+        Ok(())
+    }
+
     /// Freezes (SIGSTOP) or thaws (SIGCONT) node `i`'s agent: a hung agent, whose sockets
     /// stay open and silent, unlike a killed one's, which the kernel closes.
     pub fn freeze_agent(&self, i: usize, frozen: bool) -> anyhow::Result<()> {
