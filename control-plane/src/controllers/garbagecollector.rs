@@ -43,11 +43,12 @@ struct OwnerRef {
     block: bool,
 }
 
-/// One object in the graph.
+/// One object in the graph. The graph holds every object of the cluster, so its key and UID
+/// are shared (`Arc<str>`) between the two indexes rather than copied into each.
 #[derive(Debug, Clone)]
 struct Vertex {
     /// Store key.
-    key: String,
+    key: Arc<str>,
     owners: Vec<OwnerRef>,
     deleting: bool,
     finalizers: Vec<String>,
@@ -55,11 +56,11 @@ struct Vertex {
 
 #[derive(Debug, Default)]
 struct Graph {
-    vertices: HashMap<String, Vertex>,
+    vertices: HashMap<Arc<str>, Vertex>,
     /// Owner UID → dependent UIDs (owners may be absent from `vertices`).
     dependents: HashMap<String, HashSet<String>>,
     /// Store key → UID.
-    by_key: HashMap<String, String>,
+    by_key: HashMap<Arc<str>, Arc<str>>,
 }
 
 impl Graph {
@@ -72,6 +73,7 @@ impl Graph {
                 .or_default()
                 .insert(uid.clone());
         }
+        let uid: Arc<str> = uid.into();
         self.by_key.insert(vertex.key.clone(), uid.clone());
         self.vertices.insert(uid, vertex);
     }
@@ -86,8 +88,8 @@ impl Graph {
                 }
             }
         }
-        if self.by_key.get(&vertex.key).map(String::as_str) == Some(uid) {
-            self.by_key.remove(&vertex.key);
+        if self.by_key.get(&*vertex.key).map(|u| &**u) == Some(uid) {
+            self.by_key.remove(&*vertex.key);
         }
         Some(vertex)
     }
@@ -167,7 +169,7 @@ fn vertex_of(kv: &KeyValue) -> Option<(String, Vertex)> {
     Some((
         uid,
         Vertex {
-            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            key: String::from_utf8_lossy(&kv.key).into(),
             owners,
             deleting: meta.deletion_timestamp.is_some(),
             finalizers: meta.finalizers,
@@ -225,10 +227,10 @@ async fn follow(rest: Rest, graph: Arc<Mutex<Graph>>, queue: WorkQueue) {
                     on_object(&mut graph, &queue, uid, vertex);
                 }
             }
-            let gone: Vec<String> = graph
+            let gone: Vec<Arc<str>> = graph
                 .vertices
                 .keys()
-                .filter(|uid| !seen.contains(*uid))
+                .filter(|uid| !seen.contains(&uid[..]))
                 .cloned()
                 .collect();
             for uid in gone {
@@ -265,8 +267,8 @@ async fn follow(rest: Rest, graph: Arc<Mutex<Graph>>, queue: WorkQueue) {
                     EventKind::Put => {
                         if let Some((uid, vertex)) = vertex_of(&event.kv) {
                             // A new object under an old key: the old one is gone.
-                            if let Some(old) = graph.by_key.get(&key).cloned() {
-                                if old != uid {
+                            if let Some(old) = graph.by_key.get(key.as_str()).cloned() {
+                                if *old != *uid {
                                     on_removed(&mut graph, &queue, &old);
                                 }
                             }
@@ -274,7 +276,7 @@ async fn follow(rest: Rest, graph: Arc<Mutex<Graph>>, queue: WorkQueue) {
                         }
                     }
                     EventKind::Delete => {
-                        if let Some(uid) = graph.by_key.get(&key).cloned() {
+                        if let Some(uid) = graph.by_key.get(key.as_str()).cloned() {
                             on_removed(&mut graph, &queue, &uid);
                         }
                     }
@@ -500,7 +502,7 @@ impl Collector {
             graph.dependents_of(uid).iter().any(|d| {
                 graph
                     .vertices
-                    .get(d)
+                    .get(d.as_str())
                     .is_some_and(|v| v.owners.iter().any(|o| o.uid == uid && o.block))
             })
         };
@@ -566,7 +568,7 @@ mod tests {
 
     fn vertex(key: &str, owners: &[&str]) -> Vertex {
         Vertex {
-            key: key.to_owned(),
+            key: key.into(),
             owners: owners
                 .iter()
                 .map(|uid| OwnerRef {

@@ -153,6 +153,20 @@ impl NodeInfo {
         info
     }
 
+    /// A node with only what the node filters read (name, `unschedulable`, taints and the
+    /// Node for its labels): no resources or images, for callers that judge placement
+    /// rules alone (the DaemonSet controller asks this of every node on every sync).
+    pub fn for_filters(node: Arc<Node>) -> Self {
+        let spec = node.spec.as_ref();
+        Self {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
+            node: Some(node),
+            ..Self::default()
+        }
+    }
+
     /// The node's name ("" when unknown).
     pub fn name(&self) -> &str {
         &self.name

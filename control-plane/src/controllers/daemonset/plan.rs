@@ -74,27 +74,29 @@ pub fn add_default_tolerations(spec: &mut PodSpec) {
 /// NoSchedule taints keep new pods off only.
 pub fn node_should_run(node: &Arc<Node>, ds: &DaemonSet) -> (bool, bool) {
     let node_name = node.metadata.name.as_deref().unwrap_or_default();
-    let template = ds
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let mut spec = template.spec.unwrap_or_default();
+    let template = ds.spec.as_ref().map(|s| &s.template);
+    let spec = template.and_then(|t| t.spec.as_ref());
     if spec
-        .node_name
-        .as_deref()
+        .and_then(|s| s.node_name.as_deref())
         .is_some_and(|n| !n.is_empty() && n != node_name)
     {
         return (false, false);
     }
-    spec.node_name = Some(node_name.to_owned());
-    add_default_tolerations(&mut spec);
-    let pod = Pod {
-        metadata: template.metadata.unwrap_or_default(),
-        spec: Some(spec),
-        status: None,
+    // What the two filters below read of the daemon pod, and no more: its node selector,
+    // node affinity and tolerations (with the defaults every daemon pod gets).
+    let mut placement = PodSpec {
+        host_network: spec.and_then(|s| s.host_network),
+        node_selector: spec.and_then(|s| s.node_selector.clone()),
+        affinity: spec.and_then(|s| s.affinity.clone()),
+        tolerations: spec.and_then(|s| s.tolerations.clone()),
+        ..PodSpec::default()
     };
-    let info = NodeInfo::new(node.clone());
+    add_default_tolerations(&mut placement);
+    let pod = Pod {
+        spec: Some(placement),
+        ..Pod::default()
+    };
+    let info = NodeInfo::for_filters(node.clone());
     if filters::node_affinity(&pod, &info).is_err() {
         return (false, false);
     }
