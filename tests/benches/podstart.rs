@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         !spec.images.is_empty(),
         "no image archives: run `cargo xtask images`"
     );
-    let out = bench_dir()?;
+    let out = corten_tests::bench_dir()?;
     let lab = Lab::up(spec)?;
     let run = measure(&lab);
     keep_logs(&lab, &out);
@@ -78,19 +78,6 @@ fn main() -> anyhow::Result<()> {
     let run = run?;
     down.context("taking the lab down")?;
     report(&run, &out)
-}
-
-/// `target/bench` (under `$CARGO_TARGET_DIR` if set), created.
-fn bench_dir() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the tests crate's parent directory")?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let dir = target.join("bench");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// Copies the agent's and the server's logs next to the report (the lab's go with it).

@@ -2,8 +2,8 @@
 //! `target/bench/NAME.json`, comparing corten with an anchor measured in the same run or with
 //! the targets it must meet. They are never timed tests. This module starts or builds what a
 //! benchmark needs (a real etcd for the store, the release `corten-server` for the API and the
-//! scheduler, the images and the release cluster binaries for pod startup) and runs the
-//! benchmark program.
+//! scheduler, the images and the release cluster binaries for pod startup; the datapath
+//! benchmark needs nothing but the lab) and runs the benchmark program.
 use std::{
     net::TcpListener,
     path::PathBuf,
@@ -22,8 +22,12 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         "scheduler" => server_bench("scheduler", "the scheduler benchmark"),
         "network" => lab_bench("network", "the network benchmark", &[]),
         "podstart" => podstart(),
+        "datapath" => lab_bench("datapath", "the datapath benchmark", &[]),
         other => {
-            bail!("unknown benchmark {other:?}; known: store, api, scheduler, network, podstart")
+            bail!(
+                "unknown benchmark {other:?}; known: store, api, scheduler, network, podstart, \
+                 datapath"
+            )
         }
     }
 }
@@ -109,7 +113,9 @@ fn podstart() -> anyhow::Result<()> {
 }
 
 /// A benchmark on labs (root), `tests/benches/NAME.rs`, with `env` set: `network` (3-node
-/// labs, one per network mode; the lab builds the project's binaries itself) and `podstart`.
+/// labs, one per network mode; the lab builds the project's binaries itself), `podstart` and
+/// `datapath` (a 2-node lab without control plane: the bench drives the agent's proxy library
+/// itself and loads kube-proxy's iptables rules for comparison).
 fn lab_bench(bench: &str, what: &str, env: &[(&str, PathBuf)]) -> anyhow::Result<()> {
     let status = Command::new(crate::lab::cargo())
         .current_dir(crate::workspace_root())
