@@ -63,6 +63,52 @@ pub fn corten_sendmsg4(ctx: SockAddrContext) -> i32 {
     forward(&ctx)
 }
 
+/// The node's own network namespace (its cookie), set by the agent when it loads the object
+/// ([`programs::NODE_NETNS_COOKIE`](corten_ebpf_common::programs::NODE_NETNS_COOKIE)); zero
+/// turns bind protection off.
+#[no_mangle]
+static CORTEN_NODE_NETNS_COOKIE: u64 = 0;
+/// `EADDRINUSE`: what a bind to a port a NodePort holds fails with.
+const EADDRINUSE: i32 = 98;
+
+/// NodePort bind protection: in the node's own network namespace a TCP or UDP socket may not
+/// bind a port that a NodePort Service answers on with that protocol (on any address: the
+/// NodePort answers on all of them), as kube-proxy's held ports refuse it; the bind fails
+/// with `EADDRINUSE`. Pods bind in their own namespaces and are never refused.
+#[cgroup_sock_addr(bind4)]
+pub fn corten_bind4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: `sock_addr` points at the kernel's `bpf_sock_addr` for this call.
+    let sa = unsafe { &*ctx.sock_addr };
+    let protocol = sa.protocol as u8;
+    let port = sa.user_port as u16;
+    if port == 0 || (protocol != protocol::TCP && protocol != protocol::UDP) {
+        return ALLOW;
+    }
+    // SAFETY: reading a global the loader may have rewritten; volatile so the compiler does
+    // not fold the zero default.
+    let node = unsafe { core::ptr::read_volatile(&CORTEN_NODE_NETNS_COOKIE) };
+    if node == 0 {
+        return ALLOW;
+    }
+    let any_address = FrontendKey {
+        addr: 0,
+        port,
+        protocol,
+        pad: 0,
+    };
+    // SAFETY: only checks whether the key exists.
+    if unsafe { FRONTENDS.get(&any_address) }.is_none() {
+        return ALLOW;
+    }
+    // SAFETY: the context pointer is the one the kernel passed to this program.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != node {
+        return ALLOW;
+    }
+    // SAFETY: a plain helper call without pointer arguments; bind4 returns it to the caller.
+    unsafe { bpf_set_retval(-EADDRINUSE) };
+    REJECT
+}
+
 #[cgroup_sock_addr(recvmsg4)]
 pub fn corten_recvmsg4(ctx: SockAddrContext) -> i32 {
     reverse(&ctx);

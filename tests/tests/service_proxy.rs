@@ -5,7 +5,8 @@
 //! without endpoints refuses a connect within 100 ms; ClientIP session affinity sends every
 //! connection of one client to one backend (the same client spreads over all backends of a
 //! Service without affinity) until the affinity times out; a NodePort answers on the node's
-//! address and an externalIP on its own, from the node and from a pod; a terminating backend
+//! address and an externalIP on its own, from the node and from a pod, and the node's own
+//! processes may not bind its port (pods may); a terminating backend
 //! and one relabelled out of the Service get no new connections (not even from a client whose
 //! affinity named one) while connections made to them before keep exchanging data; the
 //! affinity survives an agent restart; scaling down stops new connections to the removed
@@ -186,6 +187,19 @@ while ok + failed < limit and time.monotonic() < deadline:
             first = repr(e).replace(" ", "_")
     time.sleep(0.02)
 print(ok, failed, first, flush=True)
+"#;
+
+/// Binds a socket of protocol `argv[2]` (`tcp` or `udp`) to port `argv[1]` on every address
+/// and prints the errno (0 if the bind worked).
+const BIND_TRY: &str = r#"
+import socket, sys
+kind = socket.SOCK_STREAM if sys.argv[2] == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
+try:
+    s.bind(("0.0.0.0", int(sys.argv[1])))
+    print(0)
+except OSError as e:
+    print(e.errno)
 "#;
 
 /// Kills a helper process even when an assertion fails.
@@ -644,6 +658,7 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
     );
     let from_pod: BTreeSet<&String> = answers.iter().collect();
     println!("from a pod: NodePort and externalIP reached {from_pod:?}");
+    node_ports_are_protected_from_binds(&lab, u64::from(node_port))?;
 
     // The datapath is pinned: it keeps working while the agent is down, and the restarted
     // agent reuses the pinned maps (the Service keeps its backends). A client connecting in
@@ -1000,5 +1015,43 @@ fn health_check_node_ports(lab: &Lab, node_ip: &str) -> anyhow::Result<()> {
         lab,
         &["delete", "service", "lb-local", "lb-none", "lb-reuse"],
     )?;
+    Ok(())
+}
+
+/// NodePort bind protection: on the node a TCP bind to the NodePort fails with EADDRINUSE,
+/// while a UDP bind to it and a TCP bind to a port no NodePort uses work; a pod (its own
+/// network namespace) may bind the port.
+fn node_ports_are_protected_from_binds(lab: &Lab, node_port: u64) -> anyhow::Result<()> {
+    let bind = |port: u64, protocol: &str| -> anyhow::Result<String> {
+        let output = python(lab, BIND_TRY, &[&port.to_string(), protocol])?;
+        ensure!(output.status.success(), "bind client failed: {output:?}");
+        Ok(text(&output))
+    };
+    let free = if node_port == 30000 {
+        30001
+    } else {
+        node_port - 1
+    };
+    let answers = [
+        bind(node_port, "tcp")?,
+        bind(node_port, "udp")?,
+        bind(free, "tcp")?,
+    ];
+    ensure!(
+        answers == ["98", "0", "0"],
+        "binds on the node to tcp/{node_port}, udp/{node_port}, tcp/{free} gave errnos {answers:?} (want 98, 0, 0)"
+    );
+    let pods = json(lab, &["get", "pods", "-l", "app=web"])?;
+    let pod = pods["items"][0]["metadata"]["name"]
+        .as_str()
+        .context("no web pod")?
+        .to_owned();
+    let script = format!("timeout 1 nc -l -p {node_port} 2>&1; echo exit=$?");
+    let answer = kubectl(lab, &["exec", &pod, "--", "sh", "-c", &script])?;
+    ensure!(
+        !answer.contains("in use") && answer.contains("exit=143"),
+        "pod {pod} could not listen on {node_port}: {answer}"
+    );
+    println!("NodePort {node_port}: the node may not bind it (EADDRINUSE), pod {pod} may");
     Ok(())
 }

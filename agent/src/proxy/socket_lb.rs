@@ -1,5 +1,7 @@
 //! Socket-level load balancing: loads the socket programs (`connect4`, `sendmsg4`,
-//! `recvmsg4`, `getpeername4`), attaches them to a node's cgroup v2 directory, opens their
+//! `recvmsg4`, `getpeername4`, and `bind4`, which keeps the node's own processes off the
+//! ports NodePorts answer on; it learns the node's network namespace from the agent's own at
+//! load), attaches them to a node's cgroup v2 directory, opens their
 //! maps (pinned under the node's bpffs directory, reused when a previous run left them), and
 //! brings the maps to a [`DesiredState`] by planning against what they hold and applying
 //! only the difference. The tc programs for traffic from outside live in the same object and
@@ -148,6 +150,43 @@ pub struct SyncStats {
     pub operations: usize,
 }
 
+/// The cookie of this process's network namespace (the node's, where the agent runs), for
+/// the bind program's NodePort protection; 0 (protection off, with a warning) if the kernel
+/// cannot tell (`SO_NETNS_COOKIE` is Linux 5.14+).
+#[allow(unsafe_code)]
+fn own_netns_cookie() -> u64 {
+    use std::os::fd::AsRawFd;
+    /// `SO_NETNS_COOKIE` from the kernel's `asm-generic/socket.h`.
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let cookie = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|socket| {
+        let mut value: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are valid for writes of the sizes given, and the socket
+        // is open for the duration of the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&mut value as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            Ok(value)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    });
+    match cookie {
+        Ok(cookie) => cookie,
+        Err(error) => {
+            warn!(%error, "cannot read the network namespace cookie; NodePorts are not protected from binds");
+            0
+        }
+    }
+}
+
 /// The loaded socket programs, their maps and what the maps hold.
 pub struct SocketLb {
     ebpf: Ebpf,
@@ -185,7 +224,9 @@ impl SocketLb {
             })
             .unwrap_or_default();
         let mut loader = EbpfLoader::new();
+        let netns_cookie = own_netns_cookie();
         loader
+            .override_global(programs::NODE_NETNS_COOKIE, &netns_cookie, true)
             .map_max_entries(maps::FRONTENDS, sizes.frontends)
             .map_max_entries(maps::SERVICES, sizes.services)
             .map_max_entries(maps::BACKENDS, sizes.backends)

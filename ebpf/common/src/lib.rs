@@ -155,8 +155,14 @@ pub mod programs {
     pub const RECVMSG4: &str = "corten_recvmsg4";
     /// `cgroup/getpeername4`: a connected socket shows the service as its peer.
     pub const GETPEERNAME4: &str = "corten_getpeername4";
+    /// `cgroup/bind4`: a process of the node's own network namespace may not bind a port
+    /// that a NodePort Service answers on (kube-proxy's port holding).
+    pub const BIND4: &str = "corten_bind4";
     /// Every socket program, in the order the agent attaches them.
-    pub const ALL: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
+    pub const ALL: [&str; 5] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4, BIND4];
+    /// The global of [`BIND4`] that the agent sets at load: the network namespace cookie of
+    /// the node's own namespace (0: no bind protection).
+    pub const NODE_NETNS_COOKIE: &str = "CORTEN_NODE_NETNS_COOKIE";
     /// tc ingress on an external interface: DNAT (and SNAT) of new flows from outside to a
     /// service, the flows' later packets, and un-SNAT of replies from remote backends.
     pub const TC_INGRESS: &str = "corten_tc_ingress";
