@@ -1600,17 +1600,19 @@ async fn a_cronjob_fires_every_minute() -> Result<()> {
             .any(|o| o.kind == "CronJob" && o.name == "tick"),
         "owned by the CronJob"
     );
+    // The controller creates the Job first and records it in the CronJob's status after.
     let cronjobs: Api<CronJob> = cluster.api();
-    let cj = cronjobs.get("tick").await?;
-    let s = cj.status.clone().unwrap_or_default();
-    ensure!(
-        s.last_schedule_time.as_ref().map(|t| t.0.as_second()) == Some(at.as_second())
+    eventually(WAIT, "the CronJob's status to name the Job", || async {
+        let s = cronjobs.get("tick").await?.status.unwrap_or_default();
+        let recorded = s.last_schedule_time.as_ref().map(|t| t.0.as_second())
+            == Some(at.as_second())
             || s.active
                 .iter()
                 .flatten()
-                .any(|r| r.name.as_deref() == Some(name.as_str())),
-        "{s:?}"
-    );
+                .any(|r| r.name.as_deref() == Some(name.as_str()));
+        Ok(recorded.then_some(()))
+    })
+    .await?;
     eventually(
         WAIT,
         "the Job to succeed and leave the active list",
