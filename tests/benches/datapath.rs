@@ -315,29 +315,13 @@ fn measure(lab: &Lab, counts: &[usize], backends: &[Backend]) -> anyhow::Result<
             &["addr", "add", &format!("{ip}/32"), "dev", "eth0"],
         )?;
     }
-    ip_in(
-        &lab.node_netns(0),
-        &[
-            "route",
-            "add",
-            POD_SUBNET,
-            "via",
-            &lab.node_ip(1).to_string(),
-        ],
-    )?;
     // A node's default route covers the service CIDR; without one a connect to a ClusterIP
     // fails before iptables sees it. The lab has no default route, so node 0 gets one for the
-    // service CIDR (toward node 1, which drops what is not DNATed).
-    ip_in(
-        &lab.node_netns(0),
-        &[
-            "route",
-            "add",
-            SERVICE_CIDR,
-            "via",
-            &lab.node_ip(1).to_string(),
-        ],
-    )?;
+    // service CIDR too (toward node 1, which drops what is not DNATed).
+    let via = lab.node_ip(1).to_string();
+    for cidr in [POD_SUBNET, SERVICE_CIDR] {
+        ip_in(&lab.node_netns(0), &["route", "add", cidr, "via", &via])?;
+    }
     let _server = start_server(lab)?;
     let direct = pod_addresses();
     let check = run_client(lab, Where::OutsideCgroup, &direct, 20, 0)?;

@@ -63,6 +63,15 @@ pub fn json(lab: &Lab, args: &[&str]) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&kubectl(lab, &all)?)?)
 }
 
+/// Whether `object`'s status has the condition `kind` with status `True`.
+pub fn condition_true(object: &Value, kind: &str) -> bool {
+    object["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == kind && c["status"] == "True")
+}
+
 /// Polls `check` every 250 ms until it returns `Some`, at most `timeout`; the error names
 /// `what`, the last error `check` returned, and the agents that are not running.
 pub fn eventually_within<T>(

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use corten_cri::runtime::CriClient;
-use corten_tests::lab::{self, Lab, LabSpec, BUSYBOX_IMAGE, PAUSE_IMAGE};
+use corten_tests::lab::{Lab, LabSpec, BUSYBOX_IMAGE, PAUSE_IMAGE};
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
     CreateContainerRequest, ImageSpec, ImageStatusRequest, LinuxPodSandboxConfig,
@@ -28,10 +28,7 @@ fn busybox_runs_through_cri_inside_a_lab_node() -> anyhow::Result<()> {
     let lab = Lab::up(LabSpec::for_test(&format!("cri-{}", std::process::id()), 1))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run_busybox(&lab))?;
-    let paths = lab.paths().clone();
-    lab.down()?;
-    assert_eq!(lab::leftovers(&paths), Vec::<String>::new());
-    Ok(())
+    lab.down_checked()
 }
 
 async fn run_busybox(lab: &Lab) -> anyhow::Result<()> {

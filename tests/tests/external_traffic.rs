@@ -41,7 +41,7 @@ use std::{
 use anyhow::{ensure, Context};
 use corten_tests::{
     kubectl::{apply, eventually, json},
-    lab::{self, Lab, LabSpec, NetworkMode, BUSYBOX_IMAGE},
+    lab::{Lab, LabSpec, NetworkMode, BUSYBOX_IMAGE},
     scripts::{FIXED_PORT_HTTP_CLIENT, PYTHON, UDP_BACKEND},
 };
 use serde_json::json;
@@ -430,14 +430,7 @@ fn nodeports_and_external_ips_answer_clients_outside_the_cluster() -> anyhow::Re
         );
     }
     // The tc links, their pins and the client's address go with the lab.
-    let paths = lab.paths().clone();
-    lab.down()?;
-    ensure!(
-        lab::leftovers(&paths).is_empty(),
-        "left behind: {:?}",
-        lab::leftovers(&paths)
-    );
-    Ok(())
+    lab.down_checked()
 }
 
 /// Source ports of the Maglev checks: below the kernel's ephemeral range, so no other
@@ -642,17 +635,5 @@ fn maglev_keeps_each_flow_on_one_backend_across_nodes_and_restarts() -> anyhow::
             "node {i}'s tc programs fell back to random picks"
         );
     }
-    ensure!(
-        lab.agent_failures().is_empty(),
-        "{:?}",
-        lab.agent_failures()
-    );
-    let paths = lab.paths().clone();
-    lab.down()?;
-    ensure!(
-        lab::leftovers(&paths).is_empty(),
-        "left behind: {:?}",
-        lab::leftovers(&paths)
-    );
-    Ok(())
+    lab.down_checked()
 }

@@ -56,10 +56,10 @@ fn wait_running(lab: &Lab, pod: &str) -> anyhow::Result<()> {
 #[test]
 fn kubectl_logs_reads_the_kubelets_container_logs() -> anyhow::Result<()> {
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test(&format!("klogs-{}", std::process::id()), 1);
-    spec.control_plane = true;
-    let lab = Lab::up(spec)?;
-    lab.wait_for_nodes_ready(Duration::from_secs(90))?;
+    let lab = Lab::up_ready(LabSpec::cluster_for_test(
+        &format!("klogs-{}", std::process::id()),
+        1,
+    ))?;
 
     // Five numbered lines at once, then one tick a second.
     let counter = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "counter"},

@@ -15,23 +15,15 @@ use std::{
 
 use anyhow::{bail, ensure, Context};
 use corten_tests::{
-    kubectl::{apply, eventually, eventually_within, json, kubectl},
+    kubectl::{apply, condition_true, eventually, eventually_within, json, kubectl},
     lab::{Lab, LabSpec, BUSYBOX_IMAGE},
 };
 use serde_json::{json, Value};
 
-fn pod_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
 fn wait_ready(lab: &Lab, name: &str) -> anyhow::Result<Value> {
     eventually(lab, &format!("pod {name} Ready"), || {
         let pod = json(lab, &["get", "pod", name])?;
-        Ok(pod_ready(&pod).then_some(pod))
+        Ok(condition_true(&pod, "Ready").then_some(pod))
     })
 }
 
@@ -66,10 +58,10 @@ fn ready_transition(pod: &Value) -> Value {
 #[test]
 fn the_kubelet_adopts_copies_limits_and_reports_oom() -> anyhow::Result<()> {
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test(&format!("knode-{}", std::process::id()), 1);
-    spec.control_plane = true;
-    let mut lab = Lab::up(spec)?;
-    lab.wait_for_nodes_ready(Duration::from_secs(90))?;
+    let mut lab = Lab::up_ready(LabSpec::cluster_for_test(
+        &format!("knode-{}", std::process::id()),
+        1,
+    ))?;
 
     agent_restart_adopts_running_containers(&mut lab)?;
     kubectl_cp_copies_both_ways(&lab)?;
@@ -119,7 +111,7 @@ fn agent_restart_adopts_running_containers(lab: &mut Lab) -> anyhow::Result<()> 
     while started.elapsed() < Duration::from_secs(20) {
         let pod = json(lab, &["get", "pod", "steady"])?;
         ensure!(
-            pod_ready(&pod),
+            condition_true(&pod, "Ready"),
             "pod not Ready after the agent restart: {pod}"
         );
         ensure!(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use corten_cri::runtime::CriClient;
 use corten_tests::{
-    kubectl::{eventually, eventually_within, kubectl},
+    kubectl::{condition_true, eventually, eventually_within, kubectl},
     lab::{Lab, LabSpec, BUSYBOX_IMAGE},
 };
 use k8s_cri::v1::{ContainerFilter, ContainerState, ListContainersRequest};
@@ -24,14 +24,6 @@ use serde_json::{json, Value};
 
 /// How long a static pod may take to start without the API.
 const START: Duration = Duration::from_secs(60);
-
-fn pod_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
 
 /// The pod `namespace/name` if the API has it (`None` on NotFound).
 fn get_pod(lab: &Lab, namespace: &str, name: &str) -> anyhow::Result<Option<Value>> {
@@ -157,7 +149,7 @@ fn wait_mirror(
                 return Ok(None);
             };
             Ok((pod["status"]["phase"] == "Running"
-                && pod_ready(&pod)
+                && condition_true(&pod, "Ready")
                 && status_container_id(&pod) == container.id
                 && pod["metadata"]["annotations"]["kubernetes.io/config.mirror"]
                     == container.pod_uid.as_str())
@@ -206,10 +198,10 @@ fn manifest(name: &str, namespace: Option<&str>, command: &str) -> String {
 #[test]
 fn static_pods_run_from_their_manifests_with_or_without_the_api() -> anyhow::Result<()> {
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test(&format!("kstatic-{}", std::process::id()), 1);
-    spec.control_plane = true;
-    let mut lab = Lab::up(spec)?;
-    lab.wait_for_nodes_ready(Duration::from_secs(90))?;
+    let mut lab = Lab::up_ready(LabSpec::cluster_for_test(
+        &format!("kstatic-{}", std::process::id()),
+        1,
+    ))?;
     if let Err(e) = static_pods(&mut lab) {
         // The agent's own account, before teardown removes it.
         let log = std::fs::read_to_string(lab.paths().agent_log(0)).unwrap_or_default();
@@ -306,7 +298,7 @@ fn static_pods(lab: &mut Lab) -> anyhow::Result<()> {
         Ok(pod.filter(|p| {
             p["metadata"]["uid"] != first_uid
                 && p["metadata"]["deletionTimestamp"].is_null()
-                && pod_ready(p)
+                && condition_true(p, "Ready")
                 && status_container_id(p) == web_container.id
         }))
     })?;

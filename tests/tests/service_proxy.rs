@@ -26,7 +26,7 @@ use std::{collections::BTreeSet, process::Output, time::Duration};
 use anyhow::{bail, ensure, Context};
 use corten_tests::{
     kubectl::{apply, eventually, eventually_within, json, kubectl},
-    lab::{self, Lab, LabSpec, BUSYBOX_IMAGE},
+    lab::{Lab, LabSpec, BUSYBOX_IMAGE},
     scripts::{PYTHON, UDP_BACKEND},
 };
 use serde_json::Value;
@@ -92,12 +92,14 @@ peer = c.getpeername()
 print(" ".join(sorted(answers)), "|", " ".join(sorted(sources)), "|", f"{peer[0]}:{peer[1]}", answer)
 "#;
 
-/// Makes `argv[3]` connections to `argv[1]:argv[2]`, one after the other, asks each for
-/// `/hostname` and prints the answers, one a line.
-const FETCH_MANY: &str = r#"
-import socket, sys
-ip, port = sys.argv[1], int(sys.argv[2])
-for _ in range(int(sys.argv[3])):
+/// A Python function both connection scripts start with: `fetch(ip, port)` makes one
+/// connection, asks for `/hostname`, reads the answer to its end (each read bounded by 3 s)
+/// and returns the whole HTTP answer.
+macro_rules! fetch_fn {
+    () => {
+        r#"
+import socket
+def fetch(ip, port):
     s = socket.create_connection((ip, port), timeout=3)
     s.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
     data = b""
@@ -107,8 +109,23 @@ for _ in range(int(sys.argv[3])):
             break
         data += chunk
     s.close()
+    return data
+"#
+    };
+}
+
+/// Makes `argv[3]` connections to `argv[1]:argv[2]`, one after the other, asks each for
+/// `/hostname` and prints the answers, one a line.
+const FETCH_MANY: &str = concat!(
+    fetch_fn!(),
+    r#"
+import sys
+ip, port = sys.argv[1], int(sys.argv[2])
+for _ in range(int(sys.argv[3])):
+    data = fetch(ip, port)
     print(data.split(b"\r\n\r\n", 1)[-1].decode().strip(), flush=True)
-"#;
+"#
+);
 
 /// Holds one connection to the echo port `argv[1]:argv[2]`: connects up to `argv[4]` times
 /// until the backend greets with `argv[3]` (its hostname), prints the greeting, then sends
@@ -160,8 +177,10 @@ print(code, body.decode().replace("\n", " "))
 /// Connects to `argv[1]:argv[2]` again and again (each asks for `/hostname` and reads the
 /// whole answer) until stdin closes, for at most `argv[3]` seconds and `argv[4]`
 /// connections; prints `OK FAILED FIRST-ERROR`.
-const CONNECT_LOOP: &str = r#"
-import select, socket, sys, time
+const CONNECT_LOOP: &str = concat!(
+    fetch_fn!(),
+    r#"
+import select, sys, time
 ip, port = sys.argv[1], int(sys.argv[2])
 deadline, limit = time.monotonic() + float(sys.argv[3]), int(sys.argv[4])
 ok, failed, first = 0, 0, "-"
@@ -169,15 +188,7 @@ while ok + failed < limit and time.monotonic() < deadline:
     if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.read(1):
         break
     try:
-        s = socket.create_connection((ip, port), timeout=3)
-        s.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        s.close()
+        data = fetch(ip, port)
         if not data.startswith(b"HTTP/1.") or b" 200 " not in data.split(b"\r\n", 1)[0]:
             raise OSError(f"answer {data[:40]!r}")
         ok += 1
@@ -187,7 +198,8 @@ while ok + failed < limit and time.monotonic() < deadline:
             first = repr(e).replace(" ", "_")
     time.sleep(0.02)
 print(ok, failed, first, flush=True)
-"#;
+"#
+);
 
 /// Binds a socket of protocol `argv[2]` (`tcp` or `udp`) to port `argv[1]` on every address
 /// and prints the errno (0 if the bind worked).
@@ -319,8 +331,8 @@ fn fetch_many(lab: &Lab, ip: &str, port: u16, count: usize) -> anyhow::Result<Ve
     Ok(answers)
 }
 
-/// The conditions of the endpoint with address `ip` in Service `web`'s slices.
-fn endpoint_conditions(lab: &Lab, ip: &str) -> anyhow::Result<Option<Value>> {
+/// The endpoints of Service `web`'s slices, all slices together.
+fn web_endpoints(lab: &Lab) -> anyhow::Result<Vec<Value>> {
     let slices = json(
         lab,
         &[
@@ -330,14 +342,18 @@ fn endpoint_conditions(lab: &Lab, ip: &str) -> anyhow::Result<Option<Value>> {
             "kubernetes.io/service-name=web",
         ],
     )?;
-    for slice in slices["items"].as_array().into_iter().flatten() {
-        for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
-            if endpoint["addresses"][0].as_str() == Some(ip) {
-                return Ok(Some(endpoint["conditions"].clone()));
-            }
-        }
-    }
-    Ok(None)
+    let items = slices["items"].as_array().into_iter().flatten();
+    Ok(items
+        .flat_map(|slice| slice["endpoints"].as_array().cloned().unwrap_or_default())
+        .collect())
+}
+
+/// The conditions of the endpoint with address `ip` in Service `web`'s slices.
+fn endpoint_conditions(lab: &Lab, ip: &str) -> anyhow::Result<Option<Value>> {
+    Ok(web_endpoints(lab)?
+        .into_iter()
+        .find(|endpoint| endpoint["addresses"][0].as_str() == Some(ip))
+        .map(|endpoint| endpoint["conditions"].clone()))
 }
 
 /// Runs a busybox pod that fetches each of `urls` `count` times and returns its answers
@@ -401,26 +417,11 @@ fn ready_web_pods(lab: &Lab, count: usize) -> anyhow::Result<Option<BTreeSet<Str
 
 /// The ready endpoint addresses of Service `web`'s slices.
 fn ready_endpoints(lab: &Lab) -> anyhow::Result<BTreeSet<String>> {
-    let slices = json(
-        lab,
-        &[
-            "get",
-            "endpointslices",
-            "-l",
-            "kubernetes.io/service-name=web",
-        ],
-    )?;
-    let mut ready = BTreeSet::new();
-    for slice in slices["items"].as_array().into_iter().flatten() {
-        for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
-            if endpoint["conditions"]["ready"] != Value::Bool(false) {
-                if let Some(address) = endpoint["addresses"][0].as_str() {
-                    ready.insert(address.to_owned());
-                }
-            }
-        }
-    }
-    Ok(ready)
+    Ok(web_endpoints(lab)?
+        .iter()
+        .filter(|endpoint| endpoint["conditions"]["ready"] != Value::Bool(false))
+        .filter_map(|endpoint| endpoint["addresses"][0].as_str().map(str::to_owned))
+        .collect())
 }
 
 /// `REQUESTS` answers from the node, polled until every one of them is in `expected` and all
@@ -454,10 +455,10 @@ fn node_answers_converge(
 #[test]
 fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> {
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test(&format!("svcproxy-{}", std::process::id()), 1);
-    spec.control_plane = true;
-    let mut lab = Lab::up(spec)?;
-    lab.wait_for_nodes_ready(Duration::from_secs(90))?;
+    let mut lab = Lab::up_ready(LabSpec::cluster_for_test(
+        &format!("svcproxy-{}", std::process::id()),
+        1,
+    ))?;
 
     apply(
         &lab,
@@ -858,12 +859,8 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
         Ok(fetch_from_node(&lab, &url)?.is_none().then_some(()))
     })?;
 
-    lab.check_agents()?;
-    let paths = lab.paths().clone();
-    lab.down()?;
-    // The pinned maps and attachments lived on the node's own bpffs and went with it.
-    assert_eq!(lab::leftovers(&paths), Vec::<String>::new());
-    Ok(())
+    // The pinned maps and attachments lived on the node's own bpffs and go with it.
+    lab.down_checked()
 }
 
 /// The node's answer on a healthCheckNodePort: status code and JSON body, or none when

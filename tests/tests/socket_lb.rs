@@ -20,7 +20,7 @@ use corten_agent::proxy::{
     socket_lb::MapSizes,
     Protocol, SocketLb,
 };
-use corten_tests::lab::{self, Lab, LabSpec};
+use corten_tests::lab::{Lab, LabSpec};
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 43, 0, 1), 80);
 const TOKEN: &str = "corten-backend-ok";
@@ -212,10 +212,7 @@ fn connect4_redirects_a_virtual_ip_only_inside_the_node_cgroup() -> anyhow::Resu
         );
     }
     drop(lb);
-    let paths = lab.paths().clone();
-    lab.down()?;
-    assert_eq!(lab::leftovers(&paths), Vec::<String>::new());
-    Ok(())
+    lab.down_checked()
 }
 
 /// Waits until busybox httpd answers `url` from inside the node with `token`.
@@ -334,8 +331,5 @@ fn client_ip_affinity_follows_a_moved_backend_and_leaves_a_gone_one() -> anyhow:
 
     drop(lb);
     drop(listeners);
-    let paths = lab.paths().clone();
-    lab.down()?;
-    assert_eq!(lab::leftovers(&paths), Vec::<String>::new());
-    Ok(())
+    lab.down_checked()
 }

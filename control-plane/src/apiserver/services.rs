@@ -178,21 +178,25 @@ fn health_check_port(service: &Value) -> Option<u64> {
         .filter(|p| *p != 0)
 }
 
-/// The reservation keys a stored Service holds: its ClusterIP, node ports and
-/// healthCheckNodePort.
-fn held(service: &Value) -> BTreeSet<String> {
-    let mut keys = BTreeSet::new();
+/// The reservations a stored Service holds (its ClusterIP, node ports and
+/// healthCheckNodePort): each key with the field that holds it and the value as an error
+/// prints it.
+fn held(service: &Value) -> BTreeMap<String, (&'static str, String)> {
+    let mut keys = BTreeMap::new();
     match spec_str(service, "clusterIP") {
         "" | "None" => {}
         ip => {
-            keys.insert(ip_key(ip));
+            keys.insert(ip_key(ip), ("spec.clusterIP", format!("{ip:?}")));
         }
     }
-    for port in node_ports(service)
-        .into_iter()
-        .chain(health_check_port(service))
-    {
-        keys.insert(port_key(port));
+    for port in node_ports(service) {
+        keys.insert(port_key(port), ("spec.ports[].nodePort", port.to_string()));
+    }
+    if let Some(port) = health_check_port(service) {
+        keys.insert(
+            port_key(port),
+            ("spec.healthCheckNodePort", port.to_string()),
+        );
     }
     keys
 }
@@ -275,7 +279,7 @@ pub fn plan(
     let Some(spec) = service.get_mut("spec").and_then(Value::as_object_mut) else {
         return Ok(Plan {
             claims: Vec::new(),
-            releases: before.into_iter().collect(),
+            releases: before.into_keys().collect(),
         });
     };
     let mut requested = BTreeSet::new();
@@ -360,46 +364,29 @@ pub fn plan(
         }
     }
     let after = held(service);
-    let field_of = |key: &str| -> (&'static str, String) {
-        match key.strip_prefix("/registry/corten/serviceips/") {
-            Some(ip) => ("spec.clusterIP", format!("{ip:?}")),
-            None => {
-                let port = key.rsplit('/').next().unwrap_or_default().to_owned();
-                let is_health = service
-                    .pointer("/spec/healthCheckNodePort")
-                    .and_then(Value::as_u64)
-                    .is_some_and(|p| p.to_string() == port);
-                let field = if is_health {
-                    "spec.healthCheckNodePort"
-                } else {
-                    "spec.ports[].nodePort"
-                };
-                (field, port)
-            }
-        }
-    };
     let claims = after
-        .difference(&before)
-        .map(|key| {
-            let (field, value) = field_of(key);
-            Claim {
-                key: key.clone(),
-                field,
-                value,
-                requested: requested.contains(key),
-            }
+        .iter()
+        .filter(|(key, _)| !before.contains_key(*key))
+        .map(|(key, (field, value))| Claim {
+            key: key.clone(),
+            field: *field,
+            value: value.clone(),
+            requested: requested.contains(key),
         })
         .collect();
     Ok(Plan {
         claims,
-        releases: before.difference(&after).cloned().collect(),
+        releases: before
+            .into_keys()
+            .filter(|key| !after.contains_key(key))
+            .collect(),
     })
 }
 
 /// Deletes of the reservations a stored Service holds.
 pub fn releases(service: &Value) -> Vec<TxnOp> {
     held(service)
-        .into_iter()
+        .into_keys()
         .map(|key| TxnOp::delete(key.into_bytes()))
         .collect()
 }

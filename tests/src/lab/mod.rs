@@ -111,6 +111,14 @@ impl LabSpec {
             extra_agent_args: Vec::new(),
         }
     }
+
+    /// A lab for a test with the control plane: `nodes` nodes, corten-server in node 0.
+    pub fn cluster_for_test(name: &str, nodes: usize) -> Self {
+        Self {
+            control_plane: true,
+            ..Self::for_test(name, nodes)
+        }
+    }
 }
 
 /// The archives `cargo xtask images` builds (`$CORTEN_IMAGES_DIR` or `target/images`).
@@ -181,6 +189,9 @@ impl ControlPlaneBinaries {
     }
 }
 
+/// How long [`Lab::up_ready`] waits for the nodes to be Ready.
+pub const NODES_READY: Duration = Duration::from_secs(90);
+
 /// A running lab. Dropping it tears it down unless [`Lab::keep_running`] was called or it
 /// was [`Lab::attach`]ed.
 #[derive(Debug)]
@@ -192,6 +203,14 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// Builds a lab ([`Lab::up`]) and waits until every node is Ready (at most
+    /// [`NODES_READY`]).
+    pub fn up_ready(spec: LabSpec) -> anyhow::Result<Self> {
+        let lab = Self::up(spec)?;
+        lab.wait_for_nodes_ready(NODES_READY)?;
+        Ok(lab)
+    }
+
     /// Builds a lab. On failure, whatever was created is removed again.
     pub fn up(spec: LabSpec) -> anyhow::Result<Self> {
         validate_name(&spec.name)?;
@@ -361,6 +380,19 @@ impl Lab {
         self.teardown()
     }
 
+    /// The end of a lab test: fails if an agent stopped running (with its log), then tears
+    /// the lab down and fails if anything of it is left behind.
+    pub fn down_checked(self) -> anyhow::Result<()> {
+        self.check_agents()?;
+        let paths = self.paths.clone();
+        self.down()?;
+        let left = teardown::leftovers(&paths);
+        if !left.is_empty() {
+            bail!("left behind: {left:?}");
+        }
+        Ok(())
+    }
+
     fn teardown(&mut self) -> anyhow::Result<()> {
         let result = teardown::teardown(&self.paths);
         for child in &mut self.children {
@@ -517,34 +549,27 @@ impl Lab {
     /// reaps it. Its containers keep running under the node's containerd.
     pub fn kill_agent(&mut self, i: usize) -> anyhow::Result<()> {
         self.check_node(i)?;
-        let pid = process::running(
-            &self.paths.agent_pid_file(i),
-            &self.paths.node_cgroup_path(i),
-        )
-        .with_context(|| format!("node {i}'s agent is not running"))?;
-        host::signal(pid, libc::SIGKILL)
-            .with_context(|| format!("killing node {i}'s agent ({pid})"))?;
-        if let Some(at) = self.children.iter().position(|c| c.id() == pid) {
-            let mut child = self.children.swap_remove(at);
-            child.wait().context("reaping the agent")?;
-        }
-        Ok(())
+        let pid_file = self.paths.agent_pid_file(i);
+        self.kill_and_reap(&pid_file, i, &format!("node {i}'s agent"))
     }
 
     /// Kills corten-server (in node 0) with SIGKILL and reaps it: the API goes away while
     /// the agents and their containers keep running.
     pub fn kill_server(&mut self) -> anyhow::Result<()> {
         self.control_plane()?;
-        let pid = process::running(
-            &self.paths.server_pid_file(),
-            &self.paths.node_cgroup_path(0),
-        )
-        .context("corten-server is not running")?;
-        host::signal(pid, libc::SIGKILL)
-            .with_context(|| format!("killing corten-server ({pid})"))?;
+        let pid_file = self.paths.server_pid_file();
+        self.kill_and_reap(&pid_file, 0, "corten-server")
+    }
+
+    /// SIGKILLs the process `pid_file` names if it runs in node `i`'s cgroup, and reaps it
+    /// when this handle started it.
+    fn kill_and_reap(&mut self, pid_file: &Path, i: usize, what: &str) -> anyhow::Result<()> {
+        let pid = process::running(pid_file, &self.paths.node_cgroup_path(i))
+            .with_context(|| format!("{what} is not running"))?;
+        host::signal(pid, libc::SIGKILL).with_context(|| format!("killing {what} ({pid})"))?;
         if let Some(at) = self.children.iter().position(|c| c.id() == pid) {
             let mut child = self.children.swap_remove(at);
-            child.wait().context("reaping corten-server")?;
+            child.wait().with_context(|| format!("reaping {what}"))?;
         }
         Ok(())
     }
