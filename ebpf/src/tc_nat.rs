@@ -28,12 +28,12 @@
 //! lost silently. Entries are not removed when a flow closes; they age out of the LRU.
 //!
 //! Only IPv4 without options and unfragmented packets are translated; anything else passes
-//! untouched. A service without any endpoint refuses a new TCP connection at once, as
-//! kube-proxy's REJECT does: its SYN is turned into a RST+ACK and sent back out of the
-//! interface it came in on (counted as [`nat_stat::REJECTED`]). Every other packet to a
-//! service without a usable backend for outside clients (UDP, a SYN carrying data, a `Local`
-//! policy without local endpoints, which kube-proxy drops too) is dropped and counts
-//! [`nat_stat::NO_BACKEND`].
+//! untouched. A service without any endpoint refuses at once, as kube-proxy's REJECT
+//! (`icmp-port-unreachable`) does: a TCP SYN is turned into a RST+ACK, a UDP datagram into
+//! an ICMP port unreachable that quotes it, each sent back out of the interface it came in
+//! on (counted as [`nat_stat::REJECTED`]). Every other packet to a service without a usable
+//! backend for outside clients (a SYN carrying data, a `Local` policy without local
+//! endpoints, which kube-proxy drops too) is dropped and counts [`nat_stat::NO_BACKEND`].
 //!
 //! Reads the frontend, service and backend maps that the agent writes; writes only flow state
 //! (the flow map, the affinity map) and the counters. It decides nothing beyond the backend
@@ -94,8 +94,17 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const IP_TOTAL_LENGTH: usize = ETH_HLEN + 2;
 const IP_HEADER_LEN: u16 = 20;
-/// TTL of the resets the programs send.
-const RESET_TTL: u8 = 64;
+/// UDP header length, also what an ICMP error quotes of the datagram beyond its IP header.
+const UDP_HEADER_LEN: u16 = 8;
+/// ICMP header length (type, code, checksum, four unused bytes).
+const ICMP_HEADER_LEN: u16 = 8;
+/// Protocol number of ICMP.
+const IPPROTO_ICMP: u8 = 1;
+/// ICMP destination unreachable, code port unreachable.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+/// TTL of the resets and ICMP errors the programs send.
+const REPLY_TTL: u8 = 64;
 
 /// `bpf_l4_csum_replace` flags: the changed field is part of the pseudo header.
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
@@ -218,8 +227,13 @@ fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
     };
     if service.backend_count == 0 {
         let opening = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        if service.when_empty == when_empty::REJECT && key.protocol == protocol::TCP && opening {
-            return reject(ctx, packet);
+        if service.when_empty == when_empty::REJECT {
+            if key.protocol == protocol::TCP && opening {
+                return reject(ctx, write_reset(ctx, packet));
+            }
+            if key.protocol == protocol::UDP {
+                return reject(ctx, write_port_unreachable(ctx, packet));
+            }
         }
         count(nat_stat::NO_BACKEND);
         return TC_ACT_SHOT;
@@ -264,13 +278,14 @@ fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
     }
 }
 
-/// Refuses a connection: the client's SYN becomes a RST+ACK from the frontend, sent back out
-/// of the interface it came in on, so the client's `connect()` fails at once with
-/// `ECONNREFUSED`. A SYN that carries data, or that cannot be rewritten, is dropped instead
-/// (counted as [`nat_stat::NO_BACKEND`]).
+/// Refuses a connection: the packet, already rewritten into its answer (`written`: a
+/// RST+ACK for a SYN, an ICMP port unreachable for a datagram), goes back out of the
+/// interface it came in on, so the client's `connect()` or next receive fails at once with
+/// `ECONNREFUSED`. A packet that could not be rewritten (a SYN that carries data, a
+/// truncated one) is dropped instead (counted as [`nat_stat::NO_BACKEND`]).
 #[inline(always)]
-fn reject(ctx: &TcContext, packet: &Packet) -> i32 {
-    if write_reset(ctx, packet).is_err() {
+fn reject(ctx: &TcContext, written: Result<(), ()>) -> i32 {
+    if written.is_err() {
         count(nat_stat::NO_BACKEND);
         return TC_ACT_SHOT;
     }
@@ -336,31 +351,97 @@ fn write_reset(ctx: &TcContext, packet: &Packet) -> Result<(), ()> {
     store(
         ctx,
         IP_VERSION_IHL,
-        &reset_ip_header(key.dst_addr, key.src_addr),
+        &reply_ip_header(
+            key.dst_addr,
+            key.src_addr,
+            protocol::TCP,
+            IP_HEADER_LEN + TCP_HEADER_LEN,
+        ),
     )?;
+    swap_macs(ctx)?;
+    set_length(ctx, IP_HEADER_LEN + TCP_HEADER_LEN)
+}
+
+/// Rewrites a UDP datagram (IPv4 without options, see [`parse`]) into the ICMP port
+/// unreachable that answers it, from the frontend's address: a new IPv4 header, the ICMP
+/// header, and the datagram's IPv4 header and first 8 bytes quoted (RFC 792), MAC addresses
+/// swapped, the packet cut or grown to that. The ICMP checksum is complete, so a checksum
+/// still to be filled in for the datagram's UDP header (whose range the ICMP message now
+/// covers exactly) comes out as the zero already in the unused field: the answer stays right
+/// whoever completes it.
+#[inline(always)]
+fn write_port_unreachable(ctx: &TcContext, packet: &Packet) -> Result<(), ()> {
+    let key = &packet.key;
+    let quoted: [u8; (IP_HEADER_LEN + UDP_HEADER_LEN) as usize] =
+        ctx.load(IP_VERSION_IHL).map_err(|_| ())?;
+    let length = IP_HEADER_LEN + ICMP_HEADER_LEN + IP_HEADER_LEN + UDP_HEADER_LEN;
+    set_length(ctx, length)?;
+    let mut icmp = [0u8; (ICMP_HEADER_LEN + IP_HEADER_LEN + UDP_HEADER_LEN) as usize];
+    icmp[0] = ICMP_DEST_UNREACH;
+    icmp[1] = ICMP_PORT_UNREACH;
+    let mut i = 0;
+    while i < quoted.len() {
+        icmp[usize::from(ICMP_HEADER_LEN) + i] = quoted[i];
+        i += 1;
+    }
+    let checksum = internet_checksum(&icmp).to_be_bytes();
+    icmp[2] = checksum[0];
+    icmp[3] = checksum[1];
+    store(
+        ctx,
+        IP_VERSION_IHL,
+        &reply_ip_header(key.dst_addr, key.src_addr, IPPROTO_ICMP, length),
+    )?;
+    store(ctx, L4, &icmp)?;
+    swap_macs(ctx)
+}
+
+/// Swaps the Ethernet destination and source addresses, for a packet sent back.
+#[inline(always)]
+fn swap_macs(ctx: &TcContext) -> Result<(), ()> {
     let destination: [u8; 6] = ctx.load(0).map_err(|_| ())?;
     let source: [u8; 6] = ctx.load(6).map_err(|_| ())?;
     store(ctx, 0, &source)?;
-    store(ctx, 6, &destination)?;
-    let reset_len = (ETH_HLEN as u32) + u32::from(IP_HEADER_LEN + TCP_HEADER_LEN);
+    store(ctx, 6, &destination)
+}
+
+/// Cuts or grows the packet to `ip_length` bytes after the Ethernet header.
+#[inline(always)]
+fn set_length(ctx: &TcContext, ip_length: u16) -> Result<(), ()> {
+    let length = (ETH_HLEN as u32) + u32::from(ip_length);
     // SAFETY: `skb` is the context the kernel passed to this program.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb.cast(), reset_len, 0) } != 0 {
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb.cast(), length, 0) } != 0 {
         return Err(());
     }
     Ok(())
 }
 
-/// The IPv4 header (no options) of a 40-byte TCP reset from `src` to `dst`, with its checksum.
+/// The Internet checksum (RFC 1071) of `bytes` (an even number of them), in host order.
 #[inline(always)]
-fn reset_ip_header(src: u32, dst: u32) -> [u8; 20] {
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The IPv4 header (no options) of a packet the programs send from `src` to `dst`:
+/// `total` bytes of IP `protocol`, with its checksum.
+#[inline(always)]
+fn reply_ip_header(src: u32, dst: u32, protocol: u8, total: u16) -> [u8; 20] {
     let mut header = [0u8; 20];
     header[0] = 0x45;
-    let total = (IP_HEADER_LEN + TCP_HEADER_LEN).to_be_bytes();
+    let total = total.to_be_bytes();
     header[2] = total[0];
     header[3] = total[1];
     header[6] = 0x40; // don't fragment
-    header[8] = RESET_TTL;
-    header[9] = protocol::TCP;
+    header[8] = REPLY_TTL;
+    header[9] = protocol;
     let src = src.to_ne_bytes();
     let dst = dst.to_ne_bytes();
     let mut i = 0;
@@ -369,15 +450,7 @@ fn reset_ip_header(src: u32, dst: u32) -> [u8; 20] {
         header[16 + i] = dst[i];
         i += 1;
     }
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < 20 {
-        sum += u32::from(u16::from_be_bytes([header[i], header[i + 1]]));
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    let checksum = (!(sum as u16)).to_be_bytes();
+    let checksum = internet_checksum(&header).to_be_bytes();
     header[10] = checksum[0];
     header[11] = checksum[1];
     header

@@ -24,8 +24,8 @@
 //!   over all three backends;
 //! - the externalIP routed to node 1 instead (a node that has never seen these flows), each
 //!   port lands on the backend it had through node 0, also after node 1's agent restarted;
-//! - a NodePort without any endpoint refuses a connection at once (a TCP reset), instead of
-//!   letting the client wait.
+//! - a NodePort without any endpoint refuses at once instead of letting the client wait: a
+//!   TCP connection with a reset, a UDP datagram with an ICMP port unreachable.
 //!
 //! With `CORTEN_TEST_WITHOUT_MAGLEV=1` that lab's agents pick at random, and the test must fail.
 //!
@@ -62,18 +62,22 @@ const WEB_COMMAND: &str = r#"mkdir -p /w/cgi-bin && cp /etc/hostname /w/hostname
 const UDP_BACKEND_PORT: u16 = 9999;
 /// Sends `argv[3]` datagrams to `argv[1]:argv[2]`, each from a new connected socket (so only
 /// an answer from that address and port is received), and prints the answers, one a line
-/// (`TIMEOUT` for none within a second).
+/// (`TIMEOUT` for none within a second; `REFUSED` when an ICMP port unreachable came back
+/// within 100 ms, `REFUSED-LATE` when later).
 const UDP_CLIENT: &str = r#"
-import socket, sys
+import socket, sys, time
 for _ in range(int(sys.argv[3])):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(1)
     s.connect((sys.argv[1], int(sys.argv[2])))
+    sent = time.monotonic()
     s.send(b"who")
     try:
         print(s.recv(512).decode(), flush=True)
     except socket.timeout:
         print("TIMEOUT", flush=True)
+    except ConnectionRefusedError:
+        print("REFUSED" if time.monotonic() - sent < 0.1 else "REFUSED-LATE", flush=True)
     s.close()
 "#;
 
@@ -536,12 +540,19 @@ fn maglev_keeps_each_flow_on_one_backend_across_nodes_and_restarts() -> anyhow::
         json!({"app": "web"}),
         json!({"externalIPs": [EXTERNAL_IP]}),
     );
-    let empty = node_port_service("empty", json!({"app": "nothing"}), json!({}));
+    let empty = node_port_service(
+        "empty",
+        json!({"app": "nothing"}),
+        json!({"ports": [
+            {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+            {"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"}]}),
+    );
     for object in [hashed, empty] {
         apply(&lab, &object.to_string())?;
     }
     eventually(&lab, "three ready web pods", || ready_pods(&lab, 3))?;
     let empty_port = node_port(&lab, "empty", "http")?;
+    let empty_udp_port = node_port(&lab, "empty", "dns")?;
     let client = ExternalClient::new(&lab)?;
     let every = names(&["local-a", "local-b", "remote-a"]);
     let external_url = format!("http://{EXTERNAL_IP}:80/hostname");
@@ -625,7 +636,17 @@ fn maglev_keeps_each_flow_on_one_backend_across_nodes_and_restarts() -> anyhow::
             "NodePort {ip}:{empty_port} without endpoints: {lines:?}"
         );
     }
-    println!("a NodePort without endpoints refused the client at once");
+    // Its UDP port answers a datagram with an ICMP port unreachable (kube-proxy's REJECT
+    // with icmp-port-unreachable), so the client's connected socket fails at once.
+    for i in 0..2 {
+        let ip = lab.node_ip(i).to_string();
+        let answers = client.udp(&lab, &ip, empty_udp_port)?;
+        ensure!(
+            answers == names(&["REFUSED"]),
+            "UDP NodePort {ip}:{empty_udp_port} without endpoints: {answers:?}"
+        );
+    }
+    println!("a NodePort without endpoints refused the client at once (TCP and UDP)");
 
     // The counters show no flow that missed its table entry.
     for i in 0..2 {

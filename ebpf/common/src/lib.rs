@@ -93,7 +93,8 @@ pub mod nat_stat {
     /// A service with a Maglev table had no usable entry at the flow's position (a torn or
     /// missing table): the flow got a random backend instead.
     pub const MAGLEV_FALLBACK: u32 = 6;
-    /// A TCP connection to a service without any endpoint was refused with a reset.
+    /// A new flow to a service without any endpoint was refused: a TCP SYN answered with a
+    /// reset, a UDP datagram with an ICMP port unreachable.
     pub const REJECTED: u32 = 7;
     /// Number of counters.
     pub const COUNT: u32 = 8;
