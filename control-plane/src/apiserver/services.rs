@@ -342,10 +342,27 @@ pub fn plan(
     }
     if allocate_ports {
         if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+            // Ports of one number (say 53 over TCP and UDP) share their node port, as
+            // upstream gives them: a requested one, else the first one chosen.
+            let mut by_number: BTreeMap<u64, u64> = BTreeMap::new();
+            for port in ports.iter() {
+                if let (Some(number), Some(node_port)) = (
+                    port.get("port").and_then(Value::as_u64),
+                    port.get("nodePort")
+                        .and_then(Value::as_u64)
+                        .filter(|p| *p != 0),
+                ) {
+                    by_number.entry(number).or_insert(node_port);
+                }
+            }
             for port in ports.iter_mut().filter_map(Value::as_object_mut) {
                 if port.get("nodePort").and_then(Value::as_u64).unwrap_or(0) == 0 {
-                    let chosen = random_node_port(network.node_ports, &used);
-                    used.insert(chosen);
+                    let number = port.get("port").and_then(Value::as_u64).unwrap_or(0);
+                    let chosen = *by_number.entry(number).or_insert_with(|| {
+                        let chosen = random_node_port(network.node_ports, &used);
+                        used.insert(chosen);
+                        chosen
+                    });
                     port.insert("nodePort".into(), json!(chosen));
                 }
             }
@@ -838,6 +855,28 @@ mod tests {
         assert!(super::plan(&net, None, &mut outside).is_err());
         let mut out_of_range = json!({"metadata": {"name": "o"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}});
         assert!(super::plan(&net, None, &mut out_of_range).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn ports_of_one_number_share_their_node_port() -> Result<(), ApiError> {
+        let net = network();
+        let mut svc = json!({"metadata": {"name": "dns"}, "spec": {"type": "NodePort", "ports": [
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            {"name": "dns-udp", "port": 53, "protocol": "UDP"},
+            {"name": "web", "port": 80, "protocol": "TCP"}]}});
+        let made = plan(&net, None, &mut svc)?;
+        let ports = &svc["spec"]["ports"];
+        assert_eq!(ports[0]["nodePort"], ports[1]["nodePort"], "{svc}");
+        assert_ne!(ports[0]["nodePort"], ports[2]["nodePort"], "{svc}");
+        // One reservation per node port number.
+        assert_eq!(made.claims.len(), 3, "{made:?}");
+        // A requested one is shared too, whichever entry asked for it.
+        let mut asked = json!({"metadata": {"name": "dns"}, "spec": {"type": "NodePort", "ports": [
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            {"name": "dns-udp", "port": 53, "protocol": "UDP", "nodePort": 30053}]}});
+        plan(&net, None, &mut asked)?;
+        assert_eq!(asked["spec"]["ports"][0]["nodePort"], 30053, "{asked}");
         Ok(())
     }
 
