@@ -386,7 +386,7 @@ pub fn plan(
         .filter(|(key, _)| !before.contains_key(*key))
         .map(|(key, (field, value))| Claim {
             key: key.clone(),
-            field: *field,
+            field,
             value: value.clone(),
             requested: requested.contains(key),
         })
