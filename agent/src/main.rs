@@ -132,6 +132,17 @@ struct Args {
     /// imagefs.inodesFree); empty for none.
     #[arg(long, default_value = kubelet::eviction::DEFAULT_EVICTION_HARD)]
     eviction_hard: String,
+    /// Soft eviction thresholds, as `--eviction-hard`; each needs a grace period.
+    #[arg(long, default_value = "")]
+    eviction_soft: String,
+    /// How long each soft threshold must be met before pods are evicted,
+    /// `signal=duration` separated by commas (e.g. `memory.available=1m30s`).
+    #[arg(long, default_value = "")]
+    eviction_soft_grace_period: String,
+    /// The longest grace period (seconds) of a pod evicted for a soft threshold; a pod's own
+    /// shorter one is kept.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    eviction_max_pod_grace_period: i64,
     /// How much more than its threshold a met threshold must free, `signal=quantity`
     /// separated by commas.
     #[arg(long, default_value = "")]
@@ -249,13 +260,17 @@ async fn run() -> anyhow::Result<()> {
         );
     }
     let (selection, maglev_capacity) = args.backend_selection()?;
-    let eviction = kubelet::eviction::EvictionPolicy::from_flags(
-        &args.eviction_hard,
-        &args.eviction_minimum_reclaim,
-        &args.eviction_pressure_transition_period,
-        &args.eviction_monitoring_interval,
-    )
-    .context("the eviction flags")?;
+    let eviction =
+        kubelet::eviction::EvictionPolicy::from_flags(&kubelet::eviction::EvictionFlags {
+            hard: &args.eviction_hard,
+            soft: &args.eviction_soft,
+            soft_grace_period: &args.eviction_soft_grace_period,
+            max_pod_grace_period: args.eviction_max_pod_grace_period,
+            minimum_reclaim: &args.eviction_minimum_reclaim,
+            transition: &args.eviction_pressure_transition_period,
+            interval: &args.eviction_monitoring_interval,
+        })
+        .context("the eviction flags")?;
     let image_gc = kubelet::image_gc::ImageGcPolicy {
         high_percent: args.image_gc_high_threshold,
         low_percent: args.image_gc_low_threshold,

@@ -8,13 +8,25 @@
 //! requests, keeps running; with the memory back the condition returns to False
 //! (KubeletHasSufficientMemory), not before the pressure transition period.
 //!
+//! Disk pressure in another one-node lab whose agent data directory (its node filesystem:
+//! emptyDirs, pod logs) is a 256 MiB tmpfs of the lab's own, so `nodefs.available` depends
+//! on nothing else that writes to the machine's disks; the hard threshold is
+//! `nodefs.available<50%`. A BestEffort pod that writes 192 MiB into its emptyDir brings the
+//! pressure on: the Node gets DiskPressure=True (KubeletHasDiskPressure); the writer is
+//! evicted with upstream's ephemeral-storage message, its emptyDir is removed and the space
+//! comes back; a pod that writes nothing keeps running; the condition returns to False
+//! (KubeletHasNoDiskPressure), not before the transition period. Then the soft threshold
+//! `nodefs.available<75%` (grace period 6 s): a second writer's smaller write sets
+//! DiskPressure at once, and it is evicted only when the grace period is over.
 //!
 //! Image garbage collection in another one-node lab, whose agent collects at any usage
 //! (high and low thresholds 0, no minimum age): the unused busybox image is removed through
 //! CRI, the runtime's sandbox image stays.
 //!
-//! Safety: everything runs inside the lab's namespaces and cgroup; the pod's allocation is
-//! bounded (300 MiB); every wait is bounded; the two labs run one after the other.
+//! Safety: everything runs inside the lab's namespaces and cgroup; the pods' allocation and
+//! writes are bounded (300 MiB, 192 MiB into a 256 MiB tmpfs); every wait is bounded; the
+//! labs run one after the other, and each lab's teardown (also on failure) unmounts its
+//! tmpfs.
 use std::{sync::Mutex, time::Duration};
 
 use anyhow::{ensure, Context};
@@ -68,8 +80,7 @@ fn memory_pressure_evicts_the_best_effort_pod_and_clears() -> anyhow::Result<()>
     let _one_lab = LABS.lock().unwrap_or_else(|e| e.into_inner());
     corten_tests::lab::build_project_binaries()?;
     let threshold = mem_total()? - HEADROOM_MIB * 1024 * 1024;
-    let mut spec = LabSpec::for_test(&format!("kevict-{}", std::process::id()), 1);
-    spec.control_plane = true;
+    let mut spec = LabSpec::cluster_for_test(&format!("kevict-{}", std::process::id()), 1);
     spec.extra_agent_args = vec![
         "--eviction-hard".to_owned(),
         format!("memory.available<{threshold}"),
@@ -151,7 +162,9 @@ fn memory_pressure_evicts_the_best_effort_pod_and_clears() -> anyhow::Result<()>
     let message = evicted["status"]["message"].as_str().unwrap_or_default();
     ensure!(
         message.starts_with("The node was low on resource: memory. Threshold quantity: ")
-            && message.contains(", available: "),
+            && message.contains(", available: ")
+            && message.contains(". Container main was using ")
+            && message.ends_with(", request is 0, has larger consumption of memory. "),
         "eviction message {message:?}"
     );
     let target = condition(&evicted, "DisruptionTarget").context("no DisruptionTarget")?;
@@ -217,6 +230,307 @@ fn memory_pressure_evicts_the_best_effort_pod_and_clears() -> anyhow::Result<()>
     lab.down()
 }
 
+/// The size of the disk-pressure lab's node filesystem (its agent data directory).
+const NODEFS_MIB: u64 = 256;
+/// What the writer pod puts into its emptyDir: enough to leave less than half free.
+const WRITE_MIB: u64 = 192;
+/// What the second writer puts into its emptyDir: enough to leave less than three quarters
+/// free (the soft threshold), not less than half (the hard one).
+const SOFT_WRITE_MIB: u64 = 96;
+/// The soft threshold's grace period.
+const SOFT_GRACE: Duration = Duration::from_secs(6);
+
+/// Bytes available and in total on the filesystem holding `path` (`stat -f`).
+fn fs_space(path: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    let out = std::process::Command::new("stat")
+        .args(["-f", "-c", "%a %b %S"])
+        .arg(path)
+        .output()?;
+    ensure!(out.status.success(), "stat -f {}: {out:?}", path.display());
+    let text = String::from_utf8(out.stdout)?;
+    let numbers: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [available, blocks, size] = numbers[..] else {
+        anyhow::bail!("stat -f printed {text:?}");
+    };
+    Ok((available * size, blocks * size))
+}
+
+/// The filesystem type mounted exactly at `path`, if anything is.
+fn mounted_type(path: &std::path::Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let path = path.to_string_lossy();
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (left.split(' ').nth(4)? == path).then(|| right.split(' ').next().map(str::to_owned))?
+    })
+}
+
+#[test]
+fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::Result<()> {
+    let _one_lab = LABS.lock().unwrap_or_else(|e| e.into_inner());
+    corten_tests::lab::build_project_binaries()?;
+    let mut spec = LabSpec::cluster_for_test(&format!("kdisk-{}", std::process::id()), 1);
+    spec.agent_data_dir_mib = Some(NODEFS_MIB);
+    spec.extra_agent_args = vec![
+        "--eviction-hard".to_owned(),
+        "nodefs.available<50%".to_owned(),
+        "--eviction-soft".to_owned(),
+        "nodefs.available<75%".to_owned(),
+        "--eviction-soft-grace-period".to_owned(),
+        format!("nodefs.available={}s", SOFT_GRACE.as_secs()),
+        "--eviction-max-pod-grace-period".to_owned(),
+        "5".to_owned(),
+        "--eviction-pressure-transition-period".to_owned(),
+        format!("{}s", TRANSITION.as_secs()),
+        "--eviction-monitoring-interval".to_owned(),
+        "1s".to_owned(),
+    ];
+    let lab = Lab::up(spec)?;
+    let data_dir = lab.paths().agent_data_dir(0);
+    ensure!(
+        mounted_type(&data_dir).as_deref() == Some("tmpfs"),
+        "the agent's data dir {} is not the lab's tmpfs",
+        data_dir.display()
+    );
+    let (_, capacity) = fs_space(&data_dir)?;
+    ensure!(
+        capacity == NODEFS_MIB << 20,
+        "node filesystem of {capacity} bytes"
+    );
+    lab.wait_for_nodes_ready(Duration::from_secs(90))?;
+    let node = lab.node_name(0);
+
+    // No pressure while nothing is written.
+    let before = json(&lab, &["get", "node", &node])?;
+    let disk = condition(&before, "DiskPressure").context("no DiskPressure")?;
+    ensure!(
+        disk["status"] == "False"
+            && disk["reason"] == "KubeletHasNoDiskPressure"
+            && disk["message"] == "kubelet has no disk pressure",
+        "DiskPressure before: {disk}"
+    );
+    let quiet = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "quiet"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "main",
+            "image": BUSYBOX_IMAGE, "command": ["sleep", "100000"]}]}});
+    apply(&lab, &quiet.to_string())?;
+    eventually_within(&lab, Duration::from_secs(60), "quiet Running", || {
+        let pod = json(&lab, &["get", "pod", "quiet"])?;
+        Ok((phase(&pod) == "Running").then_some(()))
+    })?;
+    // A bounded write into the emptyDir, then the pod stays.
+    let script = format!(
+        "echo filling; dd if=/dev/zero of=/scratch/fill bs=1048576 count={WRITE_MIB} && sync; \
+         sleep 100000"
+    );
+    let writer = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "writer"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "main", "image": BUSYBOX_IMAGE,
+                "command": ["sh", "-c", script],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]}});
+    apply(&lab, &writer.to_string())?;
+    let writer_uid = eventually_within(&lab, Duration::from_secs(30), "writer's uid", || {
+        let pod = json(&lab, &["get", "pod", "writer"])?;
+        Ok(pod["metadata"]["uid"].as_str().map(str::to_owned))
+    })?;
+    // Its emptyDir lives on the node filesystem.
+    let writer_dir = data_dir.join("pods").join(&writer_uid);
+    let empty_dir = writer_dir.join("volumes/kubernetes.io~empty-dir/scratch");
+
+    // The node comes under disk pressure.
+    let pressured = eventually_within(&lab, Duration::from_secs(60), "DiskPressure=True", || {
+        let node = json(&lab, &["get", "node", &node])?;
+        let disk = condition(&node, "DiskPressure").cloned();
+        Ok(disk.filter(|c| c["status"] == "True"))
+    })?;
+    ensure!(
+        pressured["reason"] == "KubeletHasDiskPressure"
+            && pressured["message"] == "kubelet has disk pressure",
+        "DiskPressure: {pressured}"
+    );
+    let pressure_began = rfc3339_seconds(&pressured["lastTransitionTime"])?;
+
+    // The writer is evicted, and the quiet pod is still running then (one listing shows
+    // both).
+    let (evicted, quiet) =
+        eventually_within(&lab, Duration::from_secs(60), "writer evicted", || {
+            let pods = json(&lab, &["get", "pods"])?;
+            let items = pods["items"].as_array().cloned().unwrap_or_default();
+            let by_name = |name: &str| {
+                items
+                    .iter()
+                    .find(|p| p["metadata"]["name"] == name)
+                    .cloned()
+            };
+            let (writer, quiet) = (by_name("writer"), by_name("quiet"));
+            Ok(writer.filter(|w| phase(w) == "Failed").map(|w| (w, quiet)))
+        })?;
+    let quiet = quiet.context("the quiet pod is gone")?;
+    ensure!(
+        phase(&quiet) == "Running",
+        "the quiet pod was evicted too: {}",
+        quiet["status"]
+    );
+    ensure!(
+        evicted["status"]["reason"] == "Evicted",
+        "writer status: {}",
+        evicted["status"]
+    );
+    // Upstream names the resource and the threshold as a quantity (50% of 256 MiB).
+    let message = evicted["status"]["message"].as_str().unwrap_or_default();
+    eprintln!("hard eviction: {message}");
+    let expected = format!(
+        "The node was low on resource: ephemeral-storage. Threshold quantity: {}Mi, available: ",
+        NODEFS_MIB / 2
+    );
+    ensure!(
+        message.starts_with(&expected),
+        "eviction message {message:?}, expected it to start with {expected:?}"
+    );
+    // ... and the container over its request (none): its writable layer and logs.
+    let container = message
+        .split_once(". Container main was using ")
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("the message names no container: {message:?}"))?;
+    ensure!(
+        container.ends_with(", request is 0, has larger consumption of ephemeral-storage. "),
+        "eviction message {message:?}"
+    );
+    let target = condition(&evicted, "DisruptionTarget").context("no DisruptionTarget")?;
+    ensure!(
+        target["status"] == "True"
+            && target["reason"] == "TerminationByKubelet"
+            && target["message"] == message,
+        "DisruptionTarget: {target}"
+    );
+    let terminated = &evicted["status"]["containerStatuses"][0]["state"]["terminated"];
+    ensure!(
+        terminated.is_object(),
+        "writer container: {}",
+        evicted["status"]["containerStatuses"]
+    );
+    let events = json(
+        &lab,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=writer,reason=Evicted",
+        ],
+    )?;
+    let event = events["items"]
+        .as_array()
+        .and_then(|e| e.first())
+        .with_context(|| format!("no Evicted event: {events}"))?;
+    ensure!(
+        event["type"] == "Warning" && event["message"] == message,
+        "Evicted event: {event}"
+    );
+    let annotations = &event["metadata"]["annotations"];
+    ensure!(
+        annotations["starved_resource"] == "ephemeral-storage"
+            && annotations["offending_containers"] == "main",
+        "Evicted event's annotations: {annotations}"
+    );
+
+    // Its emptyDir is removed and the space comes back, while the pod object stays Failed.
+    eventually_within(
+        &lab,
+        Duration::from_secs(30),
+        "the writer's emptyDir removed",
+        || {
+            let (available, _) = fs_space(&data_dir)?;
+            Ok(
+                (!empty_dir.exists() && !writer_dir.exists() && available > (NODEFS_MIB << 20) / 2)
+                    .then_some(()),
+            )
+        },
+    )?;
+
+    // The condition clears, after the transition period.
+    let cleared = eventually_within(&lab, Duration::from_secs(60), "DiskPressure=False", || {
+        let node = json(&lab, &["get", "node", &node])?;
+        let disk = condition(&node, "DiskPressure").cloned();
+        Ok(disk.filter(|c| c["status"] == "False"))
+    })?;
+    ensure!(
+        cleared["reason"] == "KubeletHasNoDiskPressure"
+            && cleared["message"] == "kubelet has no disk pressure",
+        "DiskPressure after: {cleared}"
+    );
+    let pressure_ended = rfc3339_seconds(&cleared["lastTransitionTime"])?;
+    ensure!(
+        pressure_ended - pressure_began >= TRANSITION.as_secs() as i64,
+        "DiskPressure lasted {}s, less than the transition period",
+        pressure_ended - pressure_began
+    );
+    let writer = json(&lab, &["get", "pod", "writer"])?;
+    ensure!(
+        phase(&writer) == "Failed" && writer["status"]["containerStatuses"][0]["restartCount"] == 0,
+        "the evicted pod changed: {}",
+        writer["status"]
+    );
+
+    // The soft threshold: a smaller write sets DiskPressure at once, but the writer is
+    // evicted only once the threshold has been met for its grace period.
+    let script = format!(
+        "echo filling; dd if=/dev/zero of=/scratch/fill bs=1048576 count={SOFT_WRITE_MIB} \
+         && sync; sleep 100000"
+    );
+    let soft_writer = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "soft-writer"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "main", "image": BUSYBOX_IMAGE,
+                "command": ["sh", "-c", script],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]}});
+    apply(&lab, &soft_writer.to_string())?;
+    let pressured = eventually_within(&lab, Duration::from_secs(60), "soft DiskPressure", || {
+        let node = json(&lab, &["get", "node", &node])?;
+        let disk = condition(&node, "DiskPressure").cloned();
+        Ok(disk.filter(|c| c["status"] == "True"))
+    })?;
+    let soft_began = rfc3339_seconds(&pressured["lastTransitionTime"])?;
+    let evicted = eventually_within(&lab, Duration::from_secs(60), "soft-writer evicted", || {
+        let pod = json(&lab, &["get", "pod", "soft-writer"])?;
+        Ok((phase(&pod) == "Failed").then_some(pod))
+    })?;
+    let message = evicted["status"]["message"].as_str().unwrap_or_default();
+    let expected = format!(
+        "The node was low on resource: ephemeral-storage. Threshold quantity: {}Mi, available: ",
+        NODEFS_MIB * 3 / 4
+    );
+    ensure!(
+        evicted["status"]["reason"] == "Evicted" && message.starts_with(&expected),
+        "soft eviction: {}",
+        evicted["status"]
+    );
+    let target = condition(&evicted, "DisruptionTarget").context("no DisruptionTarget")?;
+    let evicted_at = rfc3339_seconds(&target["lastTransitionTime"])?;
+    // Timestamps have whole seconds: allow one for rounding.
+    ensure!(
+        evicted_at - soft_began >= SOFT_GRACE.as_secs() as i64 - 1,
+        "evicted {}s after the soft threshold was met, before its grace period",
+        evicted_at - soft_began
+    );
+    eprintln!(
+        "soft eviction {}s after the threshold was met: {message}",
+        evicted_at - soft_began
+    );
+
+    let quiet = json(&lab, &["get", "pod", "quiet"])?;
+    ensure!(
+        phase(&quiet) == "Running" && quiet["status"]["containerStatuses"][0]["restartCount"] == 0,
+        "quiet: {}",
+        quiet["status"]
+    );
+    lab.check_agents()?;
+    lab.down()
+}
+
 /// The tags of the images node 0's runtime holds.
 fn image_tags(lab: &Lab) -> anyhow::Result<Vec<String>> {
     let runtime = tokio::runtime::Runtime::new()?;
@@ -236,8 +550,7 @@ fn image_tags(lab: &Lab) -> anyhow::Result<Vec<String>> {
 fn image_gc_removes_unused_images_but_not_the_sandbox_image() -> anyhow::Result<()> {
     let _one_lab = LABS.lock().unwrap_or_else(|e| e.into_inner());
     corten_tests::lab::build_project_binaries()?;
-    let mut spec = LabSpec::for_test(&format!("kimggc-{}", std::process::id()), 1);
-    spec.control_plane = true;
+    let mut spec = LabSpec::cluster_for_test(&format!("kimggc-{}", std::process::id()), 1);
     spec.extra_agent_args = [
         "--image-gc-high-threshold",
         "0",

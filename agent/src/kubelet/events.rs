@@ -4,6 +4,8 @@
 //!
 //! Owns writing one event; it never blocks the caller (each write is its own task) and never
 //! fails it (a lost event is logged, not retried).
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::{api::PostParams, Api, Client};
 use serde_json::json;
@@ -49,6 +51,20 @@ impl EventRecorder {
         reason: &str,
         message: &str,
     ) {
+        self.record_annotated(pod, container, kind, reason, message, &BTreeMap::new());
+    }
+
+    /// [`EventRecorder::record`] with annotations on the Event (upstream's
+    /// `AnnotatedEventf`, e.g. the eviction manager's).
+    pub fn record_annotated(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+        annotations: &BTreeMap<String, String>,
+    ) {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let now = std::time::SystemTime::now()
@@ -60,7 +76,8 @@ impl EventRecorder {
         let event = json!({
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": format!("{pod_name}.{:x}", now.as_nanos()), "namespace": namespace},
+            "metadata": {"name": format!("{pod_name}.{:x}", now.as_nanos()), "namespace": namespace,
+                "annotations": (!annotations.is_empty()).then_some(annotations)},
             "involvedObject": {
                 "apiVersion": "v1",
                 "kind": "Pod",

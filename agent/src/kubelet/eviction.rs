@@ -5,33 +5,45 @@
 //! [`resource_usage`](crate::kubelet_api::resource_usage)), `nodefs.available` /
 //! `nodefs.inodesFree` (the filesystem of the agent's data directory) and
 //! `imagefs.available` / `imagefs.inodesFree` (the runtime's image filesystem, from CRI
-//! `ImageFsInfo`) — and compared with the hard thresholds (`--eviction-hard`, upstream
-//! syntax and defaults; `--eviction-minimum-reclaim` keeps a met threshold met until that
-//! much more is free). A met threshold sets the node condition MemoryPressure or
-//! DiskPressure, which stays True until no threshold of its kind has been met for the
-//! pressure transition period (upstream 5 min). Under disk pressure node-level resources
-//! are reclaimed first (unused images through [`image_gc`](super::image_gc), then dead
-//! containers); if the threshold is still met, one pod per interval is evicted: the active
+//! `ImageFsInfo`) — and compared with the thresholds: hard ones (`--eviction-hard`,
+//! upstream syntax and defaults) and soft ones (`--eviction-soft`, which call for eviction
+//! only once met for their `--eviction-soft-grace-period`, and give the evicted pod at
+//! most `--eviction-max-pod-grace-period`); `--eviction-minimum-reclaim` keeps a met
+//! threshold met until that much more is free. A met threshold (soft ones at once) sets
+//! the node condition MemoryPressure or DiskPressure, which stays True until no threshold
+//! of its kind has been met for the pressure transition period (upstream 5 min). Under
+//! disk pressure node-level resources are reclaimed first where the images are (unused
+//! images through [`image_gc`](super::image_gc), then dead containers): for the image
+//! filesystem's signals, and for the node filesystem's only when the images are on it
+//! ([`reclaims_images`]); if the threshold is still met, one pod is evicted: the active
 //! pods that are not critical (static, mirror, priority ≥ 2000000000) ranked as upstream —
-//! usage above requests first, then lower priority, then the larger usage over requests.
-//! The pod worker carries the eviction out ([`Evictions`]): it kills the containers (grace
-//! 0 for a hard threshold), stops the sandbox, and reports phase Failed, reason `Evicted`,
-//! upstream's message and a DisruptionTarget condition ([`evicted_status`]); an `Evicted`
-//! event is recorded.
+//! usage above requests first, then lower priority, then the larger usage over requests
+//! (memory: the pod cgroup's working set; disk: its volumes and logs on the node
+//! filesystem, in bytes or inodes). The pod worker carries the eviction out
+//! ([`Evictions`]): it kills the containers (grace 0 for a hard threshold), reports phase
+//! Failed, reason `Evicted`, upstream's message (the threshold as a quantity, then each
+//! container using more than it requests, [`offending_containers`]) and a DisruptionTarget
+//! condition ([`evicted_status`]), stops the sandbox and removes the volumes; an `Evicted`
+//! event with upstream's annotations is recorded. As upstream, the manager then waits (at
+//! most 30 s) for that clean-up before it observes again, so the freed space is seen before
+//! anything else is evicted.
 //!
 //! Owns the signals, thresholds, ranking and the node pressure state. The decisions are
 //! plain functions; the I/O (stats, CRI, the pod list) is the thin [`run`] loop. It never
 //! kills a container itself (the pod worker does) and never writes the Node (the node
 //! status reporter publishes what [`NodePressure`] says).
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use corten_cri::runtime::CriClient;
-use k8s_cri::v1::{ContainerState, ListContainersRequest, RemoveContainerRequest};
+use k8s_cri::v1::{
+    ContainerFilter, ContainerState, ContainerStatsRequest, ListContainersRequest,
+    RemoveContainerRequest,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{api::ListParams, Api, Client};
 use serde_json::{json, Value};
@@ -74,12 +86,19 @@ pub enum ThresholdError {
     /// The same signal is given twice.
     #[error("eviction signal {0} given twice")]
     Duplicate(&'static str),
-    /// A minimum reclaim names a signal without a threshold.
-    #[error("minimum reclaim for {0}, which has no threshold")]
-    NoThreshold(&'static str),
+    /// A soft threshold has no grace period.
+    #[error(
+        "grace period must be specified for the soft eviction threshold {0} \
+         (--eviction-soft-grace-period)"
+    )]
+    NoGracePeriod(&'static str),
     /// A duration does not parse.
     #[error("invalid duration {0:?} (use e.g. 10s, 5m, 1m30s)")]
     BadDuration(String),
+    /// A threshold's quantity is zero, or a minimum reclaim's percentage is (upstream
+    /// refuses both).
+    #[error("eviction quantity in {0:?} must be positive")]
+    NotPositive(String),
 }
 
 /// An eviction signal.
@@ -170,30 +189,27 @@ impl Amount {
         let bad = || ThresholdError::BadQuantity(text.to_owned());
         let text = text.trim();
         if let Some(percent) = text.strip_suffix('%') {
-            let value: f64 = percent.trim().parse().map_err(|_| bad())?;
+            // Upstream parses the percentage as a float32.
+            let value: f32 = percent.trim().parse().map_err(|_| bad())?;
             if !(0.0..=100.0).contains(&value) {
                 return Err(bad());
             }
-            return Ok(Amount::Percent(value));
+            return Ok(Amount::Percent(f64::from(value)));
         }
         let milli = runtime_config::parse_milli(text).ok_or_else(bad)?;
         let units = u64::try_from(milli).map_err(|_| bad())? / 1000;
         Ok(Amount::Quantity(units))
     }
 
-    /// The amount in units, given the capacity.
+    /// The amount in units, given the capacity. A percentage is taken as upstream takes it:
+    /// a float32 fraction (percent / 100) of the capacity, truncated.
     pub fn of(self, capacity: u64) -> u64 {
         match self {
             Amount::Quantity(q) => q,
-            Amount::Percent(p) => (capacity as f64 * p / 100.0) as u64,
-        }
-    }
-
-    fn display(self, signal: Signal) -> String {
-        match self {
-            Amount::Percent(p) => format!("{p}%"),
-            Amount::Quantity(q) if signal.counts_inodes() => q.to_string(),
-            Amount::Quantity(q) => format_bytes(q),
+            Amount::Percent(p) => {
+                let fraction = p as f32 / 100.0;
+                (capacity as f64 * f64::from(fraction)) as u64
+            }
         }
     }
 }
@@ -213,7 +229,26 @@ pub fn format_bytes(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// One hard threshold: evict when the signal's value is below `amount`.
+/// A count as a Kubernetes decimal quantity: the largest of k, M, G, T, P, E that divides it
+/// exactly (how upstream prints inodes).
+pub fn format_decimal(count: u64) -> String {
+    for (suffix, unit) in [
+        ("E", 1_000_000_000_000_000_000u64),
+        ("P", 1_000_000_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("G", 1_000_000_000),
+        ("M", 1_000_000),
+        ("k", 1_000),
+    ] {
+        if count >= unit && count.is_multiple_of(unit) {
+            return format!("{}{suffix}", count / unit);
+        }
+    }
+    count.to_string()
+}
+
+/// One threshold: evict when the signal's value is below `amount` (for a soft threshold,
+/// once it has been so for its grace period).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Threshold {
     /// What is measured.
@@ -222,29 +257,80 @@ pub struct Threshold {
     pub amount: Amount,
     /// How much more must be free before a met threshold stops being met.
     pub min_reclaim: Option<Amount>,
+    /// How long it must be met before pods are evicted: zero for a hard threshold
+    /// (`--eviction-hard`), its `--eviction-soft-grace-period` for a soft one.
+    pub grace_period: Duration,
 }
 
-/// Parses `--eviction-hard` (`signal<quantity` entries, comma separated; empty: none).
+impl Threshold {
+    /// Whether it is a hard threshold (no grace period), as upstream tells them apart.
+    pub fn is_hard(&self) -> bool {
+        self.grace_period.is_zero()
+    }
+}
+
+/// Parses `--eviction-hard` or `--eviction-soft` (`signal<quantity` entries, comma
+/// separated; empty: none), without grace periods. As upstream, `0%` and `100%` set no
+/// threshold and a quantity must be positive.
 pub fn parse_thresholds(text: &str) -> Result<Vec<Threshold>, ThresholdError> {
     let mut out: Vec<Threshold> = Vec::new();
+    let mut seen: HashSet<Signal> = HashSet::new();
     for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (name, quantity) = entry
             .split_once('<')
             .ok_or_else(|| ThresholdError::NoOperator(entry.to_owned(), '<'))?;
         let signal = Signal::parse(name.trim())?;
-        if out.iter().any(|t| t.signal == signal) {
+        if !seen.insert(signal) {
             return Err(ThresholdError::Duplicate(signal.name()));
+        }
+        let quantity = quantity.trim();
+        if quantity == "0%" || quantity == "100%" {
+            continue;
+        }
+        let amount = Amount::parse(quantity)?;
+        if amount == Amount::Quantity(0) {
+            return Err(ThresholdError::NotPositive(entry.to_owned()));
         }
         out.push(Threshold {
             signal,
-            amount: Amount::parse(quantity)?,
+            amount,
             min_reclaim: None,
+            grace_period: Duration::ZERO,
         });
     }
     Ok(out)
 }
 
-/// Applies `--eviction-minimum-reclaim` (`signal=quantity` entries) to `thresholds`.
+/// Parses `--eviction-soft` with `--eviction-soft-grace-period` (`signal=duration` entries):
+/// every soft threshold needs a grace period; grace periods of signals without a soft
+/// threshold are ignored, as upstream ignores them.
+pub fn parse_soft_thresholds(
+    soft: &str,
+    grace_periods: &str,
+) -> Result<Vec<Threshold>, ThresholdError> {
+    let mut periods: HashMap<Signal, Duration> = HashMap::new();
+    for entry in grace_periods
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let (name, duration) = entry
+            .split_once('=')
+            .ok_or_else(|| ThresholdError::NoOperator(entry.to_owned(), '='))?;
+        periods.insert(Signal::parse(name.trim())?, parse_duration(duration)?);
+    }
+    let mut thresholds = parse_thresholds(soft)?;
+    for threshold in &mut thresholds {
+        threshold.grace_period = *periods
+            .get(&threshold.signal)
+            .ok_or(ThresholdError::NoGracePeriod(threshold.signal.name()))?;
+    }
+    Ok(thresholds)
+}
+
+/// Applies `--eviction-minimum-reclaim` (`signal=quantity` entries) to `thresholds` (hard
+/// and soft ones of the signal; as upstream, one for a signal without a threshold does
+/// nothing).
 pub fn apply_minimum_reclaim(
     thresholds: &mut [Threshold],
     text: &str,
@@ -255,11 +341,12 @@ pub fn apply_minimum_reclaim(
             .ok_or_else(|| ThresholdError::NoOperator(entry.to_owned(), '='))?;
         let signal = Signal::parse(name.trim())?;
         let amount = Amount::parse(quantity)?;
-        let threshold = thresholds
-            .iter_mut()
-            .find(|t| t.signal == signal)
-            .ok_or(ThresholdError::NoThreshold(signal.name()))?;
-        threshold.min_reclaim = Some(amount);
+        if amount == Amount::Percent(0.0) {
+            return Err(ThresholdError::NotPositive(entry.to_owned()));
+        }
+        for threshold in thresholds.iter_mut().filter(|t| t.signal == signal) {
+            threshold.min_reclaim = Some(amount);
+        }
     }
     Ok(())
 }
@@ -368,13 +455,16 @@ impl NodePressure {
     }
 }
 
-/// The thresholds' state between passes: which were met last time (their minimum reclaim
-/// applies) and when each kind of pressure was last seen (for the transition period).
+/// The thresholds' state between passes, as upstream keeps it: which drove eviction last
+/// time (their minimum reclaim applies), since when each met threshold has been met (for
+/// soft thresholds' grace periods) and when each kind of pressure was last seen (for the
+/// transition period). Thresholds are known by their place in the list.
 #[derive(Debug)]
 pub struct PressureTracker {
     thresholds: Vec<Threshold>,
     transition: Duration,
-    met_last: HashSet<Signal>,
+    met_last: HashSet<usize>,
+    first_met: HashMap<usize, Instant>,
     last_seen: HashMap<PressureKind, Instant>,
 }
 
@@ -386,6 +476,7 @@ impl PressureTracker {
             thresholds,
             transition,
             met_last: HashSet::new(),
+            first_met: HashMap::new(),
             last_seen: HashMap::new(),
         }
     }
@@ -395,36 +486,51 @@ impl PressureTracker {
         &self.thresholds
     }
 
-    /// Takes this pass's observations at `now`: returns the thresholds met now (memory
-    /// first, then in flag order) and whether the node is under memory and disk pressure.
-    /// A signal without an observation meets nothing.
+    /// Takes this pass's observations at `now`: returns the thresholds that call for
+    /// eviction now — met, and for a soft one met for its whole grace period (memory first,
+    /// then hard before soft, in flag order) — and whether the node is under memory and
+    /// disk pressure, which a met threshold sets at once, grace period or not. A signal
+    /// without an observation meets nothing.
     pub fn observe(
         &mut self,
         observations: &HashMap<Signal, Observation>,
         now: Instant,
     ) -> (Vec<Threshold>, bool, bool) {
-        let mut met: Vec<Threshold> = self
-            .thresholds
-            .iter()
-            .filter(|t| {
+        let met: Vec<usize> = (0..self.thresholds.len())
+            .filter(|i| {
+                let t = &self.thresholds[*i];
                 observations
                     .get(&t.signal)
-                    .is_some_and(|o| threshold_met(t, *o, self.met_last.contains(&t.signal)))
+                    .is_some_and(|o| threshold_met(t, *o, self.met_last.contains(i)))
             })
-            .cloned()
             .collect();
-        met.sort_by_key(|t| t.signal.pressure() != PressureKind::Memory);
-        self.met_last = met.iter().map(|t| t.signal).collect();
-        for threshold in &met {
-            self.last_seen.insert(threshold.signal.pressure(), now);
+        self.first_met.retain(|i, _| met.contains(i));
+        for &i in &met {
+            self.first_met.entry(i).or_insert(now);
+            self.last_seen
+                .insert(self.thresholds[i].signal.pressure(), now);
         }
+        let ready: Vec<usize> = met
+            .into_iter()
+            .filter(|i| {
+                self.first_met.get(i).is_some_and(|&since| {
+                    now.saturating_duration_since(since) >= self.thresholds[*i].grace_period
+                })
+            })
+            .collect();
+        self.met_last = ready.iter().copied().collect();
+        let mut ready: Vec<Threshold> = ready
+            .into_iter()
+            .map(|i| self.thresholds[i].clone())
+            .collect();
+        ready.sort_by_key(|t| t.signal.pressure() != PressureKind::Memory);
         let under = |kind| {
             self.last_seen
                 .get(&kind)
                 .is_some_and(|&at| now.saturating_duration_since(at) < self.transition || at == now)
         };
         let (memory, disk) = (under(PressureKind::Memory), under(PressureKind::Disk));
-        (met, memory, disk)
+        (ready, memory, disk)
     }
 }
 
@@ -504,18 +610,68 @@ pub fn pod_request(pod: &Pod, resource: &str) -> u64 {
     apps.max(init)
 }
 
-/// Upstream's eviction message for `threshold` met with `available` left.
+/// Upstream's eviction message for `threshold` met with `available` left. The threshold is
+/// shown as a quantity (a percentage as that share of the capacity, in bytes as upstream
+/// prints it); inodes are counts.
 pub fn eviction_message(threshold: &Threshold, observation: Observation) -> String {
     let resource = threshold.signal.resource();
-    let available = if threshold.signal.counts_inodes() {
-        observation.available.to_string()
+    let inodes = threshold.signal.counts_inodes();
+    let quantity = match threshold.amount {
+        Amount::Percent(_) => format_bytes(threshold.amount.of(observation.capacity)),
+        Amount::Quantity(q) if inodes => format_decimal(q),
+        Amount::Quantity(q) => format_bytes(q),
+    };
+    let available = if inodes {
+        format_decimal(observation.available)
     } else {
         format_bytes(observation.available)
     };
     format!(
-        "The node was low on resource: {resource}. Threshold quantity: {}, available: {available}. ",
-        threshold.amount.display(threshold.signal)
+        "The node was low on resource: {resource}. Threshold quantity: {quantity}, available: {available}. "
     )
+}
+
+/// A running container of the pod to evict and its use of the starved resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUsage {
+    /// Its name in the pod spec.
+    pub name: String,
+    /// What it uses, when measured: memory, its working set; ephemeral-storage, its writable
+    /// layer and its logs (upstream measures no container's inodes).
+    pub usage: Option<u64>,
+    /// What it requests, in bytes.
+    pub request: u64,
+    /// That request as the spec writes it (`0` when it requests none).
+    pub request_text: String,
+}
+
+/// What upstream appends to the eviction message for the containers that use more of
+/// `resource` than they request, and the annotations of the Evicted event
+/// (`offending_containers`, `offending_containers_usage`, `starved_resource`).
+pub fn offending_containers(
+    resource: &str,
+    containers: &[ContainerUsage],
+) -> (String, BTreeMap<String, String>) {
+    let mut message = String::new();
+    let (mut names, mut usages) = (Vec::new(), Vec::new());
+    for container in containers {
+        let Some(usage) = container.usage.filter(|&u| u > container.request) else {
+            continue;
+        };
+        let usage = format_bytes(usage);
+        message.push_str(&format!(
+            "Container {} was using {usage}, request is {}, has larger consumption of {resource}. ",
+            container.name, container.request_text
+        ));
+        names.push(container.name.clone());
+        usages.push(usage);
+    }
+    let annotations = BTreeMap::from([
+        ("offending_containers".to_owned(), names.join(",")),
+        ("offending_containers_usage".to_owned(), usages.join(",")),
+        ("starved_resource".to_owned(), resource.to_owned()),
+    ]);
+    (message, annotations)
 }
 
 /// The status of an evicted pod: `status` (what the pod worker computed after the kill)
@@ -583,30 +739,42 @@ pub struct Eviction {
     pub grace_seconds: i64,
 }
 
+/// An eviction and how far the pod worker has got with it.
+#[derive(Debug, Clone)]
+struct EvictionState {
+    eviction: Eviction,
+    /// The pod was killed and reported Failed.
+    done: bool,
+    /// Its sandbox was stopped and its volumes removed.
+    cleaned_up: bool,
+}
+
 /// Evictions by pod UID: the eviction manager asks for them, the pod worker carries them
 /// out and remembers them until the pod is gone (so that a pod whose Failed status has not
 /// come back through the watch yet is not started again).
 #[derive(Debug, Clone, Default)]
-pub struct Evictions(Arc<Mutex<HashMap<String, (Eviction, bool)>>>);
+pub struct Evictions(Arc<Mutex<HashMap<String, EvictionState>>>);
 
 impl Evictions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Eviction, bool)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, EvictionState>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Asks for `uid` to be evicted (unless it already is).
     pub fn request(&self, uid: &str, eviction: Eviction) {
-        self.lock()
-            .entry(uid.to_owned())
-            .or_insert((eviction, false));
+        self.lock().entry(uid.to_owned()).or_insert(EvictionState {
+            eviction,
+            done: false,
+            cleaned_up: false,
+        });
     }
 
     /// The eviction asked for `uid` and not yet carried out.
     pub fn pending(&self, uid: &str) -> Option<Eviction> {
         self.lock()
             .get(uid)
-            .filter(|(_, done)| !done)
-            .map(|(e, _)| e.clone())
+            .filter(|state| !state.done)
+            .map(|state| state.eviction.clone())
     }
 
     /// Whether `uid` was asked for or evicted already.
@@ -616,9 +784,22 @@ impl Evictions {
 
     /// Marks `uid`'s eviction as carried out.
     pub fn done(&self, uid: &str) {
-        if let Some((_, done)) = self.lock().get_mut(uid) {
-            *done = true;
+        if let Some(state) = self.lock().get_mut(uid) {
+            state.done = true;
         }
+    }
+
+    /// Marks the resources of evicted `uid` (its sandbox, its volumes) as reclaimed.
+    pub fn cleaned_up(&self, uid: &str) {
+        if let Some(state) = self.lock().get_mut(uid) {
+            state.cleaned_up = state.done;
+        }
+    }
+
+    /// Whether nothing of `uid`'s eviction is left to do: carried out and cleaned up, or
+    /// forgotten (the pod is gone).
+    pub fn is_cleaned_up(&self, uid: &str) -> bool {
+        self.lock().get(uid).is_none_or(|state| state.cleaned_up)
     }
 
     /// Forgets `uid` (the pod is gone).
@@ -627,38 +808,98 @@ impl Evictions {
     }
 }
 
+/// Upstream's limit on waiting for an evicted pod's clean-up.
+pub const POD_CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often that clean-up is checked (upstream's poll frequency).
+pub const POD_CLEANUP_POLL: Duration = Duration::from_secs(1);
+
+/// Waits, as upstream's eviction manager does after an eviction, until the pod worker has
+/// killed `uid` and reclaimed what it held (so its freed space or memory is observed before
+/// anything else is evicted), at most `timeout`; returns whether it was cleaned up.
+pub async fn wait_for_cleanup(
+    evictions: &Evictions,
+    uid: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if evictions.is_cleaned_up(uid) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// What the eviction manager does (corten-agent's flags).
 #[derive(Debug, Clone)]
 pub struct EvictionPolicy {
-    /// The hard thresholds (`--eviction-hard`, `--eviction-minimum-reclaim`).
+    /// The hard thresholds, then the soft ones (`--eviction-hard`, `--eviction-soft`,
+    /// `--eviction-soft-grace-period`, `--eviction-minimum-reclaim`).
     pub thresholds: Vec<Threshold>,
+    /// `--eviction-max-pod-grace-period`: the longest grace period a pod evicted for a soft
+    /// threshold gets.
+    pub max_pod_grace_seconds: i64,
     /// `--eviction-pressure-transition-period`.
     pub transition: Duration,
     /// How often signals are observed.
     pub interval: Duration,
 }
 
+/// The eviction flags' texts, as given to corten-agent.
+#[derive(Debug, Clone, Copy)]
+pub struct EvictionFlags<'a> {
+    /// `--eviction-hard`.
+    pub hard: &'a str,
+    /// `--eviction-soft`.
+    pub soft: &'a str,
+    /// `--eviction-soft-grace-period`.
+    pub soft_grace_period: &'a str,
+    /// `--eviction-max-pod-grace-period` (seconds).
+    pub max_pod_grace_period: i64,
+    /// `--eviction-minimum-reclaim`.
+    pub minimum_reclaim: &'a str,
+    /// `--eviction-pressure-transition-period`.
+    pub transition: &'a str,
+    /// The monitoring interval.
+    pub interval: &'a str,
+}
+
 impl EvictionPolicy {
-    /// The policy from the flags' texts: `--eviction-hard`, `--eviction-minimum-reclaim`,
-    /// `--eviction-pressure-transition-period` and the monitoring interval.
-    pub fn from_flags(
-        hard: &str,
-        minimum_reclaim: &str,
-        transition: &str,
-        interval: &str,
-    ) -> Result<Self, ThresholdError> {
-        let mut thresholds = parse_thresholds(hard)?;
-        apply_minimum_reclaim(&mut thresholds, minimum_reclaim)?;
-        let interval = parse_duration(interval)?;
+    /// The policy from the flags.
+    pub fn from_flags(flags: &EvictionFlags<'_>) -> Result<Self, ThresholdError> {
+        let mut thresholds = parse_thresholds(flags.hard)?;
+        thresholds.extend(parse_soft_thresholds(flags.soft, flags.soft_grace_period)?);
+        apply_minimum_reclaim(&mut thresholds, flags.minimum_reclaim)?;
+        let interval = parse_duration(flags.interval)?;
         if interval.is_zero() {
             return Err(ThresholdError::BadDuration("0".to_owned()));
         }
         Ok(Self {
             thresholds,
-            transition: parse_duration(transition)?,
+            max_pod_grace_seconds: flags.max_pod_grace_period,
+            transition: parse_duration(flags.transition)?,
             interval,
         })
     }
+}
+
+/// The grace period of a pod evicted for `threshold`: upstream's immediate one for a hard
+/// threshold; for a soft one the lesser of the pod's `terminationGracePeriodSeconds`
+/// (default 30) and `--eviction-max-pod-grace-period`, never below zero.
+pub fn eviction_grace_seconds(threshold: &Threshold, pod: &Pod, max_pod_grace_seconds: i64) -> i64 {
+    if threshold.is_hard() {
+        return HARD_EVICTION_GRACE_SECONDS;
+    }
+    let own = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    own.min(max_pod_grace_seconds).max(0)
 }
 
 /// Where the eviction manager looks.
@@ -737,40 +978,40 @@ async fn observe(
     out
 }
 
-/// Bytes under `dir` on its own filesystem (bounded to 100 000 entries).
-fn disk_usage(dir: &Path) -> u64 {
+/// Bytes and inodes used under `dir` on its own filesystem (bounded to 100 000 entries).
+fn disk_usage(dir: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     let Ok(root) = std::fs::symlink_metadata(dir) else {
-        return 0;
+        return (0, 0);
     };
     let device = root.dev();
-    let mut total = 0u64;
+    let (mut bytes, mut inodes) = (0u64, 0u64);
     let mut stack = vec![dir.to_path_buf()];
-    let mut seen = 0usize;
     while let Some(path) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&path) else {
             continue;
         };
         for entry in entries.flatten() {
-            seen += 1;
-            if seen > 100_000 {
-                return total;
+            if inodes >= 100_000 {
+                return (bytes, inodes);
             }
             let Ok(meta) = entry.metadata() else { continue };
             if meta.dev() != device {
                 continue;
             }
+            inodes += 1;
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
-                total = total.saturating_add(meta.blocks().saturating_mul(512));
+                bytes = bytes.saturating_add(meta.blocks().saturating_mul(512));
             }
         }
     }
-    total
+    (bytes, inodes)
 }
 
-/// What `pod` uses of the resource `signal` measures.
+/// What `pod` uses of the resource `signal` measures: memory, or its volumes and logs on
+/// the node filesystem in bytes (inodes for the inode signals).
 fn pod_usage(pod: &Pod, signal: Signal, sources: &Sources, config: &EvictionConfig) -> u64 {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     match signal.pressure() {
@@ -780,9 +1021,94 @@ fn pod_usage(pod: &Pod, signal: Signal, sources: &Sources, config: &EvictionConf
             .map_or(0, |m| m.working_set),
         PressureKind::Disk => {
             let logs = runtime_config::log_directory(pod, &config.pods_dir.to_string_lossy());
-            disk_usage(&config.pods_dir.join(&uid)) + disk_usage(Path::new(&logs))
+            let (volume_bytes, volume_inodes) = disk_usage(&config.pods_dir.join(&uid));
+            let (log_bytes, log_inodes) = disk_usage(Path::new(&logs));
+            if signal.counts_inodes() {
+                volume_inodes + log_inodes
+            } else {
+                volume_bytes + log_bytes
+            }
         }
     }
+}
+
+/// The running containers of `pod` and what they use of `resource` (sorted by name), or
+/// `None` when the runtime cannot list them.
+async fn container_usages(
+    cri: &mut CriClient,
+    pod: &Pod,
+    resource: &str,
+    sources: &Sources,
+    config: &EvictionConfig,
+) -> Option<Vec<ContainerUsage>> {
+    let uid = pod.metadata.uid.clone()?;
+    let spec = pod.spec.as_ref()?;
+    let listed = cri
+        .runtime()
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                label_selector: HashMap::from([(POD_UID_LABEL.to_owned(), uid)]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|e| debug!(error = %e, "listing the evicted pod's containers failed"))
+        .ok()?
+        .into_inner()
+        .containers;
+    let cgroup = runtime_config::cgroup_parent(pod, &config.cgroup_root);
+    let logs = runtime_config::log_directory(pod, &config.pods_dir.to_string_lossy());
+    let mut out = Vec::new();
+    for container in listed
+        .iter()
+        .filter(|c| c.state == ContainerState::ContainerRunning as i32)
+    {
+        let Some(name) = container.metadata.as_ref().map(|m| m.name.clone()) else {
+            continue;
+        };
+        let Some(declared) = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == name)
+        else {
+            continue;
+        };
+        let usage = match resource {
+            "memory" => sources
+                .cgroups
+                .memory(&format!("{cgroup}/{}", container.id))
+                .map(|m| m.working_set),
+            "ephemeral-storage" => cri
+                .runtime()
+                .container_stats(ContainerStatsRequest {
+                    container_id: container.id.clone(),
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().stats)
+                .and_then(|s| s.writable_layer)
+                .and_then(|w| w.used_bytes)
+                .map(|rootfs| rootfs.value + disk_usage(&Path::new(&logs).join(&name)).0),
+            _ => None,
+        };
+        let request = declared
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get(resource));
+        out.push(ContainerUsage {
+            name,
+            usage,
+            request: request
+                .and_then(|q| runtime_config::parse_milli(&q.0))
+                .and_then(|m| u64::try_from(m / 1000).ok())
+                .unwrap_or(0),
+            request_text: request.map_or_else(|| "0".to_owned(), |q| q.0.clone()),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Some(out)
 }
 
 /// Removes dead containers as [`dead_containers_to_remove`] says; returns how many.
@@ -887,8 +1213,14 @@ pub async fn run(
         let Some(first) = met.first().cloned() else {
             continue;
         };
-        // Disk: reclaim node-level resources first, and look again.
-        if first.signal.pressure() == PressureKind::Disk {
+        // Disk: reclaim node-level resources first, where images and containers live, and
+        // look again.
+        if first.signal.pressure() == PressureKind::Disk
+            && reclaims_images(
+                first.signal,
+                dedicated_image_fs(&mut cri, &config.data_dir).await,
+            )
+        {
             let freed = image_gc.delete_unused(&mut cri).await;
             let removed = remove_dead_containers(&mut cri).await;
             info!(
@@ -915,7 +1247,37 @@ pub async fn run(
             events: &events,
             evictions: &evictions,
         };
-        evict_one(&context, threshold, observation).await;
+        if let Some(uid) = evict_one(&context, &mut cri, threshold, observation).await {
+            if wait_for_cleanup(&evictions, &uid, POD_CLEANUP_TIMEOUT, POD_CLEANUP_POLL).await {
+                debug!(%uid, "the evicted pod was cleaned up");
+            } else {
+                info!(%uid, "timed out waiting for the evicted pod to be cleaned up");
+            }
+        }
+    }
+}
+
+/// Whether reclaiming images and dead containers can relieve `signal`, as upstream decides:
+/// always for the image filesystem's signals, and for the node filesystem's only when the
+/// images are on it (no dedicated image filesystem).
+pub fn reclaims_images(signal: Signal, dedicated_image_fs: bool) -> bool {
+    match signal {
+        Signal::ImageFsAvailable | Signal::ImageFsInodesFree => true,
+        Signal::NodeFsAvailable | Signal::NodeFsInodesFree => !dedicated_image_fs,
+        Signal::MemoryAvailable => false,
+    }
+}
+
+/// Whether the runtime's image filesystem is another filesystem than the node's (the data
+/// directory's); unknown counts as the same one.
+async fn dedicated_image_fs(cri: &mut CriClient, data_dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(image_fs) = image_gc::image_fs_mountpoint(cri).await else {
+        return false;
+    };
+    match (std::fs::metadata(data_dir), std::fs::metadata(&image_fs)) {
+        (Ok(node), Ok(images)) => node.dev() != images.dev(),
+        _ => false,
     }
 }
 
@@ -928,8 +1290,14 @@ struct EvictionContext<'a> {
     evictions: &'a Evictions,
 }
 
-/// Asks the pod worker to evict the first ranked pod for `threshold`.
-async fn evict_one(context: &EvictionContext<'_>, threshold: &Threshold, observation: Observation) {
+/// Asks the pod worker to evict the first ranked pod for `threshold`; returns its UID when
+/// an eviction was asked for.
+async fn evict_one(
+    context: &EvictionContext<'_>,
+    cri: &mut CriClient,
+    threshold: &Threshold,
+    observation: Observation,
+) -> Option<String> {
     let EvictionContext {
         client,
         config,
@@ -943,10 +1311,7 @@ async fn evict_one(context: &EvictionContext<'_>, threshold: &Threshold, observa
         .filter(is_active)
         .filter(|p| !is_critical(p))
         .collect();
-    let resource = match threshold.signal.pressure() {
-        PressureKind::Memory => "memory",
-        PressureKind::Disk => "ephemeral-storage",
-    };
+    let resource = threshold.signal.resource();
     let mut candidates: Vec<Candidate> = pods
         .iter()
         .map(|p| Candidate {
@@ -962,28 +1327,43 @@ async fn evict_one(context: &EvictionContext<'_>, threshold: &Threshold, observa
             signal = threshold.signal.name(),
             "eviction threshold met, but no pod can be evicted"
         );
-        return;
+        return None;
     };
-    let Some(pod) = pods
+    let pod = pods
         .iter()
-        .find(|p| p.metadata.uid.as_deref() == Some(&victim.uid))
-    else {
-        return;
-    };
+        .find(|p| p.metadata.uid.as_deref() == Some(&victim.uid))?;
     if evictions.contains(&victim.uid) {
         debug!(pod = ?pod.metadata.name, "eviction already under way");
-        return;
+        return None;
     }
-    let message = eviction_message(threshold, observation);
+    let mut message = eviction_message(threshold, observation);
+    let mut annotations = BTreeMap::new();
+    if let Some(containers) = container_usages(cri, pod, resource, sources, config).await {
+        let (lines, offending) = offending_containers(resource, &containers);
+        message.push_str(&lines);
+        annotations = offending;
+    }
     info!(pod = ?pod.metadata.name, namespace = ?pod.metadata.namespace, %message, "evicting");
-    events.record(pod, None, EventType::Warning, "Evicted", &message);
+    events.record_annotated(
+        pod,
+        None,
+        EventType::Warning,
+        "Evicted",
+        &message,
+        &annotations,
+    );
     evictions.request(
         &victim.uid,
         Eviction {
             message,
-            grace_seconds: HARD_EVICTION_GRACE_SECONDS,
+            grace_seconds: eviction_grace_seconds(
+                threshold,
+                pod,
+                config.policy.max_pod_grace_seconds,
+            ),
         },
     );
+    Some(victim.uid.clone())
 }
 
 #[cfg(test)]
@@ -1003,22 +1383,26 @@ mod tests {
                 Threshold {
                     signal: Signal::MemoryAvailable,
                     amount: Amount::Quantity(100 << 20),
-                    min_reclaim: None
+                    min_reclaim: None,
+                    grace_period: Duration::ZERO,
                 },
                 Threshold {
                     signal: Signal::NodeFsAvailable,
                     amount: Amount::Percent(10.0),
-                    min_reclaim: None
+                    min_reclaim: None,
+                    grace_period: Duration::ZERO,
                 },
                 Threshold {
                     signal: Signal::NodeFsInodesFree,
                     amount: Amount::Percent(5.0),
-                    min_reclaim: None
+                    min_reclaim: None,
+                    grace_period: Duration::ZERO,
                 },
                 Threshold {
                     signal: Signal::ImageFsAvailable,
                     amount: Amount::Percent(15.0),
-                    min_reclaim: None
+                    min_reclaim: None,
+                    grace_period: Duration::ZERO,
                 },
             ]
         );
@@ -1047,16 +1431,178 @@ mod tests {
             parse_thresholds("memory.available<1Gi,memory.available<2Gi"),
             Err(ThresholdError::Duplicate("memory.available"))
         );
+        // As upstream: 0% and 100% set no threshold; a quantity must be positive.
+        assert_eq!(
+            parse_thresholds("nodefs.available<0%,imagefs.available<100%"),
+            Ok(Vec::new())
+        );
+        assert_eq!(
+            parse_thresholds("memory.available<0"),
+            Err(ThresholdError::NotPositive("memory.available<0".to_owned()))
+        );
         let mut thresholds = parse_thresholds("memory.available<1Gi").unwrap_or_default();
         assert_eq!(
             apply_minimum_reclaim(&mut thresholds, "memory.available=500Mi"),
             Ok(())
         );
         assert_eq!(thresholds[0].min_reclaim, Some(Amount::Quantity(500 << 20)));
+        // As upstream, one for a signal without a threshold changes nothing.
         assert_eq!(
             apply_minimum_reclaim(&mut thresholds, "nodefs.available=1Gi"),
-            Err(ThresholdError::NoThreshold("nodefs.available"))
+            Ok(())
         );
+        assert_eq!(thresholds.len(), 1);
+        assert!(matches!(
+            apply_minimum_reclaim(&mut thresholds, "memory.available=0%"),
+            Err(ThresholdError::NotPositive(_))
+        ));
+    }
+
+    #[test]
+    fn percentages_are_float32_fractions_of_the_capacity_as_upstream() {
+        let percent = |text: &str| Amount::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(percent("50%").of(256 << 20), 128 << 20);
+        // float32(10)/100 is a little over a tenth: upstream gets 100 (not 99) of 1000.
+        assert_eq!(percent("10%").of(1000), 100);
+        assert_eq!(percent("7.5%").of(1000), 75);
+        // 15% of 100 GiB with float32(0.15) = 0.150000006: 640 bytes over the exact share.
+        assert_eq!(percent("15%").of(100 << 30), 16_106_128_000);
+    }
+
+    fn flags<'a>(hard: &'a str, soft: &'a str, grace: &'a str) -> EvictionFlags<'a> {
+        EvictionFlags {
+            hard,
+            soft,
+            soft_grace_period: grace,
+            max_pod_grace_period: 60,
+            minimum_reclaim: "",
+            transition: "5m",
+            interval: "10s",
+        }
+    }
+
+    #[test]
+    fn soft_thresholds_take_their_grace_periods_from_their_own_flag() {
+        let policy = EvictionPolicy::from_flags(&EvictionFlags {
+            minimum_reclaim: "memory.available=100Mi",
+            ..flags(
+                "memory.available<100Mi",
+                "memory.available<1Gi, nodefs.available<15%",
+                "memory.available=1m30s,nodefs.available=2m,imagefs.available=5m",
+            )
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let summary: Vec<(Signal, Duration, Option<Amount>)> = policy
+            .thresholds
+            .iter()
+            .map(|t| (t.signal, t.grace_period, t.min_reclaim))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    Signal::MemoryAvailable,
+                    Duration::ZERO,
+                    Some(Amount::Quantity(100 << 20))
+                ),
+                (
+                    Signal::MemoryAvailable,
+                    Duration::from_secs(90),
+                    Some(Amount::Quantity(100 << 20))
+                ),
+                (Signal::NodeFsAvailable, Duration::from_secs(120), None),
+            ]
+        );
+        assert!(policy.thresholds[0].is_hard() && !policy.thresholds[1].is_hard());
+        assert_eq!(policy.max_pod_grace_seconds, 60);
+        // Every soft threshold needs a grace period.
+        assert_eq!(
+            EvictionPolicy::from_flags(&flags("", "nodefs.available<10%", "memory.available=1m"))
+                .map(|_| ()),
+            Err(ThresholdError::NoGracePeriod("nodefs.available"))
+        );
+        assert!(matches!(
+            EvictionPolicy::from_flags(&flags("", "", "memory.free=1m")),
+            Err(ThresholdError::UnknownSignal(_))
+        ));
+        assert!(matches!(
+            EvictionPolicy::from_flags(&flags("", "memory.available<1Gi", "memory.available=x")),
+            Err(ThresholdError::BadDuration(_))
+        ));
+        assert!(matches!(
+            EvictionPolicy::from_flags(&flags("", "memory.available<1Gi", "memory.available")),
+            Err(ThresholdError::NoOperator(..))
+        ));
+    }
+
+    #[test]
+    fn a_soft_threshold_evicts_only_after_its_grace_period_without_a_break() {
+        let policy = EvictionPolicy::from_flags(&flags(
+            "memory.available<100",
+            "memory.available<500",
+            "memory.available=30s",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut tracker = PressureTracker::new(policy.thresholds, Duration::from_secs(60));
+        let start = Instant::now();
+        let at = |seconds| start + Duration::from_secs(seconds);
+        let memory = |available| {
+            HashMap::from([(
+                Signal::MemoryAvailable,
+                Observation {
+                    available,
+                    capacity: 1000,
+                },
+            )])
+        };
+        // Met: the condition is set at once, eviction waits for the grace period.
+        let (ready, under, _) = tracker.observe(&memory(400), at(0));
+        assert!(ready.is_empty() && under);
+        let (ready, _, _) = tracker.observe(&memory(400), at(29));
+        assert!(ready.is_empty());
+        // A break starts the grace period again.
+        let (ready, under, _) = tracker.observe(&memory(600), at(30));
+        assert!(ready.is_empty() && under);
+        let (ready, _, _) = tracker.observe(&memory(400), at(31));
+        assert!(ready.is_empty());
+        let (ready, _, _) = tracker.observe(&memory(400), at(61));
+        assert_eq!(
+            ready.iter().map(|t| t.grace_period).collect::<Vec<_>>(),
+            [Duration::from_secs(30)]
+        );
+        // The hard threshold needs no grace period and comes first.
+        let (ready, _, _) = tracker.observe(&memory(50), at(62));
+        assert_eq!(
+            ready.iter().map(Threshold::is_hard).collect::<Vec<_>>(),
+            [true, false]
+        );
+    }
+
+    #[test]
+    fn soft_evictions_give_the_lesser_grace_period_hard_ones_none() {
+        let hard = parse_thresholds("memory.available<1Gi")
+            .unwrap_or_default()
+            .remove(0);
+        let soft = Threshold {
+            grace_period: Duration::from_secs(60),
+            ..hard.clone()
+        };
+        let with_grace = |grace: Option<i64>| {
+            pod(json!({"spec": {"containers": [], "terminationGracePeriodSeconds": grace}}))
+        };
+        assert_eq!(
+            eviction_grace_seconds(&hard, &with_grace(Some(30)), 60),
+            HARD_EVICTION_GRACE_SECONDS
+        );
+        assert_eq!(eviction_grace_seconds(&soft, &with_grace(Some(10)), 60), 10);
+        assert_eq!(
+            eviction_grace_seconds(&soft, &with_grace(Some(120)), 60),
+            60
+        );
+        // The pod's default is 30 s; upstream's default maximum (0) kills at once.
+        assert_eq!(eviction_grace_seconds(&soft, &with_grace(None), 45), 30);
+        assert_eq!(eviction_grace_seconds(&soft, &with_grace(None), 0), 0);
+        assert_eq!(eviction_grace_seconds(&soft, &with_grace(None), -5), 0);
     }
 
     #[test]
@@ -1079,6 +1625,7 @@ mod tests {
             signal: Signal::MemoryAvailable,
             amount: Amount::Quantity(100),
             min_reclaim: Some(Amount::Quantity(50)),
+            grace_period: Duration::ZERO,
         };
         let at = |available| Observation {
             available,
@@ -1093,6 +1640,7 @@ mod tests {
             signal: Signal::NodeFsAvailable,
             amount: Amount::Percent(10.0),
             min_reclaim: None,
+            grace_period: Duration::ZERO,
         };
         assert!(threshold_met(&disk, at(99), false));
         assert!(!threshold_met(&disk, at(100), true));
@@ -1236,8 +1784,38 @@ mod tests {
                     capacity: 1000
                 }
             ),
-            "The node was low on resource: inodes. Threshold quantity: 5%, available: 12. "
+            "The node was low on resource: inodes. Threshold quantity: 50, available: 12. "
         );
+        // A percentage is shown as the quantity it stands for, as upstream shows it.
+        let nodefs = parse_thresholds("nodefs.available<50%")
+            .unwrap_or_default()
+            .remove(0);
+        assert_eq!(
+            eviction_message(
+                &nodefs,
+                Observation {
+                    available: 100 << 20,
+                    capacity: 256 << 20
+                }
+            ),
+            "The node was low on resource: ephemeral-storage. Threshold quantity: 128Mi, available: 100Mi. "
+        );
+        let inodes = parse_thresholds("nodefs.inodesFree<1000")
+            .unwrap_or_default()
+            .remove(0);
+        assert_eq!(
+            eviction_message(
+                &inodes,
+                Observation {
+                    available: 5000,
+                    capacity: 1 << 20
+                }
+            ),
+            "The node was low on resource: inodes. Threshold quantity: 1k, available: 5k. "
+        );
+        assert_eq!(format_decimal(999), "999");
+        assert_eq!(format_decimal(1500), "1500");
+        assert_eq!(format_decimal(2_000_000), "2M");
         assert_eq!(format_bytes(1536), "1536");
         assert_eq!(format_bytes(3 << 10), "3Ki");
         assert_eq!(format_bytes(1 << 30), "1Gi");
@@ -1257,6 +1835,35 @@ mod tests {
         assert_eq!(conditions[1]["reason"], "TerminationByKubelet");
         let bare = evicted_status(json!({}), "m", "t");
         assert_eq!(bare["conditions"][0]["type"], "DisruptionTarget");
+    }
+
+    #[test]
+    fn containers_over_their_requests_are_named_as_upstream_names_them() {
+        let c = |name: &str, usage, request, text: &str| ContainerUsage {
+            name: name.to_owned(),
+            usage,
+            request,
+            request_text: text.to_owned(),
+        };
+        let containers = [
+            c("app", Some(300 << 20), 0, "0"),
+            c("within", Some(10 << 20), 64 << 20, "64Mi"),
+            c("unmeasured", None, 0, "0"),
+            c("side", Some(100 << 20), 64 << 20, "64Mi"),
+        ];
+        let (lines, annotations) = offending_containers("memory", &containers);
+        assert_eq!(
+            lines,
+            "Container app was using 300Mi, request is 0, has larger consumption of memory. \
+             Container side was using 100Mi, request is 64Mi, has larger consumption of memory. "
+        );
+        assert_eq!(annotations["offending_containers"], "app,side");
+        assert_eq!(annotations["offending_containers_usage"], "300Mi,100Mi");
+        assert_eq!(annotations["starved_resource"], "memory");
+        let (lines, annotations) = offending_containers("inodes", &[]);
+        assert_eq!(lines, "");
+        assert_eq!(annotations["offending_containers"], "");
+        assert_eq!(annotations["starved_resource"], "inodes");
     }
 
     #[test]
@@ -1305,6 +1912,78 @@ mod tests {
         assert!(evictions.contains("u"));
         evictions.forget("u");
         assert!(!evictions.contains("u"));
+    }
+
+    #[test]
+    fn an_eviction_is_cleaned_up_only_after_it_was_carried_out() {
+        let evictions = Evictions::default();
+        let eviction = Eviction {
+            message: "m".to_owned(),
+            grace_seconds: 0,
+        };
+        evictions.request("u", eviction);
+        assert!(!evictions.is_cleaned_up("u"));
+        evictions.cleaned_up("u");
+        assert!(!evictions.is_cleaned_up("u"), "not carried out yet");
+        evictions.done("u");
+        assert!(!evictions.is_cleaned_up("u"));
+        evictions.cleaned_up("u");
+        assert!(evictions.is_cleaned_up("u"));
+        // A forgotten (deleted) pod has nothing left to clean up.
+        assert!(evictions.is_cleaned_up("gone"));
+    }
+
+    #[tokio::test]
+    async fn the_manager_waits_for_the_clean_up_but_not_forever() {
+        let evictions = Evictions::default();
+        evictions.request(
+            "u",
+            Eviction {
+                message: "m".to_owned(),
+                grace_seconds: 0,
+            },
+        );
+        let poll = Duration::from_millis(5);
+        assert!(!wait_for_cleanup(&evictions, "u", Duration::from_millis(30), poll).await);
+        let worker = evictions.clone();
+        let cleaning = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            worker.done("u");
+            worker.cleaned_up("u");
+        });
+        assert!(wait_for_cleanup(&evictions, "u", Duration::from_secs(10), poll).await);
+        cleaning.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn images_are_reclaimed_only_where_they_live() {
+        for dedicated in [false, true] {
+            assert!(reclaims_images(Signal::ImageFsAvailable, dedicated));
+            assert!(reclaims_images(Signal::ImageFsInodesFree, dedicated));
+            assert_eq!(
+                reclaims_images(Signal::NodeFsAvailable, dedicated),
+                !dedicated
+            );
+            assert_eq!(
+                reclaims_images(Signal::NodeFsInodesFree, dedicated),
+                !dedicated
+            );
+            assert!(!reclaims_images(Signal::MemoryAvailable, dedicated));
+        }
+    }
+
+    #[test]
+    fn disk_usage_counts_bytes_and_inodes_of_one_filesystem() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let sub = dir.path().join("volumes/scratch");
+        std::fs::create_dir_all(&sub).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(sub.join("fill"), vec![1u8; 64 << 10]).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("small"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        let (bytes, inodes) = disk_usage(dir.path());
+        assert!(bytes >= 64 << 10, "{bytes} bytes");
+        // volumes, scratch, fill, small
+        assert_eq!(inodes, 4);
+        assert_eq!(disk_usage(&dir.path().join("missing")), (0, 0));
     }
 
     #[test]

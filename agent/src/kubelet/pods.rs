@@ -1043,6 +1043,8 @@ impl Worker {
                 .map_err(cri_err("StopPodSandbox"))?;
         }
         self.volumes.tear_down(&uid)?;
+        // The eviction manager waits for this before it looks at the node again.
+        self.config.evictions.cleaned_up(&uid);
         Ok(())
     }
 

@@ -96,6 +96,7 @@ fn main() -> anyhow::Result<()> {
                 detach: true,
                 control_plane,
                 extra_agent_args: Vec::new(),
+                agent_data_dir_mib: None,
             };
             let lab = Lab::up(spec)?;
             println!("lab {name} is up ({nodes} node(s), network {network})");

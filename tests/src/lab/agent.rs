@@ -1,6 +1,7 @@
 //! A lab node's corten-agent: started inside the node (its network namespace and cgroup)
 //! against the lab's API server with the node's own kubeconfig, containerd, CNI dirs and
-//! cgroup; and whether it is still running, with its log's end when it is not.
+//! cgroup; its data directory on a tmpfs of its own when a test asks for one; and whether it
+//! is still running, with its log's end when it is not.
 //!
 //! It must not decide whether a dead agent is a failure: the lab reports, a test decides.
 use std::{
@@ -75,6 +76,28 @@ pub fn start(
         detach,
     )?;
     process::spawn(command, &paths.agent_log(i), &paths.agent_pid_file(i))
+}
+
+/// Mounts a tmpfs of `mib` MiB at node `i`'s agent data directory, so that the agent's node
+/// filesystem is the lab's own and of a known size. It lives under the lab's data dir, so
+/// teardown (and `gc`) unmount it with the lab's other mounts.
+pub fn mount_data_dir(paths: &LabPaths, i: usize, mib: u64) -> anyhow::Result<()> {
+    let data = paths.agent_data_dir(i);
+    fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let options = format!("size={mib}m,mode=0755");
+    host::run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            &options,
+            "tmpfs",
+            &data.to_string_lossy(),
+        ],
+    )
+    .with_context(|| format!("mounting a {mib} MiB tmpfs at {}", data.display()))?;
+    Ok(())
 }
 
 /// Whether node `i`'s agent is running (alive, in the node's cgroup).

@@ -96,6 +96,11 @@ pub struct LabSpec {
     /// Arguments appended to every corten-agent's command line (e.g. `--bgp-peer`), also
     /// when [`Lab::start_agent`] restarts one.
     pub extra_agent_args: Vec<String>,
+    /// When set, every node's agent data directory is a tmpfs of this many MiB of its own,
+    /// mounted by the lab (teardown unmounts it): the agent's node filesystem
+    /// (`nodefs.*` eviction signals, emptyDirs, pod logs) then depends on nothing else that
+    /// writes to the machine's disks.
+    pub agent_data_dir_mib: Option<u64>,
 }
 
 impl LabSpec {
@@ -109,6 +114,7 @@ impl LabSpec {
             detach: false,
             control_plane: false,
             extra_agent_args: Vec::new(),
+            agent_data_dir_mib: None,
         }
     }
 
@@ -271,6 +277,9 @@ impl Lab {
         host::ip_in(&fabric, &["link", "set", "br0", "up"])?;
         for i in 0..spec.nodes {
             self.build_node(i)?;
+            if let Some(mib) = spec.agent_data_dir_mib {
+                agent::mount_data_dir(&paths, i, mib)?;
+            }
         }
         for i in 0..spec.nodes {
             let child = containerd::start(&paths, i, spec.detach)
