@@ -15,7 +15,9 @@
 //! pressure on: the Node gets DiskPressure=True (KubeletHasDiskPressure); the writer is
 //! evicted with upstream's ephemeral-storage message, its emptyDir is removed and the space
 //! comes back; a pod that writes nothing keeps running; the condition returns to False
-//! (KubeletHasNoDiskPressure), not before the transition period. Then the soft threshold
+//! (KubeletHasNoDiskPressure), not before the transition period. While a pressure
+//! condition is True the node carries its NoSchedule taint (`node.kubernetes.io/
+//! memory-pressure`, `disk-pressure`), and the taint goes with the condition. Then the soft threshold
 //! `nodefs.available<75%` (grace period 6 s): a second writer's smaller write sets
 //! DiskPressure at once, and it is evicted only when the grace period is over.
 //!
@@ -130,6 +132,17 @@ fn memory_pressure_evicts_the_best_effort_pod_and_clears() -> anyhow::Result<()>
         "MemoryPressure: {pressured}"
     );
     let pressure_began = rfc3339_seconds(&pressured["lastTransitionTime"])?;
+    // The node lifecycle controller taints the node for it (upstream's
+    // TaintNodesByCondition), so nothing new is scheduled there meanwhile.
+    eventually_within(
+        &lab,
+        Duration::from_secs(30),
+        "the memory-pressure taint",
+        || {
+            let node = json(&lab, &["get", "node", &node])?;
+            Ok(has_no_schedule_taint(&node, "node.kubernetes.io/memory-pressure").then_some(()))
+        },
+    )?;
 
     // The BestEffort pod is evicted, and the Guaranteed one is still running then (one
     // listing shows both).
@@ -214,6 +227,15 @@ fn memory_pressure_evicts_the_best_effort_pod_and_clears() -> anyhow::Result<()>
         "MemoryPressure lasted {}s, less than the transition period",
         pressure_ended - pressure_began
     );
+    eventually_within(
+        &lab,
+        Duration::from_secs(30),
+        "no memory-pressure taint",
+        || {
+            let node = json(&lab, &["get", "node", &node])?;
+            Ok((!has_no_schedule_taint(&node, "node.kubernetes.io/memory-pressure")).then_some(()))
+        },
+    )?;
     let hog = json(&lab, &["get", "pod", "hog"])?;
     ensure!(
         phase(&hog) == "Failed" && hog["status"]["containerStatuses"][0]["restartCount"] == 0,
@@ -256,6 +278,15 @@ fn fs_space(path: &std::path::Path) -> anyhow::Result<(u64, u64)> {
         anyhow::bail!("stat -f printed {text:?}");
     };
     Ok((available * size, blocks * size))
+}
+
+/// Whether `node` carries the taint `key` with effect NoSchedule.
+fn has_no_schedule_taint(node: &Value, key: &str) -> bool {
+    node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["key"] == key && t["effect"] == "NoSchedule")
 }
 
 /// The filesystem type mounted exactly at `path`, if anything is.
@@ -352,6 +383,17 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
         "DiskPressure: {pressured}"
     );
     let pressure_began = rfc3339_seconds(&pressured["lastTransitionTime"])?;
+    // The node lifecycle controller taints the node for it (upstream's
+    // TaintNodesByCondition), so nothing new is scheduled there meanwhile.
+    eventually_within(
+        &lab,
+        Duration::from_secs(30),
+        "the disk-pressure taint",
+        || {
+            let node = json(&lab, &["get", "node", &node])?;
+            Ok(has_no_schedule_taint(&node, "node.kubernetes.io/disk-pressure").then_some(()))
+        },
+    )?;
 
     // The writer is evicted, and the quiet pod is still running then (one listing shows
     // both).
@@ -467,6 +509,15 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
         "DiskPressure lasted {}s, less than the transition period",
         pressure_ended - pressure_began
     );
+    eventually_within(
+        &lab,
+        Duration::from_secs(30),
+        "no disk-pressure taint",
+        || {
+            let node = json(&lab, &["get", "node", &node])?;
+            Ok((!has_no_schedule_taint(&node, "node.kubernetes.io/disk-pressure")).then_some(()))
+        },
+    )?;
     let writer = json(&lab, &["get", "pod", "writer"])?;
     ensure!(
         phase(&writer) == "Failed" && writer["status"]["containerStatuses"][0]["restartCount"] == 0,

@@ -3,7 +3,9 @@
 //! stops posting status) for the node monitor grace period gets its conditions set to
 //! `Unknown` ("Kubelet stopped posting node status.") and its pods marked not Ready; nodes
 //! carry the `node.kubernetes.io/not-ready` / `unreachable` taints (NoSchedule and NoExecute)
-//! and `unschedulable` as their Ready condition and cordon say; pods on a node with NoExecute
+//! and `unschedulable` as their Ready condition and cordon say, and the NoSchedule taints of
+//! the MemoryPressure, DiskPressure, PIDPressure and NetworkUnavailable conditions while
+//! they are True (upstream's TaintNodesByCondition); pods on a node with NoExecute
 //! taints they do not tolerate are deleted — at once, or after their `tolerationSeconds`.
 //!
 //! Owns node health conditions written on the kubelet's behalf, those taints, and
@@ -39,6 +41,17 @@ pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 /// The taint of a cordoned node.
 pub const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+/// The NoSchedule taints of the node conditions that are True when something is wrong
+/// (upstream's TaintNodesByCondition): condition type and taint key.
+pub const CONDITION_TAINTS: [(&str, &str); 4] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    (
+        "NetworkUnavailable",
+        "node.kubernetes.io/network-unavailable",
+    ),
+];
 
 /// Timings (upstream: grace 50 s, monitor period 5 s).
 #[derive(Debug, Clone)]
@@ -88,20 +101,24 @@ struct Lifecycle {
     probes: HashMap<String, Probe>,
 }
 
-fn ready_condition(node: &Node) -> Option<&NodeCondition> {
+fn condition<'a>(node: &'a Node, kind: &str) -> Option<&'a NodeCondition> {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
         .flatten()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == kind)
+}
+
+fn ready_condition(node: &Node) -> Option<&NodeCondition> {
+    condition(node, "Ready")
 }
 
 fn time_text(time: &Option<Time>) -> Option<String> {
     time.as_ref().map(|t| t.0.to_string())
 }
 
-/// The taints a node should carry for its Ready condition and cordon, with their effects.
+/// The taints a node should carry for its conditions and cordon, with their effects.
 pub fn wanted_taints(node: &Node) -> Vec<(&'static str, &'static str)> {
     let mut out = Vec::new();
     match ready_condition(node).map(|c| c.status.as_str()) {
@@ -124,6 +141,11 @@ pub fn wanted_taints(node: &Node) -> Vec<(&'static str, &'static str)> {
         .unwrap_or(false)
     {
         out.push((UNSCHEDULABLE, "NoSchedule"));
+    }
+    for (kind, taint) in CONDITION_TAINTS {
+        if condition(node, kind).is_some_and(|c| c.status == "True") {
+            out.push((taint, "NoSchedule"));
+        }
     }
     out
 }
@@ -307,7 +329,10 @@ impl Lifecycle {
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
-        let ours = [NOT_READY, UNREACHABLE, UNSCHEDULABLE];
+        let ours: Vec<&str> = [NOT_READY, UNREACHABLE, UNSCHEDULABLE]
+            .into_iter()
+            .chain(CONDITION_TAINTS.map(|(_, taint)| taint))
+            .collect();
         let mut next: Vec<Taint> = current
             .iter()
             .filter(|t| {
@@ -438,6 +463,32 @@ mod tests {
         assert_eq!(
             wanted_taints(&node(None, false)),
             [(NOT_READY, "NoSchedule")]
+        );
+    }
+
+    #[test]
+    fn pressure_conditions_bring_their_no_schedule_taints() {
+        let mut pressed = node(Some("True"), false);
+        if let Some(conditions) = pressed.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            for (kind, status) in [
+                ("MemoryPressure", "False"),
+                ("DiskPressure", "True"),
+                ("PIDPressure", "Unknown"),
+                ("NetworkUnavailable", "True"),
+            ] {
+                conditions.push(NodeCondition {
+                    type_: kind.to_owned(),
+                    status: status.to_owned(),
+                    ..NodeCondition::default()
+                });
+            }
+        }
+        assert_eq!(
+            wanted_taints(&pressed),
+            [
+                ("node.kubernetes.io/disk-pressure", "NoSchedule"),
+                ("node.kubernetes.io/network-unavailable", "NoSchedule")
+            ]
         );
     }
 
