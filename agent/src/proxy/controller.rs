@@ -1,5 +1,6 @@
-//! The service proxy's control loop on one node: watch Services and EndpointSlices, and after
-//! every change recompute the desired datapath and bring the socket-LB's maps to it; attach
+//! The service proxy's control loop on one node: watch Services and EndpointSlices, hand
+//! every event to the [`DesiredIndex`], and after each batch of changes (debounced) recompute
+//! only the touched Services and write only the map entries that changed; attach
 //! the tc programs to the external interfaces and log their counters; serve the
 //! healthCheckNodePorts of `Local` LoadBalancer Services from the same computation.
 //!
@@ -7,22 +8,23 @@
 //! listed everything before the first sync, so that a restart never empties maps it reused
 //! from pins) and the retry of failed syncs. It must not decide entries itself (that is
 //! `desired` and `diff`) nor write maps (that is `socket_lb` and `maps`).
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
-    runtime::{reflector, watcher, WatchStreamExt},
+    runtime::{watcher, WatchStreamExt},
     Api, Client, Resource,
 };
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{
-    desired::{self, NodeContext},
+    desired::NodeContext,
     diff::BackendSelection,
     health::HealthServers,
-    socket_lb::{MapSizes, SocketLb, SocketLbError},
+    index::{Changes, DesiredIndex},
+    socket_lb::{MapSizes, SocketLb, SocketLbError, SyncStats},
     tc_nat::{self, NatStats, StatLevel},
 };
 
@@ -80,59 +82,49 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
         "service proxy attached"
     );
 
-    let changed = Arc::new(Notify::new());
-    let (services, services_writer) = reflector::store::<Service>();
-    let (slices, slices_writer) = reflector::store::<EndpointSlice>();
-    let mut services_task = tokio::spawn(forward_changes(
+    let (events, mut received) = mpsc::unbounded_channel();
+    let mut services_task = tokio::spawn(forward_events(
         "Service",
-        reflector(
-            services_writer,
-            watcher(
-                Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
-            ),
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
         ),
-        changed.clone(),
+        events.clone(),
+        |event| WatchEvent::Service(Box::new(event)),
     ));
-    let mut slices_task = tokio::spawn(forward_changes(
+    let mut slices_task = tokio::spawn(forward_events(
         "EndpointSlice",
-        reflector(
-            slices_writer,
-            watcher(
-                Api::<EndpointSlice>::all(client),
-                watcher::Config::default(),
-            ),
+        watcher(
+            Api::<EndpointSlice>::all(client),
+            watcher::Config::default(),
         ),
-        changed.clone(),
+        events,
+        |event| WatchEvent::Slice(Box::new(event)),
     ));
-    // The stores are only complete after their first list; syncing earlier would remove
-    // every service not yet seen.
-    let ready = async {
-        let _ = services.wait_until_ready().await;
-        let _ = slices.wait_until_ready().await;
-    };
-    tokio::select! {
-        _ = ready => {}
-        _ = &mut services_task => return Err(ProxyError::WatchEnded("Service")),
-        _ = &mut slices_task => return Err(ProxyError::WatchEnded("EndpointSlice")),
+    let mut index = DesiredIndex::new(config.node.clone());
+    // The objects are only complete after both first lists; syncing earlier would remove
+    // every service not yet seen (also entries reused from pinned maps).
+    while !index.listed() {
+        tokio::select! {
+            event = received.recv() => match event {
+                Some(event) => take_event(&mut index, event),
+                None => return Err(ProxyError::WatchEnded("Service")),
+            },
+            _ = &mut services_task => return Err(ProxyError::WatchEnded("Service")),
+            _ = &mut slices_task => return Err(ProxyError::WatchEnded("EndpointSlice")),
+        }
     }
     info!("service proxy synced its watches");
     let mut nat_stats = tokio::time::interval(NAT_STATS_PERIOD);
     let mut last_nat_stats: Option<NatStats> = None;
     let mut health = HealthServers::new(std::net::Ipv4Addr::UNSPECIFIED);
     loop {
-        let services: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
-        let slices: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
-        let desired = desired::compute(&config.node, &services, &slices);
-        for skipped in &desired.skipped {
-            debug!(service = %skipped.service, reason = ?skipped.reason, "no datapath entries");
-        }
-        let mut retry = match lb.sync(&desired) {
+        let mut retry = match sync_once(&mut index, &mut lb) {
             Ok(stats) => {
                 if stats.operations > 0 {
                     debug!(
                         operations = stats.operations,
-                        frontends = desired.frontends.len(),
+                        frontends = index.state().frontends.len(),
                         "service maps updated"
                     );
                 }
@@ -143,7 +135,7 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
                 true
             }
         };
-        for (port, error) in health.update(&desired.health_checks, !retry) {
+        for (port, error) in health.update(&index.state().health_checks, !retry) {
             warn!(port, %error, "cannot serve a healthCheckNodePort; retrying");
             retry = true;
         }
@@ -151,8 +143,16 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
         let retry_at = tokio::time::Instant::now() + RETRY;
         loop {
             tokio::select! {
-                _ = changed.notified() => {
+                event = received.recv() => {
+                    let Some(event) = event else {
+                        return Err(ProxyError::WatchEnded("Service"));
+                    };
+                    take_event(&mut index, event);
+                    // Changes that arrive meanwhile are synced together.
                     tokio::time::sleep(DEBOUNCE).await;
+                    while let Ok(event) = received.try_recv() {
+                        take_event(&mut index, event);
+                    }
                     break;
                 }
                 _ = tokio::time::sleep_until(retry_at), if retry => break,
@@ -161,6 +161,49 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
                 _ = &mut slices_task => return Err(ProxyError::WatchEnded("EndpointSlice")),
             }
         }
+    }
+}
+
+/// What the loop does with a batch of watch events already taken into `index`: bring the
+/// desired state up to them (recomputing only the Services they touch, everything after a
+/// relist) and plan and write only the keys that changed. A failed sync leaves the socket-LB
+/// to plan everything next time, so no change is lost.
+pub fn sync_once(index: &mut DesiredIndex, lb: &mut SocketLb) -> Result<SyncStats, SocketLbError> {
+    let changes = take_changes(index);
+    lb.sync_changes(index, &changes)
+}
+
+/// The first half of [`sync_once`]: brings `index` up to the events it took and logs what
+/// the touched Services leave out.
+pub fn take_changes(index: &mut DesiredIndex) -> Changes {
+    let changes = index.update();
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let skipped = if changes.full {
+            index.full_state().skipped
+        } else {
+            changes
+                .services
+                .iter()
+                .flat_map(|service| index.skipped(service))
+                .collect()
+        };
+        for skipped in skipped {
+            debug!(service = %skipped.service, reason = ?skipped.reason, "no datapath entries");
+        }
+    }
+    changes
+}
+
+/// One event of either watch.
+enum WatchEvent {
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+}
+
+fn take_event(index: &mut DesiredIndex, event: WatchEvent) {
+    match event {
+        WatchEvent::Service(event) => index.service_event(*event),
+        WatchEvent::Slice(event) => index.slice_event(*event),
     }
 }
 
@@ -189,12 +232,28 @@ fn report_nat_stats(lb: &SocketLb, last: &mut Option<NatStats>) {
     *last = Some(now);
 }
 
-/// Drives a reflector's stream with the watcher's backoff and wakes the loop on every
-/// change (see [`crate::watches`]).
-async fn forward_changes<K, S>(kind: &'static str, stream: S, changed: Arc<Notify>)
-where
+/// Drives a watch with the watcher's backoff and hands every event to the loop; errors are
+/// logged (the watcher relists by itself). Ends when the stream or the loop does, so the loop
+/// holding the task's handle notices a dead watch.
+async fn forward_events<K, S>(
+    kind: &'static str,
+    stream: S,
+    events: mpsc::UnboundedSender<WatchEvent>,
+    wrap: fn(watcher::Event<K>) -> WatchEvent,
+) where
     K: Resource + Clone + std::fmt::Debug + Send + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
-    crate::watches::notify_on_change(kind, stream.default_backoff(), changed).await;
+    let mut stream = std::pin::pin!(stream.default_backoff());
+    loop {
+        match stream.try_next().await {
+            Ok(Some(event)) => {
+                if events.send(wrap(event)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(error) => warn!(kind, %error, "watch error"),
+        }
+    }
 }

@@ -9,6 +9,11 @@
 //! not know BPF map layouts, service ids or slots (that is `diff` and the loaders), and it
 //! does no I/O: the same objects always give the same [`DesiredState`].
 //!
+//! Each Service's contribution ([`service_entries`]) depends only on that Service and its own
+//! slices; frontends and healthCheckNodePorts that several Services claim are resolved when
+//! the contributions are put together in namespace/name order ([`compute`]), which is what
+//! lets `index` recompute one Service at a time.
+//!
 //! The datapath is IPv4-only for now: IPv6 addresses and slices are skipped with a reason.
 
 use std::{
@@ -251,31 +256,39 @@ pub fn compute(node: &NodeContext, services: &[Service], slices: &[EndpointSlice
     ordered.sort_by_key(|s| (s.metadata.namespace.as_deref(), s.metadata.name.as_deref()));
     let mut state = DesiredState::default();
     for service in ordered {
-        add_service(node, service, &slices_by_service, &mut state);
+        let slices = service_ref_of(service)
+            .and_then(|key| slices_by_service.get(&key))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        service_entries(node, service, slices).add_to(&mut state);
     }
     state
+}
+
+/// The Service an EndpointSlice belongs to (its namespace and `kubernetes.io/service-name`
+/// label), if the datapath uses the slice at all (IPv4 only).
+pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceRef> {
+    let namespace = slice.metadata.namespace.as_ref()?;
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    (slice.address_type == "IPv4").then(|| ServiceRef {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    })
+}
+
+fn service_ref_of(service: &Service) -> Option<ServiceRef> {
+    Some(ServiceRef {
+        namespace: service.metadata.namespace.clone()?,
+        name: service.metadata.name.clone()?,
+    })
 }
 
 fn index_slices(slices: &[EndpointSlice]) -> BTreeMap<ServiceRef, Vec<&EndpointSlice>> {
     let mut index: BTreeMap<ServiceRef, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
-        let (Some(namespace), Some(labels)) = (&slice.metadata.namespace, &slice.metadata.labels)
-        else {
-            continue;
-        };
-        let Some(name) = labels.get(SERVICE_NAME_LABEL) else {
-            continue;
-        };
-        if slice.address_type != "IPv4" {
-            continue;
+        if let Some(service) = slice_service(slice) {
+            index.entry(service).or_default().push(slice);
         }
-        index
-            .entry(ServiceRef {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            })
-            .or_default()
-            .push(slice);
     }
     // Merge in slice-name order so that the result does not depend on watch order.
     for list in index.values_mut() {
@@ -284,68 +297,198 @@ fn index_slices(slices: &[EndpointSlice]) -> BTreeMap<ServiceRef, Vec<&EndpointS
     index
 }
 
-fn add_service(
+/// One step of a Service's contribution, in the order [`compute`] takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Something of the Service gets no entries (not a conflict with another Service).
+    Skip(SkipReason),
+    /// The Service answers on this frontend unless a Service earlier in namespace/name order
+    /// (or an earlier port of its own) already does.
+    Claim(FrontendKey, Frontend),
+}
+
+/// What one Service contributes, computed from it and its own slices only; frontends that
+/// several Services claim are resolved when the contributions are put together (the first
+/// Service in namespace/name order wins, as in [`compute`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntries {
+    service: ServiceRef,
+    steps: Vec<Step>,
+    /// Every backend set that one of the claimed frontends uses.
+    sets: BTreeMap<BackendSetKey, BackendSet>,
+    /// The healthCheckNodePort, if any (a later Service claiming the same port wins).
+    health_check: Option<(u16, HealthCheck)>,
+}
+
+impl ServiceEntries {
+    /// The Service (empty names when the object had none).
+    pub fn service(&self) -> &ServiceRef {
+        &self.service
+    }
+
+    /// The frontends the Service claims, in order; a key may repeat (the first counts).
+    pub fn claims(&self) -> impl Iterator<Item = (&FrontendKey, &Frontend)> {
+        self.steps.iter().filter_map(|step| match step {
+            Step::Claim(key, frontend) => Some((key, frontend)),
+            Step::Skip(_) => None,
+        })
+    }
+
+    /// The frontend the Service wants at `key` (its first claim of it).
+    pub fn claim(&self, key: &FrontendKey) -> Option<&Frontend> {
+        self.claims()
+            .find(|(claimed, _)| *claimed == key)
+            .map(|(_, frontend)| frontend)
+    }
+
+    /// The backend set `key` as this Service computes it (whether it is used depends on
+    /// which of its frontends it wins).
+    pub fn backend_set(&self, key: &BackendSetKey) -> Option<&BackendSet> {
+        self.sets.get(key)
+    }
+
+    /// Every backend set key one of its frontends would use.
+    pub fn backend_set_keys(&self) -> impl Iterator<Item = &BackendSetKey> {
+        self.sets.keys()
+    }
+
+    /// The healthCheckNodePort and its check.
+    pub fn health_check(&self) -> Option<(u16, &HealthCheck)> {
+        self.health_check
+            .as_ref()
+            .map(|(port, check)| (*port, check))
+    }
+
+    /// What was left out of this Service, given `owner_of` (who won each frontend), in the
+    /// order [`compute`] lists it.
+    pub fn skipped<'a>(
+        &'a self,
+        owner_of: impl Fn(&FrontendKey) -> Option<&'a ServiceRef>,
+    ) -> Vec<Skipped> {
+        let mut seen = BTreeSet::new();
+        let mut skipped = Vec::new();
+        for step in &self.steps {
+            let reason = match step {
+                Step::Skip(reason) => reason.clone(),
+                Step::Claim(key, _) => {
+                    let owner = owner_of(key).unwrap_or(&self.service);
+                    if seen.insert(*key) && *owner == self.service {
+                        continue;
+                    }
+                    SkipReason::FrontendTaken {
+                        frontend: *key,
+                        owner: owner.clone(),
+                    }
+                }
+            };
+            skipped.push(Skipped {
+                service: self.service.clone(),
+                reason,
+            });
+        }
+        skipped
+    }
+
+    /// Adds this Service to `state` after every Service before it in namespace/name order.
+    pub fn add_to(&self, state: &mut DesiredState) {
+        for step in &self.steps {
+            match step {
+                Step::Skip(reason) => state.skipped.push(Skipped {
+                    service: self.service.clone(),
+                    reason: reason.clone(),
+                }),
+                Step::Claim(key, frontend) => {
+                    if let Some(existing) = state.frontends.get(key) {
+                        state.skipped.push(Skipped {
+                            service: self.service.clone(),
+                            reason: SkipReason::FrontendTaken {
+                                frontend: *key,
+                                owner: existing.from_node.port.service.clone(),
+                            },
+                        });
+                        continue;
+                    }
+                    for set_key in [&frontend.from_outside, &frontend.from_node] {
+                        if let (false, Some(set)) = (
+                            state.backend_sets.contains_key(set_key),
+                            self.sets.get(set_key),
+                        ) {
+                            state.backend_sets.insert(set_key.clone(), set.clone());
+                        }
+                    }
+                    state.frontends.insert(*key, frontend.clone());
+                }
+            }
+        }
+        if let Some((port, check)) = &self.health_check {
+            state.health_checks.insert(*port, check.clone());
+        }
+    }
+}
+
+/// What `service` contributes, given its slices (those [`slice_service`] ties to it, in
+/// slice-name order). Depends on nothing else, so it can be kept until one of them changes.
+pub fn service_entries(
     node: &NodeContext,
     service: &Service,
-    slices_by_service: &BTreeMap<ServiceRef, Vec<&EndpointSlice>>,
-    state: &mut DesiredState,
-) {
-    let (Some(namespace), Some(name), Some(spec)) = (
+    slices: &[&EndpointSlice],
+) -> ServiceEntries {
+    let mut entries = ServiceEntries {
+        service: ServiceRef {
+            namespace: service.metadata.namespace.clone().unwrap_or_default(),
+            name: service.metadata.name.clone().unwrap_or_default(),
+        },
+        steps: Vec::new(),
+        sets: BTreeMap::new(),
+        health_check: None,
+    };
+    let (Some(_), Some(_), Some(spec)) = (
         &service.metadata.namespace,
         &service.metadata.name,
         &service.spec,
     ) else {
-        state.skipped.push(Skipped {
-            service: ServiceRef {
-                namespace: service.metadata.namespace.clone().unwrap_or_default(),
-                name: service.metadata.name.clone().unwrap_or_default(),
-            },
-            reason: SkipReason::Incomplete,
-        });
-        return;
+        entries.steps.push(Step::Skip(SkipReason::Incomplete));
+        return entries;
     };
-    let service_ref = ServiceRef {
-        namespace: namespace.clone(),
-        name: name.clone(),
-    };
-    let mut skip = |reason| {
-        state.skipped.push(Skipped {
-            service: service_ref.clone(),
-            reason,
-        })
-    };
+    let service_ref = entries.service.clone();
+    let steps = &mut entries.steps;
+    let sets = &mut entries.sets;
+    macro_rules! skip {
+        () => {
+            &mut |reason| steps.push(Step::Skip(reason))
+        };
+    }
     let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
     if service_type == "ExternalName" {
-        return skip(SkipReason::ExternalName);
+        steps.push(Step::Skip(SkipReason::ExternalName));
+        return entries;
     }
     if spec.cluster_ip.as_deref() == Some("None") {
-        return skip(SkipReason::Headless);
+        steps.push(Step::Skip(SkipReason::Headless));
+        return entries;
     }
-    let cluster_ips = parse_addresses(cluster_ip_strings(spec), &mut skip);
+    let cluster_ips = parse_addresses(cluster_ip_strings(spec), skip!());
     if cluster_ips.is_empty() {
-        return skip(SkipReason::NoClusterIp);
+        steps.push(Step::Skip(SkipReason::NoClusterIp));
+        return entries;
     }
     let has_node_ports = matches!(service_type, "NodePort" | "LoadBalancer");
     let external_ips = parse_addresses(
         spec.external_ips.iter().flatten().map(String::as_str),
-        &mut skip,
+        skip!(),
     );
     let load_balancer_ips = if service_type == "LoadBalancer" {
-        load_balancer_addresses(service, &mut skip)
+        load_balancer_addresses(service, skip!())
     } else {
         Vec::new()
     };
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let affinity = session_affinity(spec);
-    let slices = slices_by_service
-        .get(&service_ref)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
 
     let mut local_active_addresses = BTreeSet::new();
     for port in spec.ports.iter().flatten() {
-        let Some((protocol, port_number)) = check_port(port, &mut skip) else {
+        let Some((protocol, port_number)) = check_port(port, skip!()) else {
             continue;
         };
         let port_ref = ServicePortRef {
@@ -431,20 +574,13 @@ fn add_service(
         }
 
         for (key, frontend) in frontends {
-            if let Some(existing) = state.frontends.get(&key) {
-                skip(SkipReason::FrontendTaken {
-                    frontend: key,
-                    owner: existing.from_node.port.service.clone(),
-                });
-                continue;
-            }
             for set_key in [&frontend.from_outside, &frontend.from_node] {
-                if !state.backend_sets.contains_key(set_key) {
+                if !sets.contains_key(set_key) {
                     let set = backend_set(&endpoints, set_key.scope, affinity);
-                    state.backend_sets.insert(set_key.clone(), set);
+                    sets.insert(set_key.clone(), set);
                 }
             }
-            state.frontends.insert(key, frontend);
+            steps.push(Step::Claim(key, frontend));
         }
         if external_local {
             let local = backend_set(&endpoints, BackendScope::NodeLocal, affinity);
@@ -457,14 +593,15 @@ fn add_service(
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p != 0);
     if let (true, "LoadBalancer", Some(port)) = (external_local, service_type, health_check_port) {
-        state.health_checks.insert(
+        entries.health_check = Some((
             port,
             HealthCheck {
                 service: service_ref,
                 local_endpoints: local_active_addresses.len(),
             },
-        );
+        ));
     }
+    entries
 }
 
 fn cluster_ip_strings(spec: &ServiceSpec) -> Vec<&str> {

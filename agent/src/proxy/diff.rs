@@ -5,12 +5,14 @@
 //! given what was read back from pinned maps, across agent restarts; an id is handed out again
 //! only after it was released), backend slot assignment (a backend keeps its slot while it
 //! stays; a freed slot is refilled instead of shifting the others) and the decision which
-//! Maglev table entries change. Work is proportional to what changed, never a full rewrite.
+//! Maglev table entries change. Writes are proportional to what changed, never a full
+//! rewrite; [`plan`] compares the whole state, [`plan_changes`] only the keys it is given
+//! (with a [`PlanIndex`] kept between plans) and yields exactly the same operations.
 //! It must not touch maps or know their layouts: an executor lowers each [`Operation`] to map
 //! writes, in the given order, and the datapath stays consistent after every single step.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::SocketAddrV4,
     ops::Range,
 };
@@ -330,25 +332,7 @@ pub fn plan(
         if services.contains_key(id) {
             continue;
         }
-        removals.push(Operation::RemoveService { service: *id });
-        if let Some(size) = old.entry.maglev {
-            removals.push(Operation::RemoveMaglevTable {
-                service: *id,
-                positions: 0..size.get(),
-            });
-        }
-        for slot in 0..old.slots.len() {
-            removals.push(Operation::RemoveBackend {
-                service: *id,
-                slot: slot_number(slot),
-            });
-        }
-        for backend in old.slots.iter().chain(&old.terminating) {
-            removals.push(Operation::ForgetBackendFlows {
-                service: *id,
-                backend: *backend,
-            });
-        }
+        push_service_removal(*id, old, &mut removals);
         ids.release(*id);
     }
 
@@ -364,6 +348,278 @@ pub fn plan(
             services,
             ids,
         },
+        untabled,
+    })
+}
+
+/// The operations that remove service `id` (no frontend names it any more).
+fn push_service_removal(id: ServiceId, old: &AppliedService, removals: &mut Vec<Operation>) {
+    removals.push(Operation::RemoveService { service: id });
+    if let Some(size) = old.entry.maglev {
+        removals.push(Operation::RemoveMaglevTable {
+            service: id,
+            positions: 0..size.get(),
+        });
+    }
+    for slot in 0..old.slots.len() {
+        removals.push(Operation::RemoveBackend {
+            service: id,
+            slot: slot_number(slot),
+        });
+    }
+    for backend in old.slots.iter().chain(&old.terminating) {
+        removals.push(Operation::ForgetBackendFlows {
+            service: id,
+            backend: *backend,
+        });
+    }
+}
+/// What the planner keeps between plans so that it can plan only changed keys: the id of
+/// each applied backend set, the Maglev entries written and the sets left without a table.
+/// Valid only for the [`AppliedState`] it was made or last committed with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlanIndex {
+    ids: HashMap<BackendSetKey, ServiceId>,
+    maglev_written: u64,
+    untabled: BTreeSet<BackendSetKey>,
+}
+
+impl PlanIndex {
+    /// The index of `applied` after a full plan left `untabled` without tables; none when
+    /// some applied service's set is unknown (state read back from the maps), since only a
+    /// full [`plan`] can match those to sets.
+    pub fn new(applied: &AppliedState, untabled: &[BackendSetKey]) -> Option<Self> {
+        let mut ids = HashMap::with_capacity(applied.services.len());
+        let mut maglev_written = 0;
+        for (id, service) in &applied.services {
+            ids.insert(service.key.clone()?, *id);
+            maglev_written += service.entry.maglev.map_or(0, |size| u64::from(size.get()));
+        }
+        Some(Self {
+            ids,
+            maglev_written,
+            untabled: untabled.iter().cloned().collect(),
+        })
+    }
+
+    /// The backend sets reached from outside that had no room for a Maglev table.
+    pub fn untabled_sets(&self) -> &BTreeSet<BackendSetKey> {
+        &self.untabled
+    }
+}
+
+/// A plan for some keys only (see [`plan_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangePlan {
+    /// In execution order; the same operations a full [`plan`] would give.
+    pub operations: Vec<Operation>,
+    frontends: Vec<(FrontendKey, Option<AppliedFrontend>)>,
+    services: Vec<(ServiceId, Option<AppliedService>)>,
+    ids: ServiceIdAllocator,
+    untabled: BTreeSet<BackendSetKey>,
+}
+
+impl ChangePlan {
+    /// Backend sets reached from outside that get no Maglev table (the map is full).
+    pub fn untabled(&self) -> &BTreeSet<BackendSetKey> {
+        &self.untabled
+    }
+
+    /// Records in `applied` and `index` that every operation succeeded. After a failure,
+    /// do not commit: read the maps back and make a full [`plan`].
+    pub fn commit(self, applied: &mut AppliedState, index: &mut PlanIndex) {
+        for (key, value) in self.frontends {
+            match value {
+                Some(value) => applied.frontends.insert(key, value),
+                None => applied.frontends.remove(&key),
+            };
+        }
+        for (id, service) in self.services {
+            let old = match service {
+                Some(service) => {
+                    index.maglev_written +=
+                        service.entry.maglev.map_or(0, |size| u64::from(size.get()));
+                    if let Some(key) = &service.key {
+                        index.ids.insert(key.clone(), id);
+                    }
+                    applied.services.insert(id, service)
+                }
+                None => applied.services.remove(&id),
+            };
+            if let Some(old) = old {
+                index.maglev_written = index
+                    .maglev_written
+                    .saturating_sub(old.entry.maglev.map_or(0, |size| u64::from(size.get())));
+                if let Some(key) = old.key {
+                    if index.ids.get(&key) == Some(&id) {
+                        // Still the key's id unless the set was removed.
+                        if !applied.services.contains_key(&id) {
+                            index.ids.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+        applied.ids = self.ids;
+        index.untabled = self.untabled;
+    }
+}
+
+/// Plans the change from `applied` to `desired` for the given keys only: `frontends` and
+/// `sets` must hold every key whose desired value differs from what was last planned, and
+/// every set whose frontends changed (`reached_from_outside` says whether a frontend sends
+/// outside clients to a set now). The operations, and the state after [`ChangePlan::commit`],
+/// are exactly those of a full [`plan`]; work is proportional to the keys given.
+pub fn plan_changes(
+    applied: &AppliedState,
+    index: &PlanIndex,
+    desired: &DesiredState,
+    frontends: &BTreeSet<FrontendKey>,
+    sets: &BTreeSet<BackendSetKey>,
+    reached_from_outside: &dyn Fn(&BackendSetKey) -> bool,
+    config: &PlanConfig,
+) -> Result<ChangePlan, PlanError> {
+    let mut ids = applied.ids.clone();
+    // Sets without a table are looked at again each time: a removed table may make room.
+    let sets: BTreeSet<&BackendSetKey> = sets.iter().chain(&index.untabled).collect();
+    let mut assigned: BTreeMap<&BackendSetKey, ServiceId> = BTreeMap::new();
+    for key in &sets {
+        if let (true, Some(id)) = (desired.backend_sets.contains_key(*key), index.ids.get(*key)) {
+            assigned.insert(key, *id);
+        }
+    }
+    for key in &sets {
+        if desired.backend_sets.contains_key(*key) && !assigned.contains_key(key) {
+            assigned.insert(key, ids.allocate()?);
+        }
+    }
+
+    // Tables, as `tabled_sets` decides them for the whole state.
+    let mut tabled: BTreeSet<&BackendSetKey> = BTreeSet::new();
+    let mut untabled = BTreeSet::new();
+    if let BackendSelection::Maglev(size) = config.selection {
+        let mut room = u64::from(config.maglev_capacity).saturating_sub(index.maglev_written);
+        for key in &sets {
+            let wanted = desired
+                .backend_sets
+                .get(*key)
+                .is_some_and(|set| !set.active.is_empty())
+                && reached_from_outside(key);
+            if !wanted {
+                continue;
+            }
+            let table = assigned
+                .get(key)
+                .and_then(|id| applied.services.get(id))
+                .and_then(|service| service.entry.maglev);
+            if table == Some(size) {
+                tabled.insert(key);
+            }
+        }
+        for key in &sets {
+            let wanted = desired
+                .backend_sets
+                .get(*key)
+                .is_some_and(|set| !set.active.is_empty())
+                && reached_from_outside(key);
+            if !wanted || tabled.contains(key) {
+                continue;
+            }
+            let table = assigned
+                .get(key)
+                .and_then(|id| applied.services.get(id))
+                .and_then(|service| service.entry.maglev);
+            if table == Some(size) {
+                continue;
+            }
+            if room >= u64::from(size.get()) {
+                room -= u64::from(size.get());
+                tabled.insert(key);
+            } else {
+                untabled.insert((*key).clone());
+            }
+        }
+    }
+
+    let mut additions = Vec::new();
+    let mut shrinking = Vec::new();
+    let mut services = Vec::new();
+    let mut removed = BTreeMap::new();
+    for key in &sets {
+        match (desired.backend_sets.get(*key), assigned.get(key)) {
+            (Some(set), Some(&id)) => {
+                let table_size = match config.selection {
+                    BackendSelection::Maglev(size) if tabled.contains(key) => Some(size),
+                    _ => None,
+                };
+                let next = plan_service(
+                    id,
+                    key,
+                    set,
+                    applied.services.get(&id),
+                    table_size,
+                    &mut additions,
+                    &mut shrinking,
+                )?;
+                services.push((id, Some(next)));
+            }
+            _ => {
+                if let Some(id) = index.ids.get(*key) {
+                    if let Some(old) = applied.services.get(id) {
+                        removed.insert(*id, old);
+                    }
+                }
+            }
+        }
+    }
+
+    let id_of = |key: &BackendSetKey| assigned.get(key).or_else(|| index.ids.get(key)).copied();
+    let mut frontend_sets = Vec::new();
+    let mut frontend_removals = Vec::new();
+    let mut frontend_changes = Vec::new();
+    for key in frontends {
+        let value = desired.frontends.get(key).and_then(|frontend| {
+            Some(AppliedFrontend {
+                kind: frontend.kind,
+                from_outside: id_of(&frontend.from_outside)?,
+                from_node: id_of(&frontend.from_node)?,
+            })
+        });
+        let old = applied.frontends.get(key);
+        match value {
+            Some(value) if old != Some(&value) => {
+                frontend_sets.push(Operation::SetFrontend {
+                    frontend: *key,
+                    value,
+                });
+                frontend_changes.push((*key, Some(value)));
+            }
+            Some(_) => {}
+            None if old.is_some() => {
+                frontend_removals.push(Operation::RemoveFrontend { frontend: *key });
+                frontend_changes.push((*key, None));
+            }
+            None => {}
+        }
+    }
+
+    let mut removals = Vec::new();
+    for (id, old) in removed {
+        push_service_removal(id, old, &mut removals);
+        ids.release(id);
+        services.push((id, None));
+    }
+
+    let mut operations = additions;
+    operations.extend(frontend_sets);
+    operations.extend(frontend_removals);
+    operations.extend(shrinking);
+    operations.extend(removals);
+    Ok(ChangePlan {
+        operations,
+        frontends: frontend_changes,
+        services,
+        ids,
         untabled,
     })
 }

@@ -4,7 +4,8 @@
 //! must not decide policy in the kernel: the programs only read what this module writes.
 //!
 //! Compute, then apply: `desired` turns Services and EndpointSlices into plain data (what the
-//! datapath should contain), `diff` compares that with what is applied and yields the minimal
+//! datapath should contain), `index` keeps that data between changes and recomputes only the
+//! Services a change touches, `diff` compares that with what is applied and yields the minimal
 //! ordered operations (with stable service ids and backend slots), `maglev` builds the
 //! consistent-hashing tables; none of them touches the kernel. `maps` lowers operations to
 //! map writes and reads the maps back after a restart, `socket_lb` loads and attaches the
@@ -17,6 +18,7 @@ pub mod controller;
 pub mod desired;
 pub mod diff;
 pub mod health;
+pub mod index;
 pub mod maglev;
 pub mod maps;
 mod object;

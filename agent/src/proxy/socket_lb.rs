@@ -34,7 +34,8 @@ use tracing::{debug, info, warn};
 
 use super::{
     desired::DesiredState,
-    diff::{self, AppliedState, BackendSelection, PlanConfig, PlanError},
+    diff::{self, AppliedState, BackendSelection, Operation, PlanConfig, PlanError, PlanIndex},
+    index::{Changes, DesiredIndex},
     maps::{MapsError, ServiceMaps},
     object::CORTEN_EBPF,
     tc_nat::{NatStats, TcNat},
@@ -195,6 +196,9 @@ pub struct SocketLb {
     links: Vec<PinnedLink>,
     maps: ServiceMaps,
     applied: AppliedState,
+    /// Lets [`SocketLb::sync_changes`] plan only changed keys; none until a full sync
+    /// succeeded (and again after any failure), so that the next sync plans everything.
+    index: Option<PlanIndex>,
     config: PlanConfig,
     /// The tc programs, once loaded for the first external interface.
     tc: Option<TcNat>,
@@ -272,6 +276,7 @@ impl SocketLb {
             links: Vec::new(),
             maps,
             applied,
+            index: None,
             config,
             tc: None,
         })
@@ -283,6 +288,7 @@ impl SocketLb {
     /// also those a previous run with other flags left in the pinned maps).
     pub fn set_selection(&mut self, selection: BackendSelection) {
         self.config.selection = selection;
+        self.index = None;
     }
 
     /// Attaches the tc programs (ingress and egress) to an interface that traffic from
@@ -344,6 +350,7 @@ impl SocketLb {
     /// After a failure the applied state is read back from the maps, so the next call
     /// repairs whatever was half written.
     pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncStats, SocketLbError> {
+        self.index = None;
         let plan = diff::plan(&self.applied, desired, &self.config)?;
         if !plan.untabled.is_empty() {
             warn!(
@@ -353,17 +360,64 @@ impl SocketLb {
                  (raise --proxy-max-maglev-entries)"
             );
         }
-        for operation in &plan.operations {
+        self.apply_operations(&plan.operations)?;
+        self.applied = plan.next;
+        self.index = PlanIndex::new(&self.applied, &plan.untabled);
+        Ok(SyncStats {
+            operations: plan.operations.len(),
+        })
+    }
+
+    /// Like [`SocketLb::sync`], but plans only the keys `changes` names (what the desired
+    /// state's [`DesiredIndex`] changed since the last successful sync); the maps end up
+    /// exactly as a full sync would leave them. Plans everything when `changes` says so, on
+    /// the first sync and after any failure (the applied state read back from the maps
+    /// needs a full plan), so a failed sync loses no change.
+    pub fn sync_changes(
+        &mut self,
+        desired: &DesiredIndex,
+        changes: &Changes,
+    ) -> Result<SyncStats, SocketLbError> {
+        let index = match self.index.take() {
+            Some(index) if !changes.full => index,
+            _ => return self.sync(desired.state()),
+        };
+        let plan = diff::plan_changes(
+            &self.applied,
+            &index,
+            desired.state(),
+            &changes.frontends,
+            &changes.backend_sets,
+            &|key| desired.reached_from_outside(key),
+            &self.config,
+        )?;
+        if !plan.untabled().is_empty() && plan.untabled() != index.untabled_sets() {
+            warn!(
+                sets = plan.untabled().len(),
+                first = ?plan.untabled().first(),
+                "the Maglev map is full: these Service ports pick backends at random \
+                 (raise --proxy-max-maglev-entries)"
+            );
+        }
+        self.apply_operations(&plan.operations)?;
+        let operations = plan.operations.len();
+        let mut index = index;
+        plan.commit(&mut self.applied, &mut index);
+        self.index = Some(index);
+        Ok(SyncStats { operations })
+    }
+
+    /// Writes planned operations in order. On a failed write the applied state is read back
+    /// from the maps (the plan no longer says what they hold) and the error returned.
+    fn apply_operations(&mut self, operations: &[Operation]) -> Result<(), SocketLbError> {
+        for operation in operations {
             if let Err(error) = self.maps.apply(operation, &self.applied) {
                 warn!(%error, ?operation, "map write failed; reading the maps back");
                 self.applied = self.maps.read_applied(self.config.max_service_id)?;
                 return Err(error.into());
             }
         }
-        self.applied = plan.next;
-        Ok(SyncStats {
-            operations: plan.operations.len(),
-        })
+        Ok(())
     }
 
     /// What the maps hold, as the planner sees it.
