@@ -3,6 +3,8 @@
 //! every list the way `Vec::push` does (room for four items where a pod has one condition or
 //! two tolerations), and the pods of a cluster are the bulk of what the scheduler and the
 //! controllers cache, so the waste is shrunk away once, when the object enters the cache.
+//! Pods are cached in the slim [`CachedPod`](super::CachedPod) form, whose lists are shrunk
+//! the same way; the `Pod` trimming below serves whoever caches full pods.
 //!
 //! Owns that trimming only; it must not change any value a reader can see, except
 //! `managedFields`, which caches drop (as upstream's scheduler and controller manager do in
@@ -19,8 +21,11 @@ use k8s_openapi::{
 /// Trims an object for a cache: no managedFields, lists shrunk to their length.
 pub fn compact<K: Metadata<Ty = ObjectMeta> + Any>(object: &mut K) {
     compact_meta(object.metadata_mut());
-    if let Some(pod) = (object as &mut dyn Any).downcast_mut::<Pod>() {
+    let object = object as &mut dyn Any;
+    if let Some(pod) = object.downcast_mut::<Pod>() {
         compact_pod(pod);
+    } else if let Some(pod) = object.downcast_mut::<super::CachedPod>() {
+        pod.shrink();
     }
 }
 

@@ -124,16 +124,19 @@ fn release_patch(meta: &ObjectMeta, owner_uid: &str) -> Value {
 /// Claims `candidates` for `owner`: returns the objects it controls after adopting and
 /// releasing. `adopt_finalizer` is added to adopted objects (the Job controller's tracking
 /// finalizer). A conflict or a vanished object skips that object; the next sync sees it again.
-pub async fn claim<K>(
+/// The candidates are in their cached form `C` (a [`crate::client::CachedPod`] for pods), the
+/// writes go through `api` of the full type `K`; an adopted object comes back as `C`.
+pub async fn claim<K, C>(
     api: &Api<K>,
     owner: &OwnerReference,
     selector: &LabelSelector,
     owner_deleting: bool,
-    candidates: Vec<Arc<K>>,
+    candidates: Vec<Arc<C>>,
     adopt_finalizer: Option<&str>,
-) -> Result<Vec<Arc<K>>, ClientError>
+) -> Result<Vec<Arc<C>>, ClientError>
 where
     K: Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned,
+    C: Metadata<Ty = ObjectMeta> + From<K>,
 {
     let mut owned = Vec::new();
     for object in candidates {
@@ -147,7 +150,7 @@ where
                 match api.patch(&name, PatchKind::Merge, &patch).await {
                     Ok(adopted) => {
                         debug!(kind = K::KIND, %name, owner = %owner.name, "adopted");
-                        owned.push(Arc::new(adopted));
+                        owned.push(Arc::new(C::from(adopted)));
                     }
                     Err(e) if e.is_not_found() || e.is_conflict() => {}
                     Err(e) => return Err(e),

@@ -32,7 +32,7 @@ use crate::client::{
     events::{reference_to, EventType, Recorder},
     informer::{key_of, split_key},
     leader::Leadership,
-    Api, Client, ClientError, Informer, Informers, WorkQueue,
+    Api, CachedPod, Client, ClientError, Informer, Informers, WorkQueue,
 };
 
 /// Most pods created or deleted in one pass (upstream's `BurstReplicas`).
@@ -46,7 +46,7 @@ pub fn start(
     recorder: Recorder,
 ) -> Result<(), ClientError> {
     let sets = informers.get::<DaemonSet>()?;
-    let pods = informers.get::<Pod>()?;
+    let pods = informers.get::<CachedPod>()?;
     let nodes = informers.get::<Node>()?;
     let revisions = informers.get::<ControllerRevision>()?;
     let queue = WorkQueue::new();
@@ -117,10 +117,10 @@ fn on_pod_change(
     queue: &WorkQueue,
     expectations: &Expectations,
     sets: &Informer<DaemonSet>,
-    old: Option<&Arc<Pod>>,
-    new: Option<&Arc<Pod>>,
+    old: Option<&Arc<CachedPod>>,
+    new: Option<&Arc<CachedPod>>,
 ) {
-    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+    let uid = |p: &CachedPod| p.metadata.uid.clone().unwrap_or_default();
     match (old, new) {
         (None, Some(pod)) => match owner_key(&pod.metadata) {
             Some(key) => {
@@ -158,7 +158,7 @@ fn on_pod_change(
 }
 
 /// Orphan pods: every DaemonSet in the namespace whose selector matches may adopt.
-fn enqueue_matching(queue: &WorkQueue, sets: &Informer<DaemonSet>, pod: &Pod) {
+fn enqueue_matching(queue: &WorkQueue, sets: &Informer<DaemonSet>, pod: &CachedPod) {
     super::claim::enqueue_selecting(queue, sets, &pod.metadata, |s| {
         s.spec.as_ref().map(|s| &s.selector)
     });
@@ -167,7 +167,7 @@ fn enqueue_matching(queue: &WorkQueue, sets: &Informer<DaemonSet>, pod: &Pod) {
 struct Controller {
     client: Client,
     sets: Informer<DaemonSet>,
-    pods: Informer<Pod>,
+    pods: Informer<CachedPod>,
     nodes: Informer<Node>,
     revisions: Informer<ControllerRevision>,
     expectations: Expectations,
@@ -261,7 +261,7 @@ impl Controller {
     async fn sync_history(
         &self,
         ds: &mut DaemonSet,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
     ) -> Result<String, ClientError> {
         let namespace = ds.metadata.namespace.clone().unwrap_or_default();
         let name = ds.metadata.name.clone().unwrap_or_default();
@@ -388,14 +388,14 @@ impl Controller {
         key: &str,
         ds: &DaemonSet,
         pods_api: &Api<Pod>,
-        owned: &[Arc<Pod>],
+        owned: &[Arc<CachedPod>],
         create_on: &[String],
         delete: &[String],
         hash: &str,
     ) -> Result<(), ClientError> {
         let create_on = &create_on[..create_on.len().min(BURST)];
         let delete = &delete[..delete.len().min(BURST)];
-        let victims: Vec<&Arc<Pod>> = owned
+        let victims: Vec<&Arc<CachedPod>> = owned
             .iter()
             .filter(|p| p.metadata.name.as_ref().is_some_and(|n| delete.contains(n)))
             .collect();

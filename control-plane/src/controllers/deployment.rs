@@ -15,10 +15,7 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec},
-    core::v1::Pod,
-};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 use tracing::{debug, info};
@@ -42,7 +39,7 @@ use crate::{
         informer::{key_of, split_key},
         labels::selector_matches,
         leader::Leadership,
-        Api, Client, ClientError, Informer, Informers, WorkQueue,
+        Api, CachedPod, Client, ClientError, Informer, Informers, WorkQueue,
     },
 };
 
@@ -55,7 +52,7 @@ pub fn start(
 ) -> Result<(), ClientError> {
     let deployments = informers.get::<Deployment>()?;
     let sets = informers.get::<ReplicaSet>()?;
-    let pods = informers.get::<Pod>()?;
+    let pods = informers.get::<CachedPod>()?;
     let queue = WorkQueue::new();
     {
         let queue = queue.clone();
@@ -127,7 +124,7 @@ struct Controller {
     client: Client,
     deployments: Informer<Deployment>,
     sets: Informer<ReplicaSet>,
-    pods: Informer<Pod>,
+    pods: Informer<CachedPod>,
     recorder: Recorder,
 }
 

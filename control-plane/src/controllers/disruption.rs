@@ -10,7 +10,6 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use k8s_openapi::{
     api::{
         apps::v1::{ReplicaSet, StatefulSet},
-        core::v1::Pod,
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::util::intstr::IntOrString,
@@ -25,7 +24,7 @@ use crate::client::{
     informer::{key_of, split_key},
     labels::selector_matches,
     leader::Leadership,
-    Client, ClientError, Informer, Informers, WorkQueue,
+    CachedPod, Client, ClientError, Informer, Informers, WorkQueue,
 };
 
 /// How long an eviction's record keeps its pod out of the healthy count (upstream: 2 min).
@@ -38,7 +37,7 @@ pub fn start(
     leadership: Leadership,
 ) -> Result<(), ClientError> {
     let budgets = informers.get::<PodDisruptionBudget>()?;
-    let pods = informers.get::<Pod>()?;
+    let pods = informers.get::<CachedPod>()?;
     let queue = WorkQueue::new();
     {
         let queue = queue.clone();
@@ -108,7 +107,7 @@ pub fn desired_healthy(
 struct Controller {
     client: Client,
     budgets: Informer<PodDisruptionBudget>,
-    pods: Informer<Pod>,
+    pods: Informer<CachedPod>,
     sets: Informer<ReplicaSet>,
     stateful: Informer<StatefulSet>,
 }
@@ -116,7 +115,7 @@ struct Controller {
 impl Controller {
     /// The pods the budget expects: the replicas of their controllers, or the pods
     /// themselves for an integer minAvailable.
-    fn expected(&self, namespace: &str, selected: &[Arc<Pod>], integer_min: bool) -> i32 {
+    fn expected(&self, namespace: &str, selected: &[Arc<CachedPod>], integer_min: bool) -> i32 {
         if integer_min {
             return selected.len() as i32;
         }
@@ -154,7 +153,7 @@ impl Controller {
         let (namespace, name) = split_key(key);
         let namespace = namespace.unwrap_or_default();
         let spec = budget.spec.clone().unwrap_or_default();
-        let selected: Vec<Arc<Pod>> = match &spec.selector {
+        let selected: Vec<Arc<CachedPod>> = match &spec.selector {
             Some(selector) => self
                 .pods
                 .list_namespace(namespace)

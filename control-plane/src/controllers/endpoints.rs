@@ -14,7 +14,7 @@ use k8s_openapi::{
     api::{
         core::v1::{
             EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, Node,
-            ObjectReference, Pod, Service, ServicePort,
+            ObjectReference, Service, ServicePort,
         },
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     },
@@ -29,7 +29,7 @@ use super::{
 use crate::client::{
     informer::{key_of, split_key},
     leader::Leadership,
-    Client, ClientError, Informer, Informers, WorkQueue,
+    CachedPod, Client, ClientError, Informer, Informers, WorkQueue,
 };
 
 /// The label that names a slice's Service.
@@ -48,7 +48,7 @@ pub fn start(
     leadership: Leadership,
 ) -> Result<(), ClientError> {
     let services = informers.get::<Service>()?;
-    let pods = informers.get::<Pod>()?;
+    let pods = informers.get::<CachedPod>()?;
     let slices = informers.get::<EndpointSlice>()?;
     let nodes = informers.get::<Node>()?;
     let queue = WorkQueue::new();
@@ -115,7 +115,7 @@ fn selector(service: &Service) -> Option<&BTreeMap<String, String>> {
         .filter(|s| !s.is_empty())
 }
 
-fn selects(service: &Service, pod: &Pod) -> bool {
+fn selects(service: &Service, pod: &CachedPod) -> bool {
     let Some(selector) = selector(service) else {
         return false;
     };
@@ -140,7 +140,7 @@ pub struct ResolvedPort {
 
 /// Resolves the Service's ports against a pod: numeric target ports as they are, named ones
 /// through the pod's container ports (a port that does not resolve is left out).
-pub fn resolve_ports(ports: &[ServicePort], pod: &Pod) -> Vec<ResolvedPort> {
+pub fn resolve_ports(ports: &[ServicePort], pod: &CachedPod) -> Vec<ResolvedPort> {
     let container_ports: Vec<_> = pod
         .spec
         .as_ref()
@@ -181,7 +181,7 @@ pub fn resolve_ports(ports: &[ServicePort], pod: &Pod) -> Vec<ResolvedPort> {
 /// The desired endpoints of a Service, grouped by resolved port set.
 pub fn desired_endpoints(
     service: &Service,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     zone_of: impl Fn(&str) -> Option<String>,
 ) -> BTreeMap<Vec<ResolvedPort>, Vec<Endpoint>> {
     let spec = service.spec.clone().unwrap_or_default();
@@ -239,7 +239,7 @@ pub fn desired_endpoints(
 struct Controller {
     client: Client,
     services: Informer<Service>,
-    pods: Informer<Pod>,
+    pods: Informer<CachedPod>,
     slices: Informer<EndpointSlice>,
     nodes: Informer<Node>,
 }
@@ -481,7 +481,7 @@ fn build_slice(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        Container, ContainerPort, PodCondition, PodSpec, PodStatus, ServiceSpec,
+        Container, ContainerPort, Pod, PodCondition, PodSpec, PodStatus, ServiceSpec,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -506,8 +506,8 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, ip: &str, ready: bool, port: i32, terminating: bool) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(name: &str, ip: &str, ready: bool, port: i32, terminating: bool) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
                 namespace: Some("ns".to_owned()),
@@ -539,7 +539,7 @@ mod tests {
                 }]),
                 ..PodStatus::default()
             }),
-        })
+        }))
     }
 
     #[test]

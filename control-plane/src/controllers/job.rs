@@ -51,7 +51,7 @@ use crate::{
         informer::{key_of, split_key},
         labels::selector_matches,
         leader::Leadership,
-        Api, Client, ClientError, Informer, Informers, WorkQueue,
+        Api, CachedPod, Client, ClientError, Informer, Informers, WorkQueue,
     },
 };
 
@@ -101,7 +101,7 @@ pub fn start(
     recorder: Recorder,
 ) -> Result<(), ClientError> {
     let jobs = informers.get::<Job>()?;
-    let pods = informers.get::<Pod>()?;
+    let pods = informers.get::<CachedPod>()?;
     let queue = WorkQueue::new();
     let expectations = Expectations::new();
     let removals = FinalizerExpectations::default();
@@ -166,7 +166,7 @@ pub fn start(
 }
 
 /// The key of the Job controlling a pod.
-fn job_key(pod: &Pod) -> Option<String> {
+fn job_key(pod: &CachedPod) -> Option<String> {
     super::claim::controller_key(&pod.metadata, "batch/v1", "Job")
 }
 
@@ -175,11 +175,11 @@ fn on_pod_change(
     expectations: &Expectations,
     removals: &FinalizerExpectations,
     jobs: &Informer<Job>,
-    old: Option<&Arc<Pod>>,
-    new: Option<&Arc<Pod>>,
+    old: Option<&Arc<CachedPod>>,
+    new: Option<&Arc<CachedPod>>,
 ) {
-    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
-    let orphan_key = |p: &Pod| format!("{ORPHAN_PREFIX}{}", key_of(p));
+    let uid = |p: &CachedPod| p.metadata.uid.clone().unwrap_or_default();
+    let orphan_key = |p: &CachedPod| format!("{ORPHAN_PREFIX}{}", key_of(p));
     if let (Some(before), Some(pod)) = (old, new) {
         if let Some(previous) = job_key(before).filter(|k| Some(k) != job_key(pod).as_ref()) {
             removals.observed(&previous, &uid(pod));
@@ -239,7 +239,7 @@ fn on_pod_change(
 struct Controller {
     client: Client,
     jobs: Informer<Job>,
-    pods: Informer<Pod>,
+    pods: Informer<CachedPod>,
     expectations: Expectations,
     removals: FinalizerExpectations,
     backoffs: Arc<Mutex<HashMap<String, Backoff>>>,
@@ -254,7 +254,7 @@ struct IndexState {
     /// Failed indexes (with `backoffLimitPerIndex` only).
     failed: Option<Intervals>,
     /// Per index, the failed pod held for its replacement.
-    delayed: BTreeMap<i32, Arc<Pod>>,
+    delayed: BTreeMap<i32, Arc<CachedPod>>,
 }
 
 /// The earlier of two requeues.
@@ -271,7 +271,7 @@ fn remove_finalizer_patch() -> serde_json::Value {
     json!({"metadata": {"$deleteFromPrimitiveList/finalizers": [TRACKING_FINALIZER]}})
 }
 
-fn phase_is(pod: &Pod, phase: &str) -> bool {
+fn phase_is(pod: &CachedPod, phase: &str) -> bool {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase)
 }
 
@@ -380,13 +380,13 @@ impl Controller {
             |list: &Option<Vec<String>>, uid: &str| list.iter().flatten().any(|u| u == uid);
         let limit = plan::completions(&job).unwrap_or(0);
         let indexed = plan::is_indexed(&job);
-        let countable = |p: &Arc<Pod>| {
+        let countable = |p: &Arc<CachedPod>| {
             let uid = p.metadata.uid.as_deref().unwrap_or_default();
             has_finalizer(p)
                 && !expected.contains(uid)
                 && (!indexed || completion_index(p).is_some_and(|i| i < limit))
         };
-        let new_succeeded: Vec<&Arc<Pod>> = pods
+        let new_succeeded: Vec<&Arc<CachedPod>> = pods
             .iter()
             .filter(|p| countable(p) && phase_is(p, "Succeeded"))
             .filter(|p| {
@@ -396,7 +396,7 @@ impl Controller {
                 )
             })
             .collect();
-        let new_failed: Vec<&Arc<Pod>> = pods
+        let new_failed: Vec<&Arc<CachedPod>> = pods
             .iter()
             .filter(|p| countable(p) && counts_as_failed(p, &job))
             .filter(|p| {
@@ -446,7 +446,7 @@ impl Controller {
         if indexed {
             succeeded = all_indexes.total();
         }
-        let active_pods: Vec<Arc<Pod>> = pods
+        let active_pods: Vec<Arc<CachedPod>> = pods
             .iter()
             .filter(|p| pods::is_active(p))
             .cloned()
@@ -583,7 +583,7 @@ impl Controller {
         &self,
         job: &Job,
         status: &k8s_openapi::api::batch::v1::JobStatus,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
         failed: i32,
         now_s: i64,
         now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
@@ -689,8 +689,8 @@ impl Controller {
         key: &str,
         job: &Job,
         pods_api: &Api<Pod>,
-        all_pods: &[Arc<Pod>],
-        active_pods: &[Arc<Pod>],
+        all_pods: &[Arc<CachedPod>],
+        active_pods: &[Arc<CachedPod>],
         succeeded: i32,
         indexes: &IndexState,
         terminating: i32,
@@ -814,7 +814,7 @@ impl Controller {
         &self,
         job: &Job,
         pods_api: &Api<Pod>,
-        doomed: &[Arc<Pod>],
+        doomed: &[Arc<CachedPod>],
         drop_finalizer: bool,
     ) -> (i32, i32, Option<ClientError>) {
         let key = key_of(job);
@@ -870,7 +870,7 @@ impl Controller {
         job: &Job,
         jobs_api: &Api<Job>,
         mut status: k8s_openapi::api::batch::v1::JobStatus,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
         expected: &HashSet<String>,
         finished: Option<k8s_openapi::api::batch::v1::JobCondition>,
         indexes: &IndexProgress,

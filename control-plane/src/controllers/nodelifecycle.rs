@@ -30,7 +30,7 @@ use crate::{
     client::{
         events::{reference_to, EventType, Recorder},
         leader::Leadership,
-        Client, ClientError, Informer, Informers,
+        CachedPod, Client, ClientError, Informer, Informers,
     },
     scheduler::filters::tolerates,
 };
@@ -74,7 +74,7 @@ pub fn start(
         client: client.clone(),
         nodes: informers.get::<Node>()?,
         leases: informers.get::<Lease>()?,
-        pods: informers.get::<Pod>()?,
+        pods: informers.get::<CachedPod>()?,
         recorder,
         config,
         probes: HashMap::new(),
@@ -95,7 +95,7 @@ struct Lifecycle {
     client: Client,
     nodes: Informer<Node>,
     leases: Informer<Lease>,
-    pods: Informer<Pod>,
+    pods: Informer<CachedPod>,
     recorder: Recorder,
     config: LifecycleConfig,
     probes: HashMap<String, Probe>,
@@ -314,7 +314,7 @@ impl Lifecycle {
         Ok(())
     }
 
-    fn pods_on(&self, node: &str) -> Vec<Arc<Pod>> {
+    fn pods_on(&self, node: &str) -> Vec<Arc<CachedPod>> {
         self.pods
             .list()
             .into_iter()

@@ -13,6 +13,8 @@ use k8s_openapi::{
     Metadata, Resource,
 };
 
+use crate::client::CachedPod;
+
 /// Seconds since the epoch, now.
 pub fn now_seconds() -> i64 {
     std::time::SystemTime::now()
@@ -31,7 +33,7 @@ fn seconds(time: &Time) -> i64 {
 }
 
 /// Whether the pod finished (Succeeded or Failed).
-pub fn is_terminal(pod: &Pod) -> bool {
+pub fn is_terminal(pod: &CachedPod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
@@ -39,12 +41,12 @@ pub fn is_terminal(pod: &Pod) -> bool {
 }
 
 /// Whether the pod counts as a replica: not finished, not being deleted.
-pub fn is_active(pod: &Pod) -> bool {
+pub fn is_active(pod: &CachedPod) -> bool {
     !is_terminal(pod) && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// The time the pod became Ready, if it is Ready.
-pub fn ready_since(pod: &Pod) -> Option<i64> {
+pub fn ready_since(pod: &CachedPod) -> Option<i64> {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -55,12 +57,12 @@ pub fn ready_since(pod: &Pod) -> Option<i64> {
 }
 
 /// Whether the pod is Ready.
-pub fn is_ready(pod: &Pod) -> bool {
+pub fn is_ready(pod: &CachedPod) -> bool {
     ready_since(pod).is_some()
 }
 
 /// Whether the pod has been Ready for `min_ready_seconds`.
-pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: i64) -> bool {
+pub fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: i64) -> bool {
     match ready_since(pod) {
         Some(since) => min_ready_seconds <= 0 || since + i64::from(min_ready_seconds) <= now,
         None => false,
@@ -114,7 +116,7 @@ pub fn pod_from_template(
     }
 }
 
-fn phase_rank(pod: &Pod) -> u8 {
+fn phase_rank(pod: &CachedPod) -> u8 {
     match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
         Some("Pending") | None => 0,
         Some("Running") => 2,
@@ -122,7 +124,7 @@ fn phase_rank(pod: &Pod) -> u8 {
     }
 }
 
-fn restarts(pod: &Pod) -> i32 {
+fn restarts(pod: &CachedPod) -> i32 {
     pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
@@ -136,8 +138,8 @@ fn restarts(pod: &Pod) -> i32 {
 /// Orders pods so that the ones to delete first come first (upstream's `ActivePods`
 /// ordering): unscheduled, then pending, then not ready, then ready for less time, then
 /// more restarts, then newer.
-pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
-    let assigned = |p: &Pod| {
+pub fn deletion_order(a: &CachedPod, b: &CachedPod) -> Ordering {
+    let assigned = |p: &CachedPod| {
         p.spec
             .as_ref()
             .and_then(|s| s.node_name.as_deref())
@@ -149,12 +151,12 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
         .then_with(|| is_ready(a).cmp(&is_ready(b)))
         .then_with(|| {
             // Ready for less time first.
-            let since = |p: &Pod| ready_since(p).unwrap_or(i64::MAX);
+            let since = |p: &CachedPod| ready_since(p).unwrap_or(i64::MAX);
             since(b).cmp(&since(a))
         })
         .then_with(|| restarts(b).cmp(&restarts(a)))
         .then_with(|| {
-            let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map_or(0, seconds);
+            let created = |p: &CachedPod| p.metadata.creation_timestamp.as_ref().map_or(0, seconds);
             created(b).cmp(&created(a))
         })
 }
@@ -231,8 +233,8 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
 
-    fn pod(node: Option<&str>, phase: &str, ready: bool) -> Pod {
-        Pod {
+    fn pod(node: Option<&str>, phase: &str, ready: bool) -> CachedPod {
+        CachedPod::from(Pod {
             spec: Some(PodSpec {
                 node_name: node.map(str::to_owned),
                 ..PodSpec::default()
@@ -247,7 +249,7 @@ mod tests {
                 ..PodStatus::default()
             }),
             ..Pod::default()
-        }
+        })
     }
 
     #[test]

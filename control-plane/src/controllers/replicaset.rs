@@ -27,7 +27,7 @@ use crate::{
         informer::split_key,
         labels::selector_matches,
         leader::Leadership,
-        Client, ClientError, Informer, Informers, WorkQueue,
+        CachedPod, Client, ClientError, Informer, Informers, WorkQueue,
     },
 };
 
@@ -42,7 +42,7 @@ pub fn start(
     recorder: Recorder,
 ) -> Result<(), ClientError> {
     let sets = informers.get::<ReplicaSet>()?;
-    let pods = informers.get::<Pod>()?;
+    let pods = informers.get::<CachedPod>()?;
     let queue = WorkQueue::new();
     let expectations = Expectations::new();
     sets.on_change(super::expectations::owner_handler(
@@ -72,7 +72,7 @@ pub fn start(
 }
 
 /// The key of the ReplicaSet controlling a pod.
-fn owner_key(pod: &Pod) -> Option<String> {
+fn owner_key(pod: &CachedPod) -> Option<String> {
     super::claim::controller_key(&pod.metadata, "apps/v1", "ReplicaSet")
 }
 
@@ -80,10 +80,10 @@ fn on_pod_change(
     queue: &WorkQueue,
     expectations: &Expectations,
     sets: &Informer<ReplicaSet>,
-    old: Option<&Arc<Pod>>,
-    new: Option<&Arc<Pod>>,
+    old: Option<&Arc<CachedPod>>,
+    new: Option<&Arc<CachedPod>>,
 ) {
-    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+    let uid = |p: &CachedPod| p.metadata.uid.clone().unwrap_or_default();
     match (old, new) {
         (None, Some(pod)) => match owner_key(pod) {
             Some(key) => {
@@ -122,7 +122,7 @@ fn on_pod_change(
 }
 
 /// Orphans: every ReplicaSet in the namespace whose selector matches may adopt.
-fn enqueue_matching(queue: &WorkQueue, sets: &Informer<ReplicaSet>, pod: &Pod) {
+fn enqueue_matching(queue: &WorkQueue, sets: &Informer<ReplicaSet>, pod: &CachedPod) {
     super::claim::enqueue_selecting(queue, sets, &pod.metadata, |s| {
         s.spec.as_ref().map(|s| &s.selector)
     });
@@ -131,7 +131,7 @@ fn enqueue_matching(queue: &WorkQueue, sets: &Informer<ReplicaSet>, pod: &Pod) {
 struct Controller {
     client: Client,
     sets: Informer<ReplicaSet>,
-    pods: Informer<Pod>,
+    pods: Informer<CachedPod>,
     expectations: Expectations,
     recorder: Recorder,
 }
@@ -150,7 +150,7 @@ impl Controller {
         let pods_api = self.client.namespaced::<Pod>(namespace)?;
 
         // Claim: adopt matching orphans, release owned pods that stopped matching.
-        let mut owned: Vec<Arc<Pod>> = Vec::new();
+        let mut owned: Vec<Arc<CachedPod>> = Vec::new();
         for pod in self.pods.list_namespace(namespace) {
             let matches = selector_matches(&spec.selector, pod.metadata.labels.as_ref());
             match controller_of(&pod.metadata) {
@@ -183,7 +183,7 @@ impl Controller {
                     let patch =
                         json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid}});
                     match pods_api.patch(&name, PatchKind::Merge, &patch).await {
-                        Ok(adopted) => owned.push(Arc::new(adopted)),
+                        Ok(adopted) => owned.push(Arc::new(CachedPod::from(adopted))),
                         Err(e) if e.is_not_found() || e.is_conflict() => {}
                         Err(e) => return Err(e),
                     }
@@ -191,7 +191,7 @@ impl Controller {
                 _ => {}
             }
         }
-        let mut active: Vec<Arc<Pod>> = owned
+        let mut active: Vec<Arc<CachedPod>> = owned
             .iter()
             .filter(|p| pods::is_active(p))
             .cloned()
@@ -209,7 +209,7 @@ impl Controller {
             } else if active.len() > wanted {
                 let surplus = (active.len() - wanted).min(BURST);
                 active.sort_by(|a, b| pods::deletion_order(a, b));
-                let victims: Vec<Arc<Pod>> = active.drain(..surplus).collect();
+                let victims: Vec<Arc<CachedPod>> = active.drain(..surplus).collect();
                 self.expectations.expect(
                     key,
                     0,
@@ -285,13 +285,13 @@ impl Controller {
     async fn update_status(
         &self,
         set: &ReplicaSet,
-        owned: &[Arc<Pod>],
+        owned: &[Arc<CachedPod>],
         failure: Option<&ClientError>,
     ) -> Result<Requeue, ClientError> {
         let spec = set.spec.clone().unwrap_or_default();
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
         let now = pods::now_seconds();
-        let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| pods::is_active(p)).collect();
+        let active: Vec<&Arc<CachedPod>> = owned.iter().filter(|p| pods::is_active(p)).collect();
         let template_labels = spec
             .template
             .as_ref()

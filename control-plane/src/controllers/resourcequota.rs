@@ -9,10 +9,7 @@
 //! Owns quota usage only; refusing writes over quota is admission's job.
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    api::core::v1::{Pod, ResourceQuota},
-    apimachinery::pkg::api::resource::Quantity,
-};
+use k8s_openapi::{api::core::v1::ResourceQuota, apimachinery::pkg::api::resource::Quantity};
 use serde_json::{json, Value};
 
 use super::{
@@ -22,7 +19,8 @@ use super::{
 use crate::{
     apiserver::rest::{Query, Rest},
     client::{
-        informer::key_of, leader::Leadership, Client, ClientError, Informer, Informers, WorkQueue,
+        informer::key_of, leader::Leadership, CachedPod, Client, ClientError, Informer, Informers,
+        WorkQueue,
     },
     scheduler::resources::{parse_milli, parse_units},
 };
@@ -37,7 +35,7 @@ pub fn start(
     leadership: Leadership,
 ) -> Result<(), ClientError> {
     let quotas = informers.get::<ResourceQuota>()?;
-    let pods = informers.get::<Pod>()?;
+    let pods = informers.get::<CachedPod>()?;
     let queue = WorkQueue::new();
     {
         let queue = queue.clone();
@@ -72,7 +70,7 @@ pub fn start(
 }
 
 /// Sums requests or limits of a resource over pods (millis for cpu, units otherwise).
-fn pod_total(pods: &[Arc<Pod>], field: &str, resource: &str) -> i64 {
+fn pod_total(pods: &[Arc<CachedPod>], field: &str, resource: &str) -> i64 {
     let parse = |q: &Quantity| {
         if resource == "cpu" {
             parse_milli(&q.0).unwrap_or(0)
@@ -111,7 +109,7 @@ fn format_amount(resource: &str, amount: i64) -> String {
 struct Controller {
     client: Client,
     quotas: Informer<ResourceQuota>,
-    pods: Informer<Pod>,
+    pods: Informer<CachedPod>,
 }
 
 impl Controller {
@@ -147,7 +145,7 @@ impl Controller {
             .as_ref()
             .and_then(|s| s.hard.clone())
             .unwrap_or_default();
-        let live: Vec<Arc<Pod>> = self
+        let live: Vec<Arc<CachedPod>> = self
             .pods
             .list_namespace(&namespace)
             .into_iter()

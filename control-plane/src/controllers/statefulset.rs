@@ -39,7 +39,7 @@ use crate::client::{
     events::{reference_to, EventType, Recorder},
     informer::{key_of, split_key},
     leader::Leadership,
-    Api, Client, ClientError, Informer, Informers, WorkQueue,
+    Api, CachedPod, Client, ClientError, Informer, Informers, WorkQueue,
 };
 
 /// How soon a pod held back by a stale claim is looked at again.
@@ -53,7 +53,7 @@ pub fn start(
     recorder: Recorder,
 ) -> Result<(), ClientError> {
     let sets = informers.get::<StatefulSet>()?;
-    let pods = informers.get::<Pod>()?;
+    let pods = informers.get::<CachedPod>()?;
     let revisions = informers.get::<ControllerRevision>()?;
     let claims = informers.get::<PersistentVolumeClaim>()?;
     let queue = WorkQueue::new();
@@ -121,7 +121,7 @@ fn owner_key(meta: &ObjectMeta) -> Option<String> {
 }
 
 /// Orphan pods: every StatefulSet in the namespace whose selector matches may adopt.
-fn enqueue_matching(queue: &WorkQueue, sets: &Informer<StatefulSet>, pod: &Pod) {
+fn enqueue_matching(queue: &WorkQueue, sets: &Informer<StatefulSet>, pod: &CachedPod) {
     super::claim::enqueue_selecting(queue, sets, &pod.metadata, |s| {
         s.spec.as_ref().map(|s| &s.selector)
     });
@@ -130,7 +130,7 @@ fn enqueue_matching(queue: &WorkQueue, sets: &Informer<StatefulSet>, pod: &Pod) 
 struct Controller {
     client: Client,
     sets: Informer<StatefulSet>,
-    pods: Informer<Pod>,
+    pods: Informer<CachedPod>,
     revisions: Informer<ControllerRevision>,
     claims: Informer<PersistentVolumeClaim>,
     recorder: Recorder,
@@ -165,7 +165,7 @@ impl Controller {
             .unwrap_or_default();
         let deleting = set.metadata.deletion_timestamp.is_some();
         // Only pods named like members are adopted.
-        let candidates: Vec<Arc<Pod>> = self
+        let candidates: Vec<Arc<CachedPod>> = self
             .pods
             .list_namespace(namespace)
             .into_iter()
@@ -402,7 +402,7 @@ impl Controller {
     async fn fix_claim_owners(
         &self,
         set: &StatefulSet,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
     ) -> Result<(), ClientError> {
         let namespace = set.metadata.namespace.clone().unwrap_or_default();
         let api = self
@@ -497,7 +497,7 @@ impl Controller {
     async fn prune_history(
         &self,
         set: &StatefulSet,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
         revisions: &Revisions,
     ) -> Result<(), ClientError> {
         let mut live: HashSet<String> =

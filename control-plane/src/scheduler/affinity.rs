@@ -9,8 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::{
-    api::core::v1::{Pod, PodAffinityTerm},
-    apimachinery::pkg::apis::meta::v1::LabelSelector,
+    api::core::v1::PodAffinityTerm, apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 
 use super::{
@@ -18,6 +17,7 @@ use super::{
     filters::Reason,
     spread::{FilterState, PodSpread, ScoreState},
 };
+use crate::client::CachedPod;
 
 /// Labels of every namespace, for `namespaceSelector`.
 pub type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;
@@ -82,7 +82,7 @@ impl Term {
         }
     }
 
-    fn matches(&self, pod: &Pod) -> bool {
+    fn matches(&self, pod: &CachedPod) -> bool {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         self.namespaces
             .as_ref()
@@ -151,7 +151,7 @@ pub struct Context<'a> {
     spread_score: Option<ScoreState<'a>>,
 }
 
-fn required_terms(pod: &Pod, namespaces: &NamespaceLabels) -> (Vec<Term>, Vec<Term>) {
+fn required_terms(pod: &CachedPod, namespaces: &NamespaceLabels) -> (Vec<Term>, Vec<Term>) {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
     let resolve = |terms: Option<&Vec<PodAffinityTerm>>| -> Vec<Term> {
@@ -182,7 +182,7 @@ fn required_terms(pod: &Pod, namespaces: &NamespaceLabels) -> (Vec<Term>, Vec<Te
 }
 
 /// Preferred terms with signed weights (affinity positive, anti-affinity negative).
-fn preferred_terms(pod: &Pod, namespaces: &NamespaceLabels) -> Vec<Term> {
+fn preferred_terms(pod: &CachedPod, namespaces: &NamespaceLabels) -> Vec<Term> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
     let attracting = affinity
@@ -218,7 +218,7 @@ fn preferred_terms(pod: &Pod, namespaces: &NamespaceLabels) -> Vec<Term> {
 
 /// Whether a pod has pod affinity or anti-affinity terms (its own, which other pods must
 /// respect too).
-pub fn has_pod_affinity(pod: &Pod) -> bool {
+pub fn has_pod_affinity(pod: &CachedPod) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.affinity.as_ref())

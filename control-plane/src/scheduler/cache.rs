@@ -14,13 +14,14 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::api::core::v1::{Node, Taint};
 
 use super::{
     affinity::has_pod_affinity,
     resources::{allocatable, pod_requests, Resources},
     spread::{ConstraintSet, Domains, SpreadIndex},
 };
+use crate::client::CachedPod;
 
 /// CPU counted for a container without a CPU request, for scoring only (upstream's 100m).
 pub const DEFAULT_MILLI_CPU: i64 = 100;
@@ -34,7 +35,7 @@ pub type HostPort = (String, String, i32);
 #[derive(Debug, Clone)]
 pub struct PodInfo {
     /// The pod.
-    pub pod: Arc<Pod>,
+    pub pod: Arc<CachedPod>,
     /// `namespace/name`.
     pub key: String,
     /// Effective requests.
@@ -47,7 +48,7 @@ pub struct PodInfo {
 
 impl PodInfo {
     /// Computes the pod's scheduling facts.
-    pub fn new(pod: Arc<Pod>) -> Self {
+    pub fn new(pod: Arc<CachedPod>) -> Self {
         let meta = &pod.metadata;
         let key = format!(
             "{}/{}",
@@ -142,7 +143,7 @@ pub struct NodeInfo {
     /// Pods nominated to this node by preemption that [`NodeInfo::pods`] holds for one
     /// scheduling attempt (the scheduler's view of a node with them added); the cache's
     /// own entries never have any.
-    pub nominated: Vec<Arc<Pod>>,
+    pub nominated: Vec<Arc<CachedPod>>,
 }
 
 impl NodeInfo {
@@ -257,7 +258,7 @@ fn forget_image(counts: &mut HashMap<String, usize>, image: &str) {
 }
 
 /// Whether a pod holds resources on its node: bound and not finished.
-pub fn occupies_node(pod: &Pod) -> bool {
+pub fn occupies_node(pod: &CachedPod) -> bool {
     let bound = pod
         .spec
         .as_ref()
@@ -358,7 +359,7 @@ impl Cache {
 
     /// Records a pod as the informer sees it: bound pods take their node's resources; a
     /// pod that finished or was unbound gives them back. An assumed pod is confirmed.
-    pub fn set_pod(&mut self, pod: Arc<Pod>) {
+    pub fn set_pod(&mut self, pod: Arc<CachedPod>) {
         let info = PodInfo::new(pod);
         let key = info.key.clone();
         self.assumed.remove(&key);
@@ -475,7 +476,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(name: &str, node: &str, anti_affinity: bool) -> Result<Arc<Pod>, serde_json::Error> {
+    fn pod(
+        name: &str,
+        node: &str,
+        anti_affinity: bool,
+    ) -> Result<Arc<CachedPod>, serde_json::Error> {
         let mut spec = json!({"nodeName": node, "containers": [{"name": "main"}]});
         if anti_affinity {
             spec["affinity"] = json!({"podAntiAffinity": {}});

@@ -3,14 +3,13 @@
 //! `FailedScheduling` events and the pod's `PodScheduled` condition).
 //!
 //! Owns the yes/no of placement for one (pod, node) pair; it must not score or write.
-use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
 
 use super::{
     affinity,
     cache::{NodeInfo, PodInfo},
 };
+use crate::client::CachedPod;
 
 /// Why a node does not fit; equal reasons are counted together in the summary.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -37,7 +36,7 @@ fn reason(text: impl Into<String>) -> Reason {
 }
 
 /// `NodeUnschedulable`: cordoned nodes take only pods that tolerate it.
-pub fn node_unschedulable(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
+pub fn node_unschedulable(pod: &CachedPod, node: &NodeInfo) -> Result<(), Reason> {
     if !node.unschedulable {
         return Ok(());
     }
@@ -54,7 +53,7 @@ pub fn node_unschedulable(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
 }
 
 /// `NodeName`: a pod that names a node fits only there.
-pub fn node_name(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
+pub fn node_name(pod: &CachedPod, node: &NodeInfo) -> Result<(), Reason> {
     match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
         Some(wanted) if !wanted.is_empty() && wanted != node.name() => {
             Err(reason("node(s) didn't match the requested node name"))
@@ -64,7 +63,7 @@ pub fn node_name(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
 }
 
 /// `NodeAffinity`: `nodeSelector` and required node affinity.
-pub fn node_affinity(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
+pub fn node_affinity(pod: &CachedPod, node: &NodeInfo) -> Result<(), Reason> {
     let Some(spec) = pod.spec.as_ref() else {
         return Ok(());
     };
@@ -138,7 +137,7 @@ fn requirement_matches(requirement: &NodeSelectorRequirement, value: Option<&str
 }
 
 /// The pod's tolerations.
-pub fn tolerations(pod: &Pod) -> &[Toleration] {
+pub fn tolerations(pod: &CachedPod) -> &[Toleration] {
     pod.spec
         .as_ref()
         .and_then(|s| s.tolerations.as_deref())
@@ -178,7 +177,7 @@ pub fn taints(node: &NodeInfo) -> &[Taint] {
 }
 
 /// `TaintToleration`: every NoSchedule and NoExecute taint must be tolerated.
-pub fn taint_toleration(pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
+pub fn taint_toleration(pod: &CachedPod, node: &NodeInfo) -> Result<(), Reason> {
     let tolerations = tolerations(pod);
     for taint in taints(node) {
         if !matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute") {

@@ -45,7 +45,7 @@ use tracing::{debug, info, warn};
 use crate::client::{
     events::{reference_to, EventType, Recorder},
     leader::Leadership,
-    Api, Client, ClientError, Informers,
+    Api, CachedPod, Client, ClientError, Informers,
 };
 use affinity::{Context, NamespaceLabels};
 use cache::{Cache, NodeInfo, PodInfo};
@@ -82,7 +82,7 @@ impl Default for SchedulerConfig {
 /// What the informers and binding tasks tell the scheduling loop.
 #[derive(Debug)]
 enum Change {
-    Pod(Option<Arc<Pod>>, Option<Arc<Pod>>),
+    Pod(Option<Arc<CachedPod>>, Option<Arc<CachedPod>>),
     Node(Option<Arc<Node>>, Option<Arc<Node>>),
     Namespace(Option<Arc<Namespace>>),
     BindFailed(String, String),
@@ -96,7 +96,7 @@ pub fn start(
     leadership: Leadership,
 ) -> Result<(), ClientError> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let pods = informers.get::<Pod>()?;
+    let pods = informers.get::<CachedPod>()?;
     let nodes = informers.get::<Node>()?;
     let namespaces = informers.get::<Namespace>()?;
     // What the system default spread constraints select by; ReplicationControllers only
@@ -173,7 +173,7 @@ struct Scheduler {
     nominated: HashMap<String, (String, PodInfo)>,
 }
 
-fn pod_key(pod: &Pod) -> String {
+fn pod_key(pod: &CachedPod) -> String {
     format!(
         "{}/{}",
         pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -181,7 +181,7 @@ fn pod_key(pod: &Pod) -> String {
     )
 }
 
-fn is_bound(pod: &Pod) -> bool {
+fn is_bound(pod: &CachedPod) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
@@ -189,7 +189,7 @@ fn is_bound(pod: &Pod) -> bool {
 }
 
 impl Scheduler {
-    fn is_ours(&self, pod: &Pod) -> bool {
+    fn is_ours(&self, pod: &CachedPod) -> bool {
         let name = pod
             .spec
             .as_ref()
@@ -334,7 +334,7 @@ impl Scheduler {
         (total * percentage / 100).max(MIN_FEASIBLE_NODES)
     }
 
-    async fn schedule_one(&mut self, key: String, pod: Arc<Pod>) {
+    async fn schedule_one(&mut self, key: String, pod: Arc<CachedPod>) {
         let info = PodInfo::new(pod.clone());
         let spread = PodSpread::new(&info.pod, &self.workloads);
         for set in [&spread.hard, &spread.soft].into_iter().flatten() {
@@ -418,7 +418,7 @@ impl Scheduler {
         view
     }
 
-    fn bind(&self, pod: Arc<Pod>, node: String) {
+    fn bind(&self, pod: Arc<CachedPod>, node: String) {
         let api = self.pods.clone();
         let recorder = self.recorder.clone();
         let changes = self.changes.clone();
@@ -463,7 +463,12 @@ impl Scheduler {
     /// `PodScheduled=False` condition, written before the next pod is tried — as upstream,
     /// so a burst of unschedulable pods costs one write at a time, not a task per pod. The
     /// write is skipped when the pod already says the same (upstream's `updatePod` check).
-    async fn mark_unschedulable(&self, pod: &Arc<Pod>, message: String, nominated: Option<String>) {
+    async fn mark_unschedulable(
+        &self,
+        pod: &Arc<CachedPod>,
+        message: String,
+        nominated: Option<String>,
+    ) {
         self.recorder.record(
             reference_to(pod.as_ref()),
             EventType::Warning,
@@ -528,8 +533,8 @@ impl Scheduler {
 
 /// Whether a pod changed in a way that may change where it fits (upstream's
 /// `isPodUpdated`: anything but status, resourceVersion, managedFields and finalizers).
-fn spec_changed(old: &Pod, new: &Pod) -> bool {
-    let strip = |pod: &Pod| {
+fn spec_changed(old: &CachedPod, new: &CachedPod) -> bool {
+    let strip = |pod: &CachedPod| {
         let mut pod = pod.clone();
         pod.metadata.resource_version = None;
         pod.metadata.generation = None;

@@ -17,14 +17,14 @@ use super::{
 };
 use crate::client::{
     events::{reference_to, EventType, Recorder},
-    Api,
+    Api, CachedPod,
 };
 
 /// A node where preemption works and what it costs.
 #[derive(Debug)]
 struct Candidate {
     node: String,
-    victims: Vec<Arc<Pod>>,
+    victims: Vec<Arc<CachedPod>>,
 }
 
 impl Candidate {
@@ -40,11 +40,11 @@ impl Candidate {
     }
 }
 
-fn priority(pod: &Pod) -> i32 {
+fn priority(pod: &CachedPod) -> i32 {
     pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
 }
 
-fn may_preempt(pod: &Pod) -> bool {
+fn may_preempt(pod: &CachedPod) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.preemption_policy.as_deref())
@@ -57,7 +57,11 @@ fn fits(pod: &PodInfo, node: &NodeInfo, context: &Context<'_>) -> bool {
 }
 
 /// The victims on one node, or `None` when evicting every lower-priority pod is not enough.
-fn victims_on(pod: &PodInfo, node: &NodeInfo, context: &Context<'_>) -> Option<Vec<Arc<Pod>>> {
+fn victims_on(
+    pod: &PodInfo,
+    node: &NodeInfo,
+    context: &Context<'_>,
+) -> Option<Vec<Arc<CachedPod>>> {
     let preemptor_priority = pod.priority();
     let mut lower: Vec<PodInfo> = node
         .pods

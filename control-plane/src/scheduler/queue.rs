@@ -11,8 +11,9 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Pod;
 use tokio::time::Instant;
+
+use crate::client::CachedPod;
 
 /// First backoff after a failed attempt.
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -53,7 +54,7 @@ enum Place {
 
 #[derive(Debug)]
 struct Pending {
-    pod: Arc<Pod>,
+    pod: Arc<CachedPod>,
     place: Place,
     attempts: u32,
     /// Updated while in flight: try again at once when the attempt fails.
@@ -69,7 +70,7 @@ pub struct SchedulingQueue {
     seq: u64,
 }
 
-fn priority(pod: &Pod) -> i32 {
+fn priority(pod: &CachedPod) -> i32 {
     pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
 }
 
@@ -87,7 +88,7 @@ impl SchedulingQueue {
         Self::default()
     }
 
-    fn push_active(&mut self, key: String, pod: &Pod) {
+    fn push_active(&mut self, key: String, pod: &CachedPod) {
         self.seq += 1;
         self.active.push(Entry {
             priority: priority(pod),
@@ -98,7 +99,7 @@ impl SchedulingQueue {
 
     /// A pending pod was added or changed; `relevant` says whether the change may change
     /// where it fits (a status-only change does not move it out of the unschedulable set).
-    pub fn add_or_update(&mut self, key: &str, pod: Arc<Pod>, relevant: bool) {
+    pub fn add_or_update(&mut self, key: &str, pod: Arc<CachedPod>, relevant: bool) {
         match self.pods.get_mut(key) {
             Some(pending) => {
                 pending.pod = pod.clone();
@@ -135,7 +136,7 @@ impl SchedulingQueue {
     }
 
     /// The next pod to try: highest priority, then oldest. Stale heap entries are skipped.
-    pub fn pop(&mut self) -> Option<(String, Arc<Pod>)> {
+    pub fn pop(&mut self) -> Option<(String, Arc<CachedPod>)> {
         while let Some(entry) = self.active.pop() {
             if let Some(pending) = self.pods.get_mut(&entry.key) {
                 if pending.place == Place::Active {
@@ -253,16 +254,16 @@ impl SchedulingQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
-    fn pod(priority: i32) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(priority: i32) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             spec: Some(PodSpec {
                 priority: Some(priority),
                 ..PodSpec::default()
             }),
             ..Pod::default()
-        })
+        }))
     }
 
     #[test]

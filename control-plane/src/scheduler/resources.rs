@@ -6,10 +6,9 @@
 //! Owns the numbers only; which resources fit where is [`super::filters`]' job.
 use std::collections::BTreeMap;
 
-use k8s_openapi::{
-    api::core::v1::{Container, Node, Pod},
-    apimachinery::pkg::api::resource::Quantity,
-};
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::api::resource::Quantity};
+
+use crate::client::{cached_pod::CachedContainer, CachedPod};
 
 /// Resource amounts by name: `cpu` in millicores, the rest in units (bytes for memory).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,7 +93,7 @@ pub fn allocatable(node: &Node) -> (Resources, i64) {
     (Resources::from_list(list), pods)
 }
 
-fn container_requests(container: &Container) -> Resources {
+fn container_requests(container: &CachedContainer) -> Resources {
     let resources = container.resources.as_ref();
     // A limit without a request means a request equal to the limit (API defaulting does this
     // too; repeated here for objects stored before it).
@@ -112,7 +111,7 @@ fn container_requests(container: &Container) -> Resources {
 }
 
 /// The pod's effective request (kube-scheduler's `computePodResourceRequest`).
-pub fn pod_requests(pod: &Pod) -> Resources {
+pub fn pod_requests(pod: &CachedPod) -> Resources {
     let Some(spec) = pod.spec.as_ref() else {
         return Resources::default();
     };
@@ -200,7 +199,7 @@ fn clamp(value: f64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements};
+    use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
 
     fn q(text: &str) -> Quantity {
         Quantity(text.to_owned())
@@ -247,7 +246,7 @@ mod tests {
             }),
             ..Pod::default()
         };
-        let requests = pod_requests(&pod);
+        let requests = pod_requests(&CachedPod::from(pod));
         assert_eq!(requests.milli_cpu, 510);
         assert_eq!(requests.memory, 150 * 1024 * 1024);
     }
@@ -264,6 +263,6 @@ mod tests {
             }),
             ..Pod::default()
         };
-        assert_eq!(pod_requests(&pod).milli_cpu, 300);
+        assert_eq!(pod_requests(&CachedPod::from(pod)).milli_cpu, 300);
     }
 }

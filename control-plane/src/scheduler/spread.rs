@@ -23,8 +23,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{ReplicaSet, StatefulSet},
         core::v1::{
-            Affinity, NodeAffinity, Pod, PodSpec, ReplicationController, Service,
-            TopologySpreadConstraint,
+            Affinity, NodeAffinity, ReplicationController, Service, TopologySpreadConstraint,
         },
     },
     apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement},
@@ -34,6 +33,7 @@ use super::{
     cache::NodeInfo,
     filters::{self, Reason},
 };
+use crate::client::{cached_pod::CachedPodSpec, CachedPod};
 use crate::client::{labels::selector_matches, Informer};
 
 /// The node label of a node's own domain; scores count it on the node itself.
@@ -154,7 +154,7 @@ impl Constraint {
 
     /// Whether an existing pod counts in its domain: same namespace as the incoming pod,
     /// not terminating, selected (upstream's `countPodsMatchSelector`).
-    pub fn counts(&self, pod: &Pod, namespace: &str) -> bool {
+    pub fn counts(&self, pod: &CachedPod, namespace: &str) -> bool {
         !self.selector.is_empty()
             && pod.metadata.deletion_timestamp.is_none()
             && pod.metadata.namespace.as_deref().unwrap_or_default() == namespace
@@ -175,11 +175,11 @@ pub struct ConstraintSet {
     pub require_all_keys: bool,
     /// The incoming pod's node selection as far as a constraint honors it: nodeSelector
     /// and required node affinity, tolerations.
-    placement: Pod,
+    placement: CachedPod,
 }
 
 impl ConstraintSet {
-    fn new(pod: &Pod, constraints: Vec<Constraint>, require_all_keys: bool) -> Self {
+    fn new(pod: &CachedPod, constraints: Vec<Constraint>, require_all_keys: bool) -> Self {
         let spec = pod.spec.as_ref();
         let affinity = constraints.iter().any(|c| c.honor_node_affinity);
         let taints = constraints.iter().any(|c| c.honor_taints);
@@ -190,24 +190,26 @@ impl ConstraintSet {
                 a.required_during_scheduling_ignored_during_execution
                     .clone()
             });
-        let placement = Pod {
-            spec: Some(PodSpec {
+        let placement = CachedPod {
+            spec: Some(CachedPodSpec {
                 node_selector: spec
                     .and_then(|s| s.node_selector.clone())
                     .filter(|s| affinity && !s.is_empty()),
-                affinity: required.filter(|_| affinity).map(|required| Affinity {
-                    node_affinity: Some(NodeAffinity {
-                        required_during_scheduling_ignored_during_execution: Some(required),
-                        ..NodeAffinity::default()
-                    }),
-                    ..Affinity::default()
+                affinity: required.filter(|_| affinity).map(|required| {
+                    Box::new(Affinity {
+                        node_affinity: Some(NodeAffinity {
+                            required_during_scheduling_ignored_during_execution: Some(required),
+                            ..NodeAffinity::default()
+                        }),
+                        ..Affinity::default()
+                    })
                 }),
                 tolerations: spec
                     .and_then(|s| s.tolerations.clone())
                     .filter(|t| taints && !t.is_empty()),
-                ..PodSpec::default()
+                ..CachedPodSpec::default()
             }),
-            ..Pod::default()
+            ..CachedPod::default()
         };
         Self {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -271,7 +273,7 @@ pub struct PodSpread {
 impl PodSpread {
     /// Resolves the constraints of `pod`; `workloads` finds the selector of the system
     /// defaults for a pod without constraints of its own.
-    pub fn new(pod: &Pod, workloads: &dyn Workloads) -> Self {
+    pub fn new(pod: &CachedPod, workloads: &dyn Workloads) -> Self {
         let own = pod
             .spec
             .as_ref()
@@ -396,7 +398,7 @@ fn requirements_of(selector: &LabelSelector) -> Option<Vec<LabelSelectorRequirem
 /// selectors of the Services in its namespace that select it, and of the
 /// ReplicationController, ReplicaSet or StatefulSet that controls it. Empty when there
 /// are none.
-pub fn default_selector(pod: &Pod, workloads: &dyn Workloads) -> Selector {
+pub fn default_selector(pod: &CachedPod, workloads: &dyn Workloads) -> Selector {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let labels = pod.metadata.labels.as_ref();
     let mut set: BTreeMap<String, String> = BTreeMap::new();
@@ -618,7 +620,7 @@ impl SpreadCounts {
     }
 
     /// A pod came (`delta` 1) to or went (-1) from `node`.
-    fn pod(&mut self, node: &NodeInfo, pod: &Pod, delta: i64) {
+    fn pod(&mut self, node: &NodeInfo, pod: &CachedPod, delta: i64) {
         if pod.metadata.namespace.as_deref().unwrap_or_default() != self.set.namespace
             || pod.metadata.deletion_timestamp.is_some()
         {
@@ -705,7 +707,7 @@ impl SpreadIndex {
     }
 
     /// A pod was placed on `node`.
-    pub fn pod_added(&mut self, node: &NodeInfo, pod: &Pod) {
+    pub fn pod_added(&mut self, node: &NodeInfo, pod: &CachedPod) {
         if node.node.is_none() {
             return;
         }
@@ -715,7 +717,7 @@ impl SpreadIndex {
     }
 
     /// A pod left `node`.
-    pub fn pod_removed(&mut self, node: &NodeInfo, pod: &Pod) {
+    pub fn pod_removed(&mut self, node: &NodeInfo, pod: &CachedPod) {
         if node.node.is_none() {
             return;
         }
@@ -766,7 +768,7 @@ impl<'a> FilterState<'a> {
     /// The filter of `pod`'s hard constraints over counts `kept` by the index (or counted
     /// now over `nodes` when the index does not keep them).
     pub fn new(
-        pod: &Pod,
+        pod: &CachedPod,
         set: &'a ConstraintSet,
         kept: Option<&'a [Domains]>,
         nodes: impl Iterator<Item = &'a NodeInfo>,

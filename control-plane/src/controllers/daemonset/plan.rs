@@ -20,6 +20,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
+use crate::client::{cached_pod::CachedPodSpec, CachedPod};
 use crate::{
     controllers::{deployment::rollout::scaled_value, pods},
     scheduler::{cache::NodeInfo, filters},
@@ -92,9 +93,15 @@ pub fn node_should_run(node: &Arc<Node>, ds: &DaemonSet) -> (bool, bool) {
         ..PodSpec::default()
     };
     add_default_tolerations(&mut placement);
-    let pod = Pod {
-        spec: Some(placement),
-        ..Pod::default()
+    let pod = CachedPod {
+        spec: Some(CachedPodSpec {
+            host_network: placement.host_network,
+            node_selector: placement.node_selector,
+            affinity: placement.affinity.map(Box::new),
+            tolerations: placement.tolerations,
+            ..CachedPodSpec::default()
+        }),
+        ..CachedPod::default()
     };
     let info = NodeInfo::for_filters(node.clone());
     if filters::node_affinity(&pod, &info).is_err() {
@@ -113,7 +120,7 @@ pub fn node_should_run(node: &Arc<Node>, ds: &DaemonSet) -> (bool, bool) {
 
 /// The node a daemon pod is for: its `spec.nodeName`, or the single node its required
 /// affinity names by `metadata.name`.
-pub fn target_node(pod: &Pod) -> Option<String> {
+pub fn target_node(pod: &CachedPod) -> Option<String> {
     let spec = pod.spec.as_ref()?;
     if let Some(name) = spec.node_name.as_ref().filter(|n| !n.is_empty()) {
         return Some(name.clone());
@@ -193,8 +200,8 @@ pub fn pod_for_node(ds: &DaemonSet, hash: &str, node: &str) -> Pod {
 }
 
 /// Daemon pods by the node they are for (pods finished and being deleted are gone already).
-pub fn pods_by_node(pods: &[Arc<Pod>]) -> BTreeMap<String, Vec<Arc<Pod>>> {
-    let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
+pub fn pods_by_node(pods: &[Arc<CachedPod>]) -> BTreeMap<String, Vec<Arc<CachedPod>>> {
+    let mut by_node: BTreeMap<String, Vec<Arc<CachedPod>>> = BTreeMap::new();
     for pod in pods {
         if pods::is_terminal(pod) && pod.metadata.deletion_timestamp.is_some() {
             continue;
@@ -210,8 +217,8 @@ pub fn pods_by_node(pods: &[Arc<Pod>]) -> BTreeMap<String, Vec<Arc<Pod>>> {
 }
 
 /// Creation order, running before others among equals.
-fn oldest_first(a: &Pod, b: &Pod) -> std::cmp::Ordering {
-    let created = |p: &Pod| {
+fn oldest_first(a: &CachedPod, b: &CachedPod) -> std::cmp::Ordering {
+    let created = |p: &CachedPod| {
         p.metadata
             .creation_timestamp
             .as_ref()
@@ -241,13 +248,13 @@ pub struct NodePlan {
 pub fn plan_nodes(
     ds: &DaemonSet,
     nodes: &[Arc<Node>],
-    by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    by_node: &BTreeMap<String, Vec<Arc<CachedPod>>>,
     hash: &str,
     now: i64,
 ) -> NodePlan {
     let surging = allows_surge(ds);
     let mut plan = NodePlan::default();
-    let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
+    let name = |p: &CachedPod| p.metadata.name.clone().unwrap_or_default();
     for node in nodes {
         let node_name = node.metadata.name.clone().unwrap_or_default();
         let (should_run, should_continue) = node_should_run(node, ds);
@@ -317,10 +324,10 @@ pub fn plan_nodes(
 /// current one is available.
 fn surge_excess<'a>(
     ds: &DaemonSet,
-    running: &[&'a Arc<Pod>],
+    running: &[&'a Arc<CachedPod>],
     hash: &str,
     now: i64,
-) -> Vec<&'a Arc<Pod>> {
+) -> Vec<&'a Arc<CachedPod>> {
     let mut excess = Vec::new();
     let mut oldest_new = None;
     let mut oldest_old = None;
@@ -344,7 +351,7 @@ fn surge_excess<'a>(
 }
 
 /// The pod's `controller-revision-hash` label.
-fn revision_of(pod: &Pod) -> Option<&str> {
+fn revision_of(pod: &CachedPod) -> Option<&str> {
     pod.metadata
         .labels
         .as_ref()?
@@ -353,7 +360,7 @@ fn revision_of(pod: &Pod) -> Option<&str> {
 }
 
 /// Whether a pod runs the current template.
-pub fn is_updated(pod: &Pod, hash: &str, generation: Option<i64>) -> bool {
+pub fn is_updated(pod: &CachedPod, hash: &str, generation: Option<i64>) -> bool {
     let label = |key: &str| {
         pod.metadata
             .labels
@@ -440,12 +447,12 @@ pub fn is_rolling(ds: &DaemonSet) -> bool {
 }
 
 /// A node's live current pod and live old pod, each if there is one.
-type CurrentAndOld<'a> = (Option<&'a Arc<Pod>>, Option<&'a Arc<Pod>>);
+type CurrentAndOld<'a> = (Option<&'a Arc<CachedPod>>, Option<&'a Arc<CachedPod>>);
 
 /// A node's live pods as (current, old), at most one of each; `None` when it has more (the
 /// manage loop prunes the extras).
 fn current_and_old<'a>(
-    list: &'a [Arc<Pod>],
+    list: &'a [Arc<CachedPod>],
     hash: &str,
     generation: Option<i64>,
 ) -> Option<CurrentAndOld<'a>> {
@@ -471,7 +478,7 @@ fn current_and_old<'a>(
 /// maxUnavailable nodes are unavailable; the manage loop then creates their replacements.
 pub fn rolling_deletions(
     ds: &DaemonSet,
-    by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    by_node: &BTreeMap<String, Vec<Arc<CachedPod>>>,
     hash: &str,
     max_unavailable: i32,
     now: i64,
@@ -514,7 +521,7 @@ pub fn rolling_deletions(
 pub fn surge_update(
     ds: &DaemonSet,
     nodes: &[Arc<Node>],
-    by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    by_node: &BTreeMap<String, Vec<Arc<CachedPod>>>,
     hash: &str,
     max_surge: i32,
     desired: i32,
@@ -582,7 +589,7 @@ pub fn surge_update(
 
 /// Seconds until the first Ready pod that is not yet available becomes available (it has been
 /// Ready for minReadySeconds), if any.
-pub fn next_available(ds: &DaemonSet, pods: &[Arc<Pod>], now: i64) -> Option<i64> {
+pub fn next_available(ds: &DaemonSet, pods: &[Arc<CachedPod>], now: i64) -> Option<i64> {
     let min_ready = i64::from(min_ready(ds));
     if min_ready <= 0 {
         return None;
@@ -599,7 +606,7 @@ pub fn next_available(ds: &DaemonSet, pods: &[Arc<Pod>], now: i64) -> Option<i64
 pub fn status(
     ds: &DaemonSet,
     nodes: &[Arc<Node>],
-    by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    by_node: &BTreeMap<String, Vec<Arc<CachedPod>>>,
     hash: &str,
     now: i64,
 ) -> DaemonSetStatus {

@@ -24,6 +24,7 @@ use super::plan::{
     completion_index, completions, condition, counts_as_failed, finish_time, has_finalizer,
     Intervals, FAILURE_TARGET, MAX_POD_FAILURE_BACKOFF, POD_FAILURE_BACKOFF,
 };
+use crate::client::CachedPod;
 
 /// The annotation with the counted failures of the index before this pod.
 pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
@@ -63,7 +64,7 @@ pub fn policy(job: &Job) -> Option<&PodFailurePolicy> {
 
 /// The first rule of the policy a failed pod matches, as its action. Rules with an unknown
 /// action are skipped, as clients must.
-pub fn match_pod(policy: Option<&PodFailurePolicy>, pod: &Pod) -> Option<Action> {
+pub fn match_pod(policy: Option<&PodFailurePolicy>, pod: &CachedPod) -> Option<Action> {
     let policy = policy?;
     let status = pod.status.as_ref();
     for (index, rule) in policy.rules.iter().enumerate() {
@@ -139,12 +140,12 @@ fn matching_container(
 
 /// Whether a failed pod's failure counts toward the backoff limits (it matched no Ignore
 /// rule).
-pub fn counts_toward_backoff(job: &Job, pod: &Pod) -> bool {
+pub fn counts_toward_backoff(job: &Job, pod: &CachedPod) -> bool {
     counts(match_pod(policy(job), pod).as_ref())
 }
 
 /// The message of the first failed pod that matches a FailJob rule.
-pub fn fail_job_message(job: &Job, pods: &[Arc<Pod>]) -> Option<String> {
+pub fn fail_job_message(job: &Job, pods: &[Arc<CachedPod>]) -> Option<String> {
     let policy = policy(job)?;
     pods.iter()
         .filter(|p| counts_as_failed(p, job))
@@ -170,7 +171,7 @@ pub fn max_failed_indexes(job: &Job) -> Option<i32> {
 
 /// A counter annotation of the pod: 0 when missing, unparsable or out of range (it is
 /// user-editable).
-fn annotation_count(pod: &Pod, key: &str) -> i32 {
+fn annotation_count(pod: &CachedPod, key: &str) -> i32 {
     pod.metadata
         .annotations
         .as_ref()
@@ -181,18 +182,18 @@ fn annotation_count(pod: &Pod, key: &str) -> i32 {
 }
 
 /// The counted failures of the pod's index before it.
-pub fn index_failure_count(pod: &Pod) -> i32 {
+pub fn index_failure_count(pod: &CachedPod) -> i32 {
     annotation_count(pod, INDEX_FAILURE_COUNT)
 }
 
 /// Every failure of the pod's index before it, counted or ignored.
-pub fn index_absolute_failure_count(pod: &Pod) -> i32 {
+pub fn index_absolute_failure_count(pod: &CachedPod) -> i32 {
     index_failure_count(pod).saturating_add(annotation_count(pod, INDEX_IGNORED_FAILURE_COUNT))
 }
 
 /// Whether the pod's failure fails its index: a FailIndex rule matched, or it was a counted
 /// failure and the index had used up its backoff limit.
-pub fn is_index_failed(job: &Job, pod: &Pod) -> bool {
+pub fn is_index_failed(job: &Job, pod: &CachedPod) -> bool {
     let Some(limit) = backoff_limit_per_index(job) else {
         return false;
     };
@@ -208,7 +209,7 @@ pub fn is_index_failed(job: &Job, pod: &Pod) -> bool {
 
 /// The failed indexes: those already in `status.failedIndexes` plus the indexes of not yet
 /// counted pods that failed them. None unless the Job has `backoffLimitPerIndex`.
-pub fn failed_indexes(job: &Job, pods: &[Arc<Pod>]) -> Option<Intervals> {
+pub fn failed_indexes(job: &Job, pods: &[Arc<CachedPod>]) -> Option<Intervals> {
     backoff_limit_per_index(job)?;
     let limit = completions(job).unwrap_or(0);
     let previous = job
@@ -232,14 +233,14 @@ pub fn failed_indexes(job: &Job, pods: &[Arc<Pod>]) -> Option<Intervals> {
 /// neither succeeded, failed, nor has an active pod.
 pub fn delayed_deletions(
     job: &Job,
-    pods: &[Arc<Pod>],
-    active: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
+    active: &[Arc<CachedPod>],
     expected_removals: &HashSet<String>,
     succeeded: &Intervals,
     failed: &Intervals,
     now: i64,
-) -> BTreeMap<i32, Arc<Pod>> {
-    let mut delayed: BTreeMap<i32, Arc<Pod>> = BTreeMap::new();
+) -> BTreeMap<i32, Arc<CachedPod>> {
+    let mut delayed: BTreeMap<i32, Arc<CachedPod>> = BTreeMap::new();
     if backoff_limit_per_index(job).is_none() {
         return delayed;
     }
@@ -268,7 +269,7 @@ pub fn delayed_deletions(
 }
 
 /// The failure counts (counted, ignored) a pod replacing `replaced` in its index starts with.
-pub fn new_index_failure_counts(job: &Job, replaced: Option<&Pod>) -> (i32, i32) {
+pub fn new_index_failure_counts(job: &Job, replaced: Option<&CachedPod>) -> (i32, i32) {
     let Some(replaced) = replaced else {
         return (0, 0);
     };
@@ -282,7 +283,7 @@ pub fn new_index_failure_counts(job: &Job, replaced: Option<&Pod>) -> (i32, i32)
 }
 
 /// Stamps a new pod of an index with the failure counts it inherits from the pod it replaces.
-pub fn annotate_index_failures(pod: &mut Pod, job: &Job, replaced: Option<&Pod>) {
+pub fn annotate_index_failures(pod: &mut Pod, job: &Job, replaced: Option<&CachedPod>) {
     let (counted, ignored) = new_index_failure_counts(job, replaced);
     let annotations = pod
         .metadata
@@ -325,7 +326,7 @@ pub fn index_failure_condition(
 
 /// How long the index of `last_failed` still waits before a replacement: 10 s doubled per
 /// failure of the index (counted or not) after the first, at most 10 min, from its finish.
-pub fn index_backoff_remaining(last_failed: Option<&Pod>, now: i64) -> Duration {
+pub fn index_backoff_remaining(last_failed: Option<&CachedPod>, now: i64) -> Duration {
     let Some(pod) = last_failed else {
         return Duration::ZERO;
     };

@@ -20,6 +20,7 @@ use k8s_openapi::{
 };
 
 use super::failure_policy;
+use crate::client::CachedPod;
 use crate::controllers::pods;
 
 /// The finalizer that keeps a Job's pod around until the Job counted it.
@@ -202,7 +203,7 @@ pub fn is_finished(job: &Job) -> bool {
 }
 
 /// The pod's completion index.
-pub fn completion_index(pod: &Pod) -> Option<i32> {
+pub fn completion_index(pod: &CachedPod) -> Option<i32> {
     let text = pod
         .metadata
         .annotations
@@ -218,7 +219,7 @@ pub fn completion_index(pod: &Pod) -> Option<i32> {
 }
 
 /// Whether the pod carries the tracking finalizer.
-pub fn has_finalizer(pod: &Pod) -> bool {
+pub fn has_finalizer(pod: &CachedPod) -> bool {
     pod.metadata
         .finalizers
         .iter()
@@ -226,13 +227,13 @@ pub fn has_finalizer(pod: &Pod) -> bool {
         .any(|f| f == TRACKING_FINALIZER)
 }
 
-fn phase(pod: &Pod) -> Option<&str> {
+fn phase(pod: &CachedPod) -> Option<&str> {
     pod.status.as_ref().and_then(|s| s.phase.as_deref())
 }
 
 /// Whether the pod counts as failed: Failed, or (unless only failed pods are replaced)
 /// deleted before it succeeded — so orphaned pods that never finish count too.
-pub fn counts_as_failed(pod: &Pod, job: &Job) -> bool {
+pub fn counts_as_failed(pod: &CachedPod, job: &Job) -> bool {
     if phase(pod) == Some("Failed") {
         return true;
     }
@@ -243,7 +244,7 @@ pub fn counts_as_failed(pod: &Pod, job: &Job) -> bool {
 
 /// When a pod finished: its containers' latest finish, else when it stopped being Ready, else
 /// its deletion, else `now`.
-pub fn finish_time(pod: &Pod, now: i64) -> i64 {
+pub fn finish_time(pod: &CachedPod, now: i64) -> i64 {
     let status = pod.status.as_ref();
     let containers = status
         .and_then(|s| s.container_statuses.as_ref())
@@ -336,12 +337,16 @@ pub fn want_active(job: &Job, succeeded: i32, active: i32) -> i32 {
 
 /// Active pods to remove to get down to `at_least` fewer: for Indexed Jobs first the pods with
 /// a missing, out-of-range or repeated index, then in upstream's deletion order.
-pub fn pods_for_removal(job: &Job, active: &[Arc<Pod>], at_least: usize) -> Vec<Arc<Pod>> {
+pub fn pods_for_removal(
+    job: &Job,
+    active: &[Arc<CachedPod>],
+    at_least: usize,
+) -> Vec<Arc<CachedPod>> {
     let mut remove = Vec::new();
-    let mut left: Vec<Arc<Pod>> = Vec::new();
+    let mut left: Vec<Arc<CachedPod>> = Vec::new();
     if is_indexed(job) {
         let limit = completions(job).unwrap_or(0);
-        let mut by_index: std::collections::BTreeMap<i32, Vec<Arc<Pod>>> =
+        let mut by_index: std::collections::BTreeMap<i32, Vec<Arc<CachedPod>>> =
             std::collections::BTreeMap::new();
         for pod in active {
             match completion_index(pod).filter(|i| *i < limit) {
@@ -369,7 +374,12 @@ pub fn pods_for_removal(job: &Job, active: &[Arc<Pod>], at_least: usize) -> Vec<
 
 /// The lowest indexes that are not `done` (succeeded or failed) and have no active pod (nor,
 /// when only failed pods are replaced, a terminating one).
-pub fn pending_indexes(job: &Job, done: &Intervals, pods: &[Arc<Pod>], count: usize) -> Vec<i32> {
+pub fn pending_indexes(
+    job: &Job,
+    done: &Intervals,
+    pods: &[Arc<CachedPod>],
+    count: usize,
+) -> Vec<i32> {
     let only_failed = replaces_failed_only(job);
     let taken: HashSet<i32> = pods
         .iter()
@@ -447,7 +457,7 @@ pub fn pod_for(job: &Job, index: Option<i32>) -> Pod {
 }
 
 /// Whether the restart counts of an OnFailure Job's running pods reached the backoff limit.
-pub fn past_backoff_limit_on_failure(job: &Job, pods: &[Arc<Pod>]) -> bool {
+pub fn past_backoff_limit_on_failure(job: &Job, pods: &[Arc<CachedPod>]) -> bool {
     let on_failure = job
         .spec
         .as_ref()
@@ -580,7 +590,7 @@ pub struct IndexProgress {
 #[derive(Debug, Default)]
 pub struct Tracking {
     /// Pods whose finalizer comes off (after the status holding their UIDs is written).
-    pub remove_finalizer: Vec<Arc<Pod>>,
+    pub remove_finalizer: Vec<Arc<CachedPod>>,
     /// Whether the status must be written before finalizers are removed.
     pub needs_flush: bool,
     /// The terminal condition to set once nothing is uncounted or terminating.
@@ -595,7 +605,7 @@ pub struct Tracking {
 pub fn track(
     job: &Job,
     status: &mut JobStatus,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     expected_removals: &HashSet<String>,
     finished: Option<JobCondition>,
     indexes: &IndexProgress,
@@ -617,7 +627,7 @@ pub fn track(
         .as_ref()
         .is_some_and(|c| c.type_ != SUCCESS_CRITERIA_MET);
     let mut new_indexes = Vec::new();
-    let mut sorted: Vec<&Arc<Pod>> = pods.iter().collect();
+    let mut sorted: Vec<&Arc<CachedPod>> = pods.iter().collect();
     sorted.sort_by_key(|p| completion_index(p).unwrap_or(i32::MAX));
     for pod in sorted {
         let uid = pod.metadata.uid.clone().unwrap_or_default();

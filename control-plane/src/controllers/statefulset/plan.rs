@@ -18,6 +18,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
+use crate::client::CachedPod;
 use crate::controllers::{history::POD_REVISION_LABEL, pods};
 
 /// The pod label with the pod's own name.
@@ -202,7 +203,7 @@ pub fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, revision: &str, or
 }
 
 /// The revision a pod was made from.
-pub fn revision_of(pod: &Pod) -> &str {
+pub fn revision_of(pod: &CachedPod) -> &str {
     pod.metadata
         .labels
         .as_ref()
@@ -210,19 +211,19 @@ pub fn revision_of(pod: &Pod) -> &str {
         .map_or("", String::as_str)
 }
 
-fn is_terminating(pod: &Pod) -> bool {
+fn is_terminating(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
-fn is_running_and_ready(pod: &Pod) -> bool {
+fn is_running_and_ready(pod: &CachedPod) -> bool {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && pods::is_ready(pod)
 }
 
-fn is_running_and_available(pod: &Pod, min_ready: i32, now: i64) -> bool {
+fn is_running_and_available(pod: &CachedPod, min_ready: i32, now: i64) -> bool {
     is_running_and_ready(pod) && pods::is_available(pod, min_ready, now)
 }
 
-fn is_healthy(pod: &Pod) -> bool {
+fn is_healthy(pod: &CachedPod) -> bool {
     is_running_and_ready(pod) && !is_terminating(pod)
 }
 
@@ -264,7 +265,7 @@ pub fn revision_for(set: &StatefulSet, ordinal: i32) -> Revision {
     }
 }
 
-fn delete(pod: &Pod) -> Action {
+fn delete(pod: &CachedPod) -> Action {
     Action::Delete {
         name: pod.metadata.name.clone().unwrap_or_default(),
         uid: pod.metadata.uid.clone().unwrap_or_default(),
@@ -276,11 +277,16 @@ fn delete(pod: &Pod) -> Action {
 /// then replace outdated pods from the highest ordinal down to the partition. With
 /// OrderedReady, each step waits for every lower ordinal to be Running and Ready and only one
 /// write happens per sync; with Parallel, creations and deletions happen together.
-pub fn plan(set: &StatefulSet, pods: &[Arc<Pod>], update_revision: &str, now: i64) -> Vec<Action> {
+pub fn plan(
+    set: &StatefulSet,
+    pods: &[Arc<CachedPod>],
+    update_revision: &str,
+    now: i64,
+) -> Vec<Action> {
     let start = start_ordinal(set);
     let count = replicas(set);
-    let mut replicas: Vec<Option<&Arc<Pod>>> = vec![None; count as usize];
-    let mut condemned: Vec<(i32, &Arc<Pod>)> = Vec::new();
+    let mut replicas: Vec<Option<&Arc<CachedPod>>> = vec![None; count as usize];
+    let mut condemned: Vec<(i32, &Arc<CachedPod>)> = Vec::new();
     for pod in pods {
         let Some(ordinal) = pod
             .metadata
@@ -381,13 +387,13 @@ pub fn plan(set: &StatefulSet, pods: &[Arc<Pod>], update_revision: &str, now: i6
 /// `completeRollingUpdate`).
 pub fn status(
     set: &StatefulSet,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     current_revision: &str,
     update_revision: &str,
     collision_count: Option<i32>,
     now: i64,
 ) -> StatefulSetStatus {
-    let members: Vec<&Arc<Pod>> = pods
+    let members: Vec<&Arc<CachedPod>> = pods
         .iter()
         .filter(|p| {
             p.metadata

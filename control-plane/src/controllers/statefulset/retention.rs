@@ -8,14 +8,12 @@
 //! Owns these decisions; it must not do I/O. Claims owned by another controller, or by an
 //! earlier set or pod of the same name (stale references), are left alone.
 use k8s_openapi::{
-    api::{
-        apps::v1::StatefulSet,
-        core::v1::{PersistentVolumeClaim, Pod},
-    },
+    api::{apps::v1::StatefulSet, core::v1::PersistentVolumeClaim},
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 
 use super::plan::{ordinal_of, replicas, start_ordinal};
+use crate::client::CachedPod;
 use crate::controllers::pods::controller_reference;
 
 /// What happens to claims on one occasion.
@@ -45,7 +43,7 @@ pub fn policy(set: &StatefulSet) -> (Retention, Retention) {
 }
 
 /// Whether the pod's ordinal is beyond the set's range (it is being scaled away).
-pub fn is_condemned(set: &StatefulSet, pod: &Pod) -> bool {
+pub fn is_condemned(set: &StatefulSet, pod: &CachedPod) -> bool {
     let Some(ordinal) = pod
         .metadata
         .name
@@ -71,7 +69,7 @@ struct Owners {
     pod: OwnerReference,
 }
 
-fn owners(set: &StatefulSet, pod: &Pod) -> Owners {
+fn owners(set: &StatefulSet, pod: &CachedPod) -> Owners {
     Owners {
         set: controller_reference(set),
         pod: controller_reference(pod),
@@ -108,7 +106,7 @@ impl Owners {
 /// to the pod instead; with whenScaled Delete alone, to a condemned pod only.
 pub fn wanted_owners(
     set: &StatefulSet,
-    pod: &Pod,
+    pod: &CachedPod,
     claim: &PersistentVolumeClaim,
 ) -> Option<Vec<OwnerReference>> {
     let refs = claim.metadata.owner_references.clone().unwrap_or_default();

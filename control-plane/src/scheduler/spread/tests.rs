@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use anyhow::{ensure, Context as _, Result};
 use k8s_openapi::api::{
     apps::v1::ReplicaSet,
-    core::v1::{Node, Pod, ReplicationController, Service},
+    core::v1::{Node, ReplicationController, Service},
 };
 use serde_json::{json, Value};
 
@@ -22,7 +22,7 @@ fn node(name: &str, labels: Value, taints: Value) -> Result<Arc<Node>> {
     }))?))
 }
 
-fn pod(namespace: &str, name: &str, labels: Value, spec: Value) -> Result<Pod> {
+fn pod(namespace: &str, name: &str, labels: Value, spec: Value) -> Result<CachedPod> {
     let mut spec = spec;
     spec["containers"] = json!([{"name": "main", "image": "busybox"}]);
     Ok(serde_json::from_value(json!({
@@ -31,7 +31,7 @@ fn pod(namespace: &str, name: &str, labels: Value, spec: Value) -> Result<Pod> {
     }))?)
 }
 
-fn bound(mut pod: Pod, node: &str) -> Arc<Pod> {
+fn bound(mut pod: CachedPod, node: &str) -> Arc<CachedPod> {
     if let Some(spec) = pod.spec.as_mut() {
         spec.node_name = Some(node.to_owned());
     }
@@ -102,7 +102,11 @@ impl Dice {
 
 /// Upstream's PreFilter counting written out plainly over the cache's current picture:
 /// per constraint, topology value → matching pods on the nodes that count.
-fn brute_force(cache: &Cache, incoming: &Pod, set: &ConstraintSet) -> Vec<BTreeMap<String, i64>> {
+fn brute_force(
+    cache: &Cache,
+    incoming: &CachedPod,
+    set: &ConstraintSet,
+) -> Vec<BTreeMap<String, i64>> {
     let namespace = incoming.metadata.namespace.as_deref().unwrap_or_default();
     let selector = incoming
         .spec
@@ -330,7 +334,7 @@ fn cache_with(nodes: &[(&str, Value)], pods: &[(&str, &str, Value)]) -> Result<C
     Ok(cache)
 }
 
-fn verdicts(cache: &Cache, incoming: &Pod) -> Result<Vec<(String, Result<(), Reason>)>> {
+fn verdicts(cache: &Cache, incoming: &CachedPod) -> Result<Vec<(String, Result<(), Reason>)>> {
     let spread = PodSpread::new(incoming, &NoWorkloads);
     let set = spread.hard.as_ref().context("hard constraints")?;
     let state = FilterState::new(incoming, set, None, cache.nodes());
@@ -439,7 +443,7 @@ fn node_affinity_and_taint_policies_choose_the_domains() -> Result<()> {
                 "nodeAffinityPolicy": affinity, "nodeTaintsPolicy": taints}]}),
         )
     };
-    let domains = |incoming: &Pod| -> Result<Vec<String>> {
+    let domains = |incoming: &CachedPod| -> Result<Vec<String>> {
         let set = PodSpread::new(incoming, &NoWorkloads)
             .hard
             .context("hard")?;
@@ -540,7 +544,7 @@ fn replica_set(namespace: &str, name: &str, selector: Value) -> Result<Arc<Repli
     }))?))
 }
 
-fn owned_by_replica_set(name: &str, labels: Value) -> Result<Pod> {
+fn owned_by_replica_set(name: &str, labels: Value) -> Result<CachedPod> {
     let mut p = pod("ns", name, labels, json!({}))?;
     p.metadata.owner_references = Some(serde_json::from_value(json!([{
         "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "u1",
@@ -677,7 +681,7 @@ fn pods_nominated_to_a_node_count_in_its_domain_and_move_a_lone_minimum() -> Res
     let incoming = pod("ns", "new", json!({"app": "x"}), spec)?;
     let spread = PodSpread::new(&incoming, &NoWorkloads);
     let set = spread.hard.as_ref().context("hard constraints")?;
-    let nominee = |name: &str, namespace: &str, app: &str| -> Result<Arc<Pod>> {
+    let nominee = |name: &str, namespace: &str, app: &str| -> Result<Arc<CachedPod>> {
         Ok(Arc::new(pod(
             namespace,
             name,
@@ -686,7 +690,7 @@ fn pods_nominated_to_a_node_count_in_its_domain_and_move_a_lone_minimum() -> Res
         )?))
     };
     // b1 as the scheduler sees it with `nominated` pods nominated to it.
-    let check = |cache: &Cache, nominated: Vec<Arc<Pod>>| -> Result<Result<(), Reason>> {
+    let check = |cache: &Cache, nominated: Vec<Arc<CachedPod>>| -> Result<Result<(), Reason>> {
         let state = FilterState::new(&incoming, set, None, cache.nodes());
         let mut view = cache.node("b1").context("b1")?.clone();
         view.nominated = nominated;

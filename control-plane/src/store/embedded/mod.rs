@@ -49,8 +49,9 @@ const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 
 /// redb's page cache. Its default (1 GiB) would make the store the largest part of the
 /// server's memory; the key index lives in memory anyway, and records are read once per
-/// request, so a small cache loses little.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// request, so a small cache loses little (`cargo xtask bench api`: 4 MiB against 16 MiB
+/// kept create, get and list latencies within their targets).
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// How many committed revisions the live event channel holds before a watcher that is
 /// behind falls back to reading from disk.

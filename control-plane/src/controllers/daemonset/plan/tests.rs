@@ -93,7 +93,7 @@ fn daemon_pod(
     hash: &str,
     ready: bool,
     created: i64,
-) -> Arc<Pod> {
+) -> Arc<CachedPod> {
     let mut pod = pod_for_node(ds, hash, node);
     pod.metadata.name = Some(name.to_owned());
     if hash == "old" {
@@ -117,7 +117,7 @@ fn daemon_pod(
         }]),
         ..PodStatus::default()
     });
-    Arc::new(pod)
+    Arc::new(CachedPod::from(pod))
 }
 
 #[test]
@@ -209,7 +209,7 @@ fn required_node_affinity_and_node_name_are_honoured() {
 fn daemon_pods_are_pinned_by_affinity_and_carry_the_revision() {
     let ds = daemonset(&[]);
     let pod = pod_for_node(&ds, "h1", "n1");
-    assert_eq!(target_node(&pod).as_deref(), Some("n1"));
+    assert_eq!(target_node(&CachedPod::of(&pod)).as_deref(), Some("n1"));
     assert!(
         pod.spec
             .as_ref()
@@ -235,8 +235,8 @@ fn daemon_pods_are_pinned_by_affinity_and_carry_the_revision() {
     assert_eq!(tolerations.len(), 6);
     // The scheduler's own filter agrees with the pin.
     let info = |n: &str| NodeInfo::new(node(n, &[], vec![]));
-    assert!(filters::node_affinity(&pod, &info("n1")).is_ok());
-    assert!(filters::node_affinity(&pod, &info("n2")).is_err());
+    assert!(filters::node_affinity(&CachedPod::of(&pod), &info("n1")).is_ok());
+    assert!(filters::node_affinity(&CachedPod::of(&pod), &info("n2")).is_err());
     // Adding the tolerations twice changes nothing.
     let mut spec = pod.spec.clone().unwrap_or_default();
     add_default_tolerations(&mut spec);
@@ -262,13 +262,13 @@ fn the_manage_loop_creates_missing_pods_and_deletes_misplaced_ones() {
         daemon_pod(&ds, "c-1", "c", "h", true, 1),
         Arc::new(failed),
         // An unscheduled pod for a node that is gone.
-        Arc::new(Pod {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some("gone-1".to_owned()),
                 ..pod_for_node(&ds, "h", "gone").metadata
             },
             ..pod_for_node(&ds, "h", "gone")
-        }),
+        })),
     ];
     let by_node = pods_by_node(&pods);
     let plan = plan_nodes(&ds, &nodes, &by_node, "h", 100);
@@ -369,7 +369,7 @@ fn timed_pod(
     node: &str,
     hash: &str,
     ready_since: Option<i64>,
-) -> Arc<Pod> {
+) -> Arc<CachedPod> {
     let mut pod = (*daemon_pod(ds, name, node, hash, ready_since.is_some(), 1)).clone();
     if let Some(condition) = pod
         .status

@@ -80,7 +80,7 @@ fn job(rules: Vec<PodFailurePolicyRule>, per_index: Option<i32>) -> Job {
 }
 
 /// A failed pod of `index` whose containers exited with these codes.
-fn failed(j: &Job, uid: &str, index: i32, exits: &[(&str, i32)], finished: i64) -> Pod {
+fn failed(j: &Job, uid: &str, index: i32, exits: &[(&str, i32)], finished: i64) -> CachedPod {
     let mut p = pod_for(j, Some(index));
     p.metadata.uid = Some(uid.to_owned());
     p.metadata.name = Some(format!("batch-{uid}"));
@@ -105,10 +105,10 @@ fn failed(j: &Job, uid: &str, index: i32, exits: &[(&str, i32)], finished: i64) 
         ),
         ..PodStatus::default()
     });
-    p
+    CachedPod::from(p)
 }
 
-fn with_condition(mut p: Pod, kind: &str) -> Pod {
+fn with_condition(mut p: CachedPod, kind: &str) -> CachedPod {
     if let Some(status) = p.status.as_mut() {
         status.conditions = Some(vec![PodCondition {
             type_: kind.to_owned(),
@@ -119,7 +119,7 @@ fn with_condition(mut p: Pod, kind: &str) -> Pod {
     p
 }
 
-fn with_counts(mut p: Pod, counted: i32, ignored: i32) -> Pod {
+fn with_counts(mut p: CachedPod, counted: i32, ignored: i32) -> CachedPod {
     let annotations = p.metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(INDEX_FAILURE_COUNT.to_owned(), counted.to_string());
     annotations.insert(INDEX_IGNORED_FAILURE_COUNT.to_owned(), ignored.to_string());
@@ -316,7 +316,7 @@ fn the_last_failure_of_a_waiting_index_is_held_for_its_replacement() {
     let done_index = Arc::new(failed(&j, "c", 1, &[("main", 1)], 10));
     let mut running = pod_for(&j, Some(2));
     running.metadata.uid = Some("r".to_owned());
-    let running = Arc::new(running);
+    let running = Arc::new(CachedPod::from(running));
     let replaced_index = Arc::new(failed(&j, "d", 2, &[("main", 1)], 10));
     let pods = [
         first.clone(),

@@ -52,7 +52,7 @@ fn job(completions: Option<i32>, parallelism: i32, indexed: bool) -> Job {
     }
 }
 
-fn pod(j: &Job, uid: &str, index: Option<i32>, phase: &str) -> Arc<Pod> {
+fn pod(j: &Job, uid: &str, index: Option<i32>, phase: &str) -> Arc<CachedPod> {
     let mut p = pod_for(j, index);
     p.metadata.uid = Some(uid.to_owned());
     p.metadata.name = Some(format!("pi-{uid}"));
@@ -60,7 +60,7 @@ fn pod(j: &Job, uid: &str, index: Option<i32>, phase: &str) -> Arc<Pod> {
         phase: Some(phase.to_owned()),
         ..PodStatus::default()
     });
-    Arc::new(p)
+    Arc::new(CachedPod::from(p))
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn indexed_pods_carry_their_index_everywhere() {
     let j = job(Some(3), 3, true);
     let p = pod_for(&j, Some(2));
     assert_eq!(p.metadata.generate_name.as_deref(), Some("pi-2-"));
-    assert_eq!(completion_index(&p), Some(2));
+    assert_eq!(completion_index(&CachedPod::of(&p)), Some(2));
     let labels = p.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get(COMPLETION_INDEX).map(String::as_str), Some("2"));
     let spec = p.spec.clone().unwrap_or_default();
@@ -112,10 +112,10 @@ fn indexed_pods_carry_their_index_everywhere() {
             .map(|f| f.field_path.as_str()),
         Some("metadata.annotations['batch.kubernetes.io/job-completion-index']")
     );
-    assert!(has_finalizer(&p));
+    assert!(has_finalizer(&CachedPod::of(&p)));
     let plain = pod_for(&job(Some(1), 1, false), None);
     assert_eq!(plain.metadata.generate_name.as_deref(), Some("pi-"));
-    assert!(completion_index(&plain).is_none());
+    assert!(completion_index(&CachedPod::of(&plain)).is_none());
     // The lowest free indexes go first.
     let active = [pod(&j, "a", Some(0), "Running")];
     assert_eq!(
@@ -243,7 +243,7 @@ fn finished_pods_are_recorded_before_their_finalizers_go_and_counted_once() {
     assert_eq!(status.failed, Some(1));
     assert_ne!(status, before);
     // And once more, with the pods seen without finalizers: still one each.
-    let stripped: Vec<Arc<Pod>> = pods
+    let stripped: Vec<Arc<CachedPod>> = pods
         .iter()
         .map(|p| {
             let mut p = (**p).clone();

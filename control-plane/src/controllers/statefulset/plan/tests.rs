@@ -79,7 +79,7 @@ enum State {
     Terminating,
 }
 
-fn pod(s: &StatefulSet, ordinal: i32, revision: &str, state: State) -> Arc<Pod> {
+fn pod(s: &StatefulSet, ordinal: i32, revision: &str, state: State) -> Arc<CachedPod> {
     let mut pod = new_pod(
         s,
         &s.spec.clone().unwrap_or_default().template,
@@ -104,7 +104,7 @@ fn pod(s: &StatefulSet, ordinal: i32, revision: &str, state: State) -> Arc<Pod> 
         }]),
         ..PodStatus::default()
     });
-    Arc::new(pod)
+    Arc::new(CachedPod::from(pod))
 }
 
 fn create(ordinal: i32) -> Action {

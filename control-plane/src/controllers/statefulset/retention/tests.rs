@@ -42,15 +42,15 @@ fn set(replicas: i32, when_deleted: &str, when_scaled: &str) -> StatefulSet {
     }
 }
 
-fn pod(ordinal: i32, uid: &str) -> Pod {
-    Pod {
+fn pod(ordinal: i32, uid: &str) -> CachedPod {
+    CachedPod {
         metadata: ObjectMeta {
             name: Some(format!("db-{ordinal}")),
             namespace: Some("default".to_owned()),
             uid: Some(uid.to_owned()),
             ..ObjectMeta::default()
         },
-        ..Pod::default()
+        ..CachedPod::default()
     }
 }
 
