@@ -75,11 +75,16 @@
 //! retransmitted meanwhile (`TCPSynRetrans`), which is where long tails come from. The client
 //! and the backends share one CPU (`taskset`). Noise from other work on the machine is not
 //! controlled beyond running this process, the client and the backends at nice -10; the
-//! rounds are interleaved to share it, and each round's p50 is in the report to show it.
+//! rounds are interleaved in pairs (direct and corten, the order alternating) to share it,
+//! and each round's p50 and rate are in the report to show it.
 //!
 //! Targets (the issue's): corten's overhead over the direct pod IP ≤ 5 % at every N (p50
 //! latency and connections per second); 10 000 Services programmed in < 200 ms; one change
 //! applied in < 1 ms (both judged on the agent's whole path: watch events, compute, plan, maps).
+//! The connections-per-second overhead is judged on the median over the round pairs of their
+//! ratio: a sequential client's rate is the reciprocal of its mean latency, so a single stall
+//! of a few ms in one round moves a pooled rate by several percent, while a cost corten adds
+//! to every connection shows in every pair. The pooled ratio is reported beside it.
 //!
 //! Prints two tables and writes `target/bench/datapath.json`. `CORTEN_BENCH_DATAPATH_SERVICES`
 //! (e.g. `10,1000`) and `CORTEN_BENCH_DATAPATH_IPTABLES` (`legacy`, `nft` or both) narrow a
@@ -135,7 +140,7 @@ const POD_PORT: u16 = 8080;
 const SERVICE_PORT: u16 = 80;
 const NAMESPACE: &str = "bench";
 /// Latency rounds per case; the direct and corten rounds alternate.
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 20;
 /// Measured connections per round.
 const CONNECTIONS_PER_ROUND: usize = 500;
 /// Unmeasured connections before each round.
@@ -329,6 +334,23 @@ fn measure(lab: &Lab, counts: &[usize], backends: &[Backend]) -> anyhow::Result<
     for cidr in [POD_SUBNET, SERVICE_CIDR] {
         ip_in(&lab.node_netns(0), &["route", "add", cidr, "via", &via])?;
     }
+    // The client makes some 50 000 connections a minute to the same five addresses (four pod
+    // IPs and the ClusterIP), and closing first leaves each in TIME_WAIT for 60 s. Once
+    // half the default port range (the even ports connect prefers) holds TIME_WAIT sockets
+    // toward an address, every connect scans it all: ~1 ms each, in every case alike. So
+    // node 0 gets a wide port range and reuses a TIME_WAIT port after 1 s (tcp_tw_reuse),
+    // as busy nodes are commonly set up; both are the network namespace's own.
+    let sysctl = lab
+        .command(0, "sysctl")?
+        .args([
+            "-q",
+            "-w",
+            "net.ipv4.ip_local_port_range=1024 65535",
+            "net.ipv4.tcp_tw_reuse=1",
+        ])
+        .status()
+        .context("sysctl in node 0")?;
+    ensure!(sysctl.success(), "sysctl in node 0: {sysctl}");
     let _server = start_server(lab)?;
     let direct = pod_addresses();
     let check = run_client(lab, Where::OutsideCgroup, &direct, 20, 0)?;
@@ -482,7 +504,12 @@ fn ms(d: Duration) -> f64 {
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let half = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        len if len % 2 == 1 => values[half],
+        _ => (values[half - 1] + values[half]) / 2.0,
+    }
 }
 
 /// One Service count: corten (programming, then latency interleaved with the direct pod IP),
@@ -493,7 +520,6 @@ fn measure_count(lab: &Lab, n: usize, backends: &[Backend], quiet: f64) -> anyho
         node_ips: vec![lab.node_ip(0)],
     };
     let vip = SocketAddrV4::new(cluster_ip(n - 1), SERVICE_PORT);
-    let direct = pod_addresses();
     // The changed Service is one in the middle, never the measured one (unless n is 1).
     let changed = n / 2;
     let (services, slices) = objects(n, None);
@@ -560,48 +586,8 @@ fn measure_count(lab: &Lab, n: usize, backends: &[Backend], quiet: f64) -> anyho
     );
     let change = median_sync(&changes);
 
-    // The rounds are measured again (at most ROUND_ATTEMPTS times, after settling) when the
-    // node was disturbed meanwhile: the kernel's freeing of the previous count's nft
-    // ruleset can begin after the settle check and slow every connection tens of times.
-    let mut attempts = 0;
-    let (direct_rounds, corten_rounds, bare_rounds) = loop {
-        attempts += 1;
-        let mut direct_rounds = Vec::new();
-        let mut corten_rounds = Vec::new();
-        let mut bare_rounds = Vec::new();
-        for _ in 0..ROUNDS {
-            direct_rounds.push(run_client(
-                lab,
-                Where::InCgroup,
-                &direct,
-                CONNECTIONS_PER_ROUND,
-                WARMUP,
-            )?);
-            corten_rounds.push(run_client(
-                lab,
-                Where::InCgroup,
-                &[vip],
-                CONNECTIONS_PER_ROUND,
-                WARMUP,
-            )?);
-            bare_rounds.push(run_client(
-                lab,
-                Where::OutsideCgroup,
-                &direct,
-                CONNECTIONS_PER_ROUND,
-                WARMUP,
-            )?);
-        }
-        let direct_p50 = median(&mut pooled(&direct_rounds).round_p50_us);
-        if direct_p50 <= quiet * SETTLED_FACTOR || attempts == ROUND_ATTEMPTS {
-            break (direct_rounds, corten_rounds, bare_rounds);
-        }
-        eprintln!(
-            "datapath bench: rounds disturbed (direct p50 {direct_p50:.0} µs, quiet {quiet:.0} µs); \
-             settling and measuring again"
-        );
-        settled_p50(lab, quiet * SETTLED_FACTOR)?;
-    };
+    let rounds = paired_rounds(lab, vip, true, Some(quiet))?;
+    let (direct_rounds, corten_rounds, bare_rounds) = (rounds.direct, rounds.service, rounds.bare);
     let direct_latency = pooled(&direct_rounds);
     let corten_latency = pooled(&corten_rounds);
     let bare_latency = pooled(&bare_rounds);
@@ -653,19 +639,22 @@ fn measure_count(lab: &Lab, n: usize, backends: &[Backend], quiet: f64) -> anyho
     }
 
     let overhead_p50 = pct(corten_latency.p50_us, direct_latency.p50_us);
-    // Round by round (each corten round ran right after its direct round): the median ratio.
-    let mut paired: Vec<f64> = corten_latency
-        .round_p50_us
-        .iter()
-        .zip(&direct_latency.round_p50_us)
-        .map(|(c, d)| pct(*c, *d))
-        .collect();
-    let overhead_paired = median(&mut paired);
+    // Round by round (each corten round ran next to its direct round): the median ratio.
+    let overhead_paired = median_pct(&corten_latency.round_p50_us, &direct_latency.round_p50_us);
     let overhead_rate = pct(direct_latency.conn_per_s, corten_latency.conn_per_s);
-    let overhead_ok = overhead_p50 <= TARGET_OVERHEAD_PCT && overhead_rate <= TARGET_OVERHEAD_PCT;
+    let overhead_rate_paired = median_pct(
+        &direct_latency.round_conn_per_s,
+        &corten_latency.round_conn_per_s,
+    );
+    // Judged on the pooled p50 and on the median of the round pairs' rates: one client's
+    // rate is the reciprocal of its mean latency, so one stall of a few ms (a preemption on
+    // this 2-core machine) moves a pooled rate by several percent; a cost corten adds to
+    // every connection moves every pair, and so the median.
+    let overhead_ok =
+        overhead_p50 <= TARGET_OVERHEAD_PCT && overhead_rate_paired <= TARGET_OVERHEAD_PCT;
     Ok(json!({
         "services": n,
-        "latency_round_attempts": attempts,
+        "latency_round_attempts": rounds.attempts,
         "endpoints_per_service": ENDPOINTS,
         "measured_service": format!("{NAMESPACE}/{} {vip} (the last one)", service_name(n - 1)),
         "changed_service": format!("{NAMESPACE}/{}", service_name(changed)),
@@ -675,6 +664,7 @@ fn measure_count(lab: &Lab, n: usize, backends: &[Backend], quiet: f64) -> anyho
             "p50_latency_pct": overhead_p50,
             "p50_latency_pct_median_of_round_pairs": overhead_paired,
             "conn_per_s_pct": overhead_rate,
+            "conn_per_s_pct_median_of_round_pairs": overhead_rate_paired,
         },
         "targets_met": {
             "overhead_within_5pct": overhead_ok,
@@ -682,6 +672,81 @@ fn measure_count(lab: &Lab, n: usize, backends: &[Backend], quiet: f64) -> anyho
             "change_under_1ms": change.total_ms() < TARGET_CHANGE_MS,
         },
     }))
+}
+
+/// The latency rounds of one case.
+struct Rounds {
+    /// To the pod IPs directly, from node 0's cgroup.
+    direct: Vec<ClientReport>,
+    /// To the Service's ClusterIP, from node 0's cgroup.
+    service: Vec<ClientReport>,
+    /// To the pod IPs directly, from outside node 0's cgroup (when asked for).
+    bare: Vec<ClientReport>,
+    /// How many times the rounds were measured.
+    attempts: usize,
+}
+
+/// [`ROUNDS`] pairs of rounds, direct and to `vip`, the pair's order alternating so that
+/// neither always runs first; with `bare`, each pair is followed by a direct round from
+/// outside node 0's cgroup. With `quiet` (a direct round's p50 at the start, µs), the rounds
+/// are measured again (at most [`ROUND_ATTEMPTS`] times, after settling) when the node was
+/// disturbed meanwhile: the kernel's freeing of the previous count's nft ruleset can begin
+/// after the settle check and slow every connection tens of times.
+fn paired_rounds(
+    lab: &Lab,
+    vip: SocketAddrV4,
+    bare: bool,
+    quiet: Option<f64>,
+) -> anyhow::Result<Rounds> {
+    let direct = pod_addresses();
+    let round = |place, targets: &[SocketAddrV4]| {
+        run_client(lab, place, targets, CONNECTIONS_PER_ROUND, WARMUP)
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut rounds = Rounds {
+            direct: Vec::new(),
+            service: Vec::new(),
+            bare: Vec::new(),
+            attempts,
+        };
+        for pair in 0..ROUNDS {
+            let direct_first = pair % 2 == 0;
+            if direct_first {
+                rounds.direct.push(round(Where::InCgroup, &direct)?);
+            }
+            rounds.service.push(round(Where::InCgroup, &[vip])?);
+            if !direct_first {
+                rounds.direct.push(round(Where::InCgroup, &direct)?);
+            }
+            if bare {
+                rounds.bare.push(round(Where::OutsideCgroup, &direct)?);
+            }
+        }
+        let Some(quiet) = quiet else {
+            return Ok(rounds);
+        };
+        let direct_p50 = median(&mut pooled(&rounds.direct).round_p50_us);
+        if direct_p50 <= quiet * SETTLED_FACTOR || attempts == ROUND_ATTEMPTS {
+            return Ok(rounds);
+        }
+        eprintln!(
+            "datapath bench: rounds disturbed (direct p50 {direct_p50:.0} µs, quiet {quiet:.0} µs); \
+             settling and measuring again"
+        );
+        settled_p50(lab, quiet * SETTLED_FACTOR)?;
+    }
+}
+
+/// The median over pairs of how much larger `values[i]` is than `bases[i]`, in percent.
+fn median_pct(values: &[f64], bases: &[f64]) -> f64 {
+    let mut pairs: Vec<f64> = values
+        .iter()
+        .zip(bases)
+        .map(|(value, base)| pct(*value, *base))
+        .collect();
+    median(&mut pairs)
 }
 
 /// How much larger `value` is than `base`, in percent.
@@ -802,26 +867,11 @@ fn measure_iptables(
         if CHANGE_REPEATS % 2 == 1 {
             restore_file(lab, backend, &change_files[1].0, true)?;
         }
-        let mut rounds = Vec::new();
-        let mut direct_rounds = Vec::new();
-        for _ in 0..ROUNDS {
-            rounds.push(run_client(
-                lab,
-                Where::InCgroup,
-                &[vip],
-                CONNECTIONS_PER_ROUND,
-                WARMUP,
-            )?);
-            direct_rounds.push(run_client(
-                lab,
-                Where::InCgroup,
-                &pod_addresses(),
-                CONNECTIONS_PER_ROUND,
-                WARMUP,
-            )?);
-        }
-        let latency = pooled(&rounds);
-        let direct = pooled(&direct_rounds);
+        // Under the rules every new connection of the node walks KUBE-SERVICES, the direct
+        // ones too, so their rounds are slower by design and not judged against `quiet`.
+        let rounds = paired_rounds(lab, vip, false, None)?;
+        let latency = pooled(&rounds.service);
+        let direct = pooled(&rounds.direct);
         ensure!(
             latency.backends.len() == ENDPOINTS,
             "connections through the rules reached {:?}, not all {ENDPOINTS} backends",
@@ -830,6 +880,7 @@ fn measure_iptables(
         let change_median = median(&mut changes);
         let programming = json!({
             "restore": backend.restore(),
+            "latency_round_attempts": rounds.attempts,
             "program_all_ms": ms(full),
             "endpoint_change_ms": change_median,
             "endpoint_change_all_ms": changes,
@@ -1246,6 +1297,8 @@ struct Latency {
     stopped_early: bool,
     backends: BTreeMap<String, usize>,
     round_p50_us: Vec<f64>,
+    /// Each round's connections per second.
+    round_conn_per_s: Vec<f64>,
     syn_retransmits: Option<u64>,
 }
 
@@ -1263,6 +1316,7 @@ impl Latency {
             "stopped_early": self.stopped_early,
             "per_backend": self.backends,
             "round_p50_us": self.round_p50_us,
+            "round_conn_per_s": self.round_conn_per_s,
             "syn_retransmits": self.syn_retransmits,
         })
     }
@@ -1303,6 +1357,16 @@ fn pooled(rounds: &[ClientReport]) -> Latency {
             .map(|r| {
                 let mut v = r.latencies_us.clone();
                 median(&mut v)
+            })
+            .collect(),
+        round_conn_per_s: rounds
+            .iter()
+            .map(|r| {
+                if r.wall_s > 0.0 {
+                    r.latencies_us.len() as f64 / r.wall_s
+                } else {
+                    f64::NAN
+                }
             })
             .collect(),
     }
@@ -1479,7 +1543,7 @@ fn report(results: &[Value], backends: &[Backend], out: &Path) -> anyhow::Result
     for (label, _) in &cases {
         print!(" {label:>26}");
     }
-    println!(" {:>10}", "overhead");
+    println!(" {:>16}", "overhead p50/rate");
     for r in results {
         print!("{:>8}", r["services"]);
         for (_, key) in &cases {
@@ -1492,12 +1556,15 @@ fn report(results: &[Value], backends: &[Backend], out: &Path) -> anyhow::Result
             );
             print!(" {cell:>26}");
         }
-        println!(
-            " {:>9.1}%",
-            r["corten_overhead_over_direct"]["p50_latency_pct"]
+        let overhead = &r["corten_overhead_over_direct"];
+        let cell = format!(
+            "{:.1}% / {:.1}%",
+            overhead["p50_latency_pct"].as_f64().unwrap_or(f64::NAN),
+            overhead["conn_per_s_pct_median_of_round_pairs"]
                 .as_f64()
                 .unwrap_or(f64::NAN)
         );
+        println!(" {cell:>16}");
     }
     println!("\nprogramming (ms): all Services / one endpoint change");
     print!("{:>8} {:>24}", "services", "corten");
@@ -1542,7 +1609,8 @@ fn report(results: &[Value], backends: &[Backend], out: &Path) -> anyhow::Result
             "services": "synthetic selector-less ClusterIP Services (TCP 80 -> 8080), one EndpointSlice each, all naming the same 4 pod IPs; built in memory, no API server",
             "backends": "4 real TCP listeners in node 1 on /32 pod IPs 10.42.1.2-5:8080 (this bench binary as a server): one HTTP answer per connection; the client closes first",
             "client": "sequential connect + request + read the answer + close in node 0, in its cgroup (direct_pod_ip_outside_node_cgroup: outside it, no socket program); conn/s = one client's rate",
-            "overhead_basis": "corten vs direct_pod_ip, both from node 0's cgroup with corten's programs attached, rounds interleaved",
+            "overhead_basis": "corten vs direct_pod_ip, both from node 0's cgroup with corten's programs attached, in round pairs whose order alternates",
+            "overhead_judged_on": "the pooled p50 latency and the median over round pairs of the conn/s ratio (conn_per_s_pct_median_of_round_pairs); the pooled conn/s ratio is reported too, but one stall of a few ms moves it by several percent",
             "measured_service": "the last Service (last rule of KUBE-SERVICES)",
             "rounds": ROUNDS,
             "connections_per_round": CONNECTIONS_PER_ROUND,
@@ -1550,6 +1618,7 @@ fn report(results: &[Value], backends: &[Backend], out: &Path) -> anyhow::Result
             "corten_programming": "in-process as corten-agent's controller does it: watch events (made before the timing, as the watch hands its objects over) into a DesiredIndex + controller::take_changes (incremental desired state; full after a list) + SocketLb::sync_changes (plan of the changed keys + map writes) into fresh unpinned maps, programs attached to node 0's cgroup; no watch, no debounce",
             "iptables_programming": "kube-proxy iptables-mode ruleset (1.28+, partial syncs) generated by the bench; the restore process's wall time (--noflush --counters -w 5); kube-proxy's own compute not included",
             "netfilter": "empty nat and filter tables of both backends in node 0 throughout, so conntrack and NAT hooks are active in every case",
+            "client_sysctls": "node 0: net.ipv4.ip_local_port_range=1024 65535, net.ipv4.tcp_tw_reuse=1 (the client's TIME_WAIT sockets would otherwise fill the port range and make every connect scan it)",
             "endpoint_change": "one endpoint of one Service replaced (median of repeats)",
         },
         "targets": {
