@@ -119,59 +119,10 @@ fn memory_pressure_evicts_the_best_effort_pod_and_clears() -> anyhow::Result<()>
                 "dd if=/dev/zero bs=300M count=1 | sleep 100000"]}]}});
     apply(&lab, &hog.to_string())?;
 
-    // The node comes under memory pressure.
-    let pressured =
-        eventually_within(&lab, Duration::from_secs(90), "MemoryPressure=True", || {
-            let node = json(&lab, &["get", "node", &node])?;
-            let memory = condition(&node, "MemoryPressure").cloned();
-            Ok(memory.filter(|c| c["status"] == "True"))
-        })?;
-    ensure!(
-        pressured["reason"] == "KubeletHasInsufficientMemory"
-            && pressured["message"] == "kubelet has insufficient memory available",
-        "MemoryPressure: {pressured}"
-    );
-    let pressure_began = rfc3339_seconds(&pressured["lastTransitionTime"])?;
-    // The node lifecycle controller taints the node for it (upstream's
-    // TaintNodesByCondition), so nothing new is scheduled there meanwhile.
-    eventually_within(
-        &lab,
-        Duration::from_secs(30),
-        "the memory-pressure taint",
-        || {
-            let node = json(&lab, &["get", "node", &node])?;
-            Ok(has_no_schedule_taint(&node, "node.kubernetes.io/memory-pressure").then_some(()))
-        },
-    )?;
-
-    // The BestEffort pod is evicted, and the Guaranteed one is still running then (one
-    // listing shows both).
-    let (evicted, guaranteed) =
-        eventually_within(&lab, Duration::from_secs(60), "hog evicted", || {
-            let pods = json(&lab, &["get", "pods"])?;
-            let items = pods["items"].as_array().cloned().unwrap_or_default();
-            let by_name = |name: &str| {
-                items
-                    .iter()
-                    .find(|p| p["metadata"]["name"] == name)
-                    .cloned()
-            };
-            let (hog, guaranteed) = (by_name("hog"), by_name("guaranteed"));
-            Ok(hog
-                .filter(|h| phase(h) == "Failed")
-                .map(|h| (h, guaranteed)))
-        })?;
-    let guaranteed = guaranteed.context("the Guaranteed pod is gone")?;
-    ensure!(
-        phase(&guaranteed) == "Running",
-        "the Guaranteed pod was evicted first: {}",
-        guaranteed["status"]
-    );
-    ensure!(
-        evicted["status"]["reason"] == "Evicted",
-        "hog status: {}",
-        evicted["status"]
-    );
+    // The node comes under memory pressure, and the BestEffort pod is evicted while the
+    // Guaranteed one keeps running.
+    let pressure_began = pressure_comes(&lab, &node, &MEMORY, Duration::from_secs(90))?;
+    let evicted = evicted_beside(&lab, "hog", "guaranteed")?;
     let message = evicted["status"]["message"].as_str().unwrap_or_default();
     ensure!(
         message.starts_with("The node was low on resource: memory. Threshold quantity: ")
@@ -207,35 +158,7 @@ fn memory_pressure_evicts_the_best_effort_pod_and_clears() -> anyhow::Result<()>
     );
 
     // With the memory back the condition clears, after the transition period.
-    let cleared = eventually_within(
-        &lab,
-        Duration::from_secs(60),
-        "MemoryPressure=False",
-        || {
-            let node = json(&lab, &["get", "node", &node])?;
-            let memory = condition(&node, "MemoryPressure").cloned();
-            Ok(memory.filter(|c| c["status"] == "False"))
-        },
-    )?;
-    ensure!(
-        cleared["reason"] == "KubeletHasSufficientMemory",
-        "MemoryPressure after: {cleared}"
-    );
-    let pressure_ended = rfc3339_seconds(&cleared["lastTransitionTime"])?;
-    ensure!(
-        pressure_ended - pressure_began >= TRANSITION.as_secs() as i64,
-        "MemoryPressure lasted {}s, less than the transition period",
-        pressure_ended - pressure_began
-    );
-    eventually_within(
-        &lab,
-        Duration::from_secs(30),
-        "no memory-pressure taint",
-        || {
-            let node = json(&lab, &["get", "node", &node])?;
-            Ok((!has_no_schedule_taint(&node, "node.kubernetes.io/memory-pressure")).then_some(()))
-        },
-    )?;
+    pressure_clears(&lab, &node, &MEMORY, pressure_began)?;
     let hog = json(&lab, &["get", "pod", "hog"])?;
     ensure!(
         phase(&hog) == "Failed" && hog["status"]["containerStatuses"][0]["restartCount"] == 0,
@@ -278,6 +201,135 @@ fn fs_space(path: &std::path::Path) -> anyhow::Result<(u64, u64)> {
         anyhow::bail!("stat -f printed {text:?}");
     };
     Ok((available * size, blocks * size))
+}
+
+/// A pressure condition of the Node, as the agent reports it, and its taint.
+struct Pressure {
+    condition: &'static str,
+    /// Reason and message while True.
+    under: (&'static str, &'static str),
+    /// Reason and message while False.
+    clear: (&'static str, &'static str),
+    taint: &'static str,
+}
+
+const MEMORY: Pressure = Pressure {
+    condition: "MemoryPressure",
+    under: (
+        "KubeletHasInsufficientMemory",
+        "kubelet has insufficient memory available",
+    ),
+    clear: (
+        "KubeletHasSufficientMemory",
+        "kubelet has sufficient memory available",
+    ),
+    taint: "node.kubernetes.io/memory-pressure",
+};
+
+const DISK: Pressure = Pressure {
+    condition: "DiskPressure",
+    under: ("KubeletHasDiskPressure", "kubelet has disk pressure"),
+    clear: ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+    taint: "node.kubernetes.io/disk-pressure",
+};
+
+/// Waits (at most `limit`) for `pressure`'s condition to turn True with its reason and
+/// message, then for the node lifecycle controller's NoSchedule taint (upstream's
+/// TaintNodesByCondition), so nothing new is scheduled there meanwhile. Returns when the
+/// condition turned True (Unix seconds).
+fn pressure_comes(
+    lab: &Lab,
+    node: &str,
+    pressure: &Pressure,
+    limit: Duration,
+) -> anyhow::Result<i64> {
+    let name = pressure.condition;
+    let pressured = eventually_within(lab, limit, &format!("{name}=True"), || {
+        let node = json(lab, &["get", "node", node])?;
+        Ok(condition(&node, name)
+            .filter(|c| c["status"] == "True")
+            .cloned())
+    })?;
+    ensure!(
+        pressured["reason"] == pressure.under.0 && pressured["message"] == pressure.under.1,
+        "{name}: {pressured}"
+    );
+    eventually_within(lab, Duration::from_secs(30), pressure.taint, || {
+        let node = json(lab, &["get", "node", node])?;
+        Ok(has_no_schedule_taint(&node, pressure.taint).then_some(()))
+    })?;
+    rfc3339_seconds(&pressured["lastTransitionTime"])
+}
+
+/// Waits for `victim` to end Failed with reason Evicted while `survivor` is still Running
+/// (one listing shows both); returns the evicted pod.
+fn evicted_beside(lab: &Lab, victim: &str, survivor: &str) -> anyhow::Result<Value> {
+    let (evicted, survivor_pod) = eventually_within(
+        lab,
+        Duration::from_secs(60),
+        &format!("{victim} evicted"),
+        || {
+            let pods = json(lab, &["get", "pods"])?;
+            let items = pods["items"].as_array().cloned().unwrap_or_default();
+            let by_name = |name: &str| {
+                items
+                    .iter()
+                    .find(|p| p["metadata"]["name"] == name)
+                    .cloned()
+            };
+            Ok(by_name(victim)
+                .filter(|v| phase(v) == "Failed")
+                .map(|v| (v, by_name(survivor))))
+        },
+    )?;
+    let survivor_pod = survivor_pod.with_context(|| format!("{survivor} is gone"))?;
+    ensure!(
+        phase(&survivor_pod) == "Running",
+        "{survivor} was evicted too, or first: {}",
+        survivor_pod["status"]
+    );
+    ensure!(
+        evicted["status"]["reason"] == "Evicted",
+        "{victim} status: {}",
+        evicted["status"]
+    );
+    Ok(evicted)
+}
+
+/// Waits for `pressure`'s condition to turn False with its reason and message, no sooner
+/// than the transition period after it began, and for its taint to go.
+fn pressure_clears(lab: &Lab, node: &str, pressure: &Pressure, began: i64) -> anyhow::Result<()> {
+    let name = pressure.condition;
+    let cleared = eventually_within(
+        lab,
+        Duration::from_secs(60),
+        &format!("{name}=False"),
+        || {
+            let node = json(lab, &["get", "node", node])?;
+            Ok(condition(&node, name)
+                .filter(|c| c["status"] == "False")
+                .cloned())
+        },
+    )?;
+    ensure!(
+        cleared["reason"] == pressure.clear.0 && cleared["message"] == pressure.clear.1,
+        "{name} after: {cleared}"
+    );
+    let ended = rfc3339_seconds(&cleared["lastTransitionTime"])?;
+    ensure!(
+        ended - began >= TRANSITION.as_secs() as i64,
+        "{name} lasted {}s, less than the transition period",
+        ended - began
+    );
+    eventually_within(
+        lab,
+        Duration::from_secs(30),
+        &format!("no {} taint", pressure.taint),
+        || {
+            let node = json(lab, &["get", "node", node])?;
+            Ok((!has_no_schedule_taint(&node, pressure.taint)).then_some(()))
+        },
+    )
 }
 
 /// Whether `node` carries the taint `key` with effect NoSchedule.
@@ -371,56 +423,10 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
     let writer_dir = data_dir.join("pods").join(&writer_uid);
     let empty_dir = writer_dir.join("volumes/kubernetes.io~empty-dir/scratch");
 
-    // The node comes under disk pressure.
-    let pressured = eventually_within(&lab, Duration::from_secs(60), "DiskPressure=True", || {
-        let node = json(&lab, &["get", "node", &node])?;
-        let disk = condition(&node, "DiskPressure").cloned();
-        Ok(disk.filter(|c| c["status"] == "True"))
-    })?;
-    ensure!(
-        pressured["reason"] == "KubeletHasDiskPressure"
-            && pressured["message"] == "kubelet has disk pressure",
-        "DiskPressure: {pressured}"
-    );
-    let pressure_began = rfc3339_seconds(&pressured["lastTransitionTime"])?;
-    // The node lifecycle controller taints the node for it (upstream's
-    // TaintNodesByCondition), so nothing new is scheduled there meanwhile.
-    eventually_within(
-        &lab,
-        Duration::from_secs(30),
-        "the disk-pressure taint",
-        || {
-            let node = json(&lab, &["get", "node", &node])?;
-            Ok(has_no_schedule_taint(&node, "node.kubernetes.io/disk-pressure").then_some(()))
-        },
-    )?;
-
-    // The writer is evicted, and the quiet pod is still running then (one listing shows
-    // both).
-    let (evicted, quiet) =
-        eventually_within(&lab, Duration::from_secs(60), "writer evicted", || {
-            let pods = json(&lab, &["get", "pods"])?;
-            let items = pods["items"].as_array().cloned().unwrap_or_default();
-            let by_name = |name: &str| {
-                items
-                    .iter()
-                    .find(|p| p["metadata"]["name"] == name)
-                    .cloned()
-            };
-            let (writer, quiet) = (by_name("writer"), by_name("quiet"));
-            Ok(writer.filter(|w| phase(w) == "Failed").map(|w| (w, quiet)))
-        })?;
-    let quiet = quiet.context("the quiet pod is gone")?;
-    ensure!(
-        phase(&quiet) == "Running",
-        "the quiet pod was evicted too: {}",
-        quiet["status"]
-    );
-    ensure!(
-        evicted["status"]["reason"] == "Evicted",
-        "writer status: {}",
-        evicted["status"]
-    );
+    // The node comes under disk pressure, and the writer is evicted while the quiet pod
+    // keeps running.
+    let pressure_began = pressure_comes(&lab, &node, &DISK, Duration::from_secs(60))?;
+    let evicted = evicted_beside(&lab, "writer", "quiet")?;
     // Upstream names the resource and the threshold as a quantity (50% of 256 MiB).
     let message = evicted["status"]["message"].as_str().unwrap_or_default();
     eprintln!("hard eviction: {message}");
@@ -493,31 +499,7 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
     )?;
 
     // The condition clears, after the transition period.
-    let cleared = eventually_within(&lab, Duration::from_secs(60), "DiskPressure=False", || {
-        let node = json(&lab, &["get", "node", &node])?;
-        let disk = condition(&node, "DiskPressure").cloned();
-        Ok(disk.filter(|c| c["status"] == "False"))
-    })?;
-    ensure!(
-        cleared["reason"] == "KubeletHasNoDiskPressure"
-            && cleared["message"] == "kubelet has no disk pressure",
-        "DiskPressure after: {cleared}"
-    );
-    let pressure_ended = rfc3339_seconds(&cleared["lastTransitionTime"])?;
-    ensure!(
-        pressure_ended - pressure_began >= TRANSITION.as_secs() as i64,
-        "DiskPressure lasted {}s, less than the transition period",
-        pressure_ended - pressure_began
-    );
-    eventually_within(
-        &lab,
-        Duration::from_secs(30),
-        "no disk-pressure taint",
-        || {
-            let node = json(&lab, &["get", "node", &node])?;
-            Ok((!has_no_schedule_taint(&node, "node.kubernetes.io/disk-pressure")).then_some(()))
-        },
-    )?;
+    pressure_clears(&lab, &node, &DISK, pressure_began)?;
     let writer = json(&lab, &["get", "pod", "writer"])?;
     ensure!(
         phase(&writer) == "Failed" && writer["status"]["containerStatuses"][0]["restartCount"] == 0,

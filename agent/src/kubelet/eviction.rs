@@ -1759,60 +1759,47 @@ mod tests {
 
     #[test]
     fn the_message_status_and_conditions_say_what_upstream_says() {
-        let threshold = parse_thresholds("memory.available<100Mi")
-            .unwrap_or_default()
-            .remove(0);
-        let message = eviction_message(
-            &threshold,
-            Observation {
-                available: 50 << 20,
-                capacity: 1 << 30,
-            },
-        );
-        assert_eq!(
-            message,
-            "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. "
-        );
-        let inodes = parse_thresholds("nodefs.inodesFree<5%")
-            .unwrap_or_default()
-            .remove(0);
-        assert_eq!(
-            eviction_message(
-                &inodes,
-                Observation {
-                    available: 12,
-                    capacity: 1000
-                }
+        // (threshold, available, capacity, message). A percentage is shown as the quantity
+        // it stands for, as upstream shows it.
+        let cases: [(&str, u64, u64, &str); 4] = [
+            (
+                "memory.available<100Mi",
+                50 << 20,
+                1 << 30,
+                "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. ",
             ),
-            "The node was low on resource: inodes. Threshold quantity: 50, available: 12. "
-        );
-        // A percentage is shown as the quantity it stands for, as upstream shows it.
-        let nodefs = parse_thresholds("nodefs.available<50%")
-            .unwrap_or_default()
-            .remove(0);
-        assert_eq!(
-            eviction_message(
-                &nodefs,
-                Observation {
-                    available: 100 << 20,
-                    capacity: 256 << 20
-                }
+            (
+                "nodefs.inodesFree<5%",
+                12,
+                1000,
+                "The node was low on resource: inodes. Threshold quantity: 50, available: 12. ",
             ),
-            "The node was low on resource: ephemeral-storage. Threshold quantity: 128Mi, available: 100Mi. "
-        );
-        let inodes = parse_thresholds("nodefs.inodesFree<1000")
-            .unwrap_or_default()
-            .remove(0);
-        assert_eq!(
-            eviction_message(
-                &inodes,
-                Observation {
-                    available: 5000,
-                    capacity: 1 << 20
-                }
+            (
+                "nodefs.available<50%",
+                100 << 20,
+                256 << 20,
+                "The node was low on resource: ephemeral-storage. Threshold quantity: 128Mi, available: 100Mi. ",
             ),
-            "The node was low on resource: inodes. Threshold quantity: 1k, available: 5k. "
-        );
+            (
+                "nodefs.inodesFree<1000",
+                5000,
+                1 << 20,
+                "The node was low on resource: inodes. Threshold quantity: 1k, available: 5k. ",
+            ),
+        ];
+        for (text, available, capacity, expected) in cases {
+            let threshold = parse_thresholds(text).unwrap_or_default().remove(0);
+            let observation = Observation {
+                available,
+                capacity,
+            };
+            assert_eq!(
+                eviction_message(&threshold, observation),
+                expected,
+                "{text}"
+            );
+        }
+        let message = cases[0].3.to_owned();
         assert_eq!(format_decimal(999), "999");
         assert_eq!(format_decimal(1500), "1500");
         assert_eq!(format_decimal(2_000_000), "2M");

@@ -275,32 +275,18 @@ pub fn plan(
     let assigned = assign_ids(applied, desired, &mut ids)?;
 
     let (tabled, untabled) = tabled_sets(applied, desired, config, &assigned);
-    let mut additions = Vec::new();
-    let mut shrinking = Vec::new();
+    let mut phases = Phases::default();
     let mut services = BTreeMap::new();
     for (key, set) in &desired.backend_sets {
         let Some(&id) = assigned.get(key) else {
             continue;
         };
-        let old = applied.services.get(&id);
-        let table_size = match config.selection {
-            BackendSelection::Maglev(size) if tabled.contains(key) => Some(size),
-            _ => None,
-        };
-        let next = plan_service(
-            id,
-            key,
-            set,
-            old,
-            table_size,
-            &mut additions,
-            &mut shrinking,
-        )?;
+        let table_size = table_size(config, &tabled, key);
+        let next = phases.service(id, key, set, applied.services.get(&id), table_size)?;
         services.insert(id, next);
     }
 
     let mut frontends = BTreeMap::new();
-    let mut frontend_sets = Vec::new();
     for (key, frontend) in &desired.frontends {
         let (Some(&from_outside), Some(&from_node)) = (
             assigned.get(&frontend.from_outside),
@@ -314,35 +300,31 @@ pub fn plan(
             from_node,
         };
         if applied.frontends.get(key) != Some(&value) {
-            frontend_sets.push(Operation::SetFrontend {
+            phases.frontend_sets.push(Operation::SetFrontend {
                 frontend: *key,
                 value,
             });
         }
         frontends.insert(*key, value);
     }
-    let frontend_removals = applied
-        .frontends
-        .keys()
-        .filter(|key| !frontends.contains_key(key))
-        .map(|key| Operation::RemoveFrontend { frontend: *key });
+    phases.frontend_removals.extend(
+        applied
+            .frontends
+            .keys()
+            .filter(|key| !frontends.contains_key(key))
+            .map(|key| Operation::RemoveFrontend { frontend: *key }),
+    );
 
-    let mut removals = Vec::new();
     for (id, old) in &applied.services {
         if services.contains_key(id) {
             continue;
         }
-        push_service_removal(*id, old, &mut removals);
+        phases.remove_service(*id, old);
         ids.release(*id);
     }
 
-    let mut operations = additions;
-    operations.extend(frontend_sets);
-    operations.extend(frontend_removals);
-    operations.extend(shrinking);
-    operations.extend(removals);
     Ok(Plan {
-        operations,
+        operations: phases.into_operations(),
         next: AppliedState {
             frontends,
             services,
@@ -353,6 +335,66 @@ pub fn plan(
 }
 
 /// The operations that remove service `id` (no frontend names it any more).
+/// A plan's operations by phase, in the order they are applied: what new and changed
+/// services add, frontends set, frontends removed, what changed services shed, services
+/// removed. A frontend never names a service before its entries are written, nor after
+/// they go.
+#[derive(Default)]
+struct Phases {
+    additions: Vec<Operation>,
+    frontend_sets: Vec<Operation>,
+    frontend_removals: Vec<Operation>,
+    shrinking: Vec<Operation>,
+    removals: Vec<Operation>,
+}
+
+impl Phases {
+    /// Plans one service that stays or comes (see [`plan_service`]).
+    fn service(
+        &mut self,
+        id: ServiceId,
+        key: &BackendSetKey,
+        set: &BackendSet,
+        old: Option<&AppliedService>,
+        table_size: Option<TableSize>,
+    ) -> Result<AppliedService, PlanError> {
+        plan_service(
+            id,
+            key,
+            set,
+            old,
+            table_size,
+            &mut self.additions,
+            &mut self.shrinking,
+        )
+    }
+
+    fn remove_service(&mut self, id: ServiceId, old: &AppliedService) {
+        push_service_removal(id, old, &mut self.removals);
+    }
+
+    fn into_operations(self) -> Vec<Operation> {
+        let mut operations = self.additions;
+        operations.extend(self.frontend_sets);
+        operations.extend(self.frontend_removals);
+        operations.extend(self.shrinking);
+        operations.extend(self.removals);
+        operations
+    }
+}
+
+/// The Maglev table size of a backend set: the configured one when the set is tabled.
+fn table_size(
+    config: &PlanConfig,
+    tabled: &BTreeSet<&BackendSetKey>,
+    key: &BackendSetKey,
+) -> Option<TableSize> {
+    match config.selection {
+        BackendSelection::Maglev(size) if tabled.contains(key) => Some(size),
+        _ => None,
+    }
+}
+
 fn push_service_removal(id: ServiceId, old: &AppliedService, removals: &mut Vec<Operation>) {
     removals.push(Operation::RemoveService { service: id });
     if let Some(size) = old.entry.maglev {
@@ -541,26 +583,14 @@ pub fn plan_changes(
         }
     }
 
-    let mut additions = Vec::new();
-    let mut shrinking = Vec::new();
+    let mut phases = Phases::default();
     let mut services = Vec::new();
     let mut removed = BTreeMap::new();
     for key in &sets {
         match (desired.backend_sets.get(*key), assigned.get(key)) {
             (Some(set), Some(&id)) => {
-                let table_size = match config.selection {
-                    BackendSelection::Maglev(size) if tabled.contains(key) => Some(size),
-                    _ => None,
-                };
-                let next = plan_service(
-                    id,
-                    key,
-                    set,
-                    applied.services.get(&id),
-                    table_size,
-                    &mut additions,
-                    &mut shrinking,
-                )?;
+                let table_size = table_size(config, &tabled, key);
+                let next = phases.service(id, key, set, applied.services.get(&id), table_size)?;
                 services.push((id, Some(next)));
             }
             _ => {
@@ -574,8 +604,6 @@ pub fn plan_changes(
     }
 
     let id_of = |key: &BackendSetKey| assigned.get(key).or_else(|| index.ids.get(key)).copied();
-    let mut frontend_sets = Vec::new();
-    let mut frontend_removals = Vec::new();
     let mut frontend_changes = Vec::new();
     for key in frontends {
         let value = desired.frontends.get(key).and_then(|frontend| {
@@ -588,7 +616,7 @@ pub fn plan_changes(
         let old = applied.frontends.get(key);
         match value {
             Some(value) if old != Some(&value) => {
-                frontend_sets.push(Operation::SetFrontend {
+                phases.frontend_sets.push(Operation::SetFrontend {
                     frontend: *key,
                     value,
                 });
@@ -596,27 +624,23 @@ pub fn plan_changes(
             }
             Some(_) => {}
             None if old.is_some() => {
-                frontend_removals.push(Operation::RemoveFrontend { frontend: *key });
+                phases
+                    .frontend_removals
+                    .push(Operation::RemoveFrontend { frontend: *key });
                 frontend_changes.push((*key, None));
             }
             None => {}
         }
     }
 
-    let mut removals = Vec::new();
     for (id, old) in removed {
-        push_service_removal(id, old, &mut removals);
+        phases.remove_service(id, old);
         ids.release(id);
         services.push((id, None));
     }
 
-    let mut operations = additions;
-    operations.extend(frontend_sets);
-    operations.extend(frontend_removals);
-    operations.extend(shrinking);
-    operations.extend(removals);
     Ok(ChangePlan {
-        operations,
+        operations: phases.into_operations(),
         frontends: frontend_changes,
         services,
         ids,

@@ -661,34 +661,43 @@ mod tests {
         slices: BTreeMap<(String, String), EndpointSlice>,
     }
 
+    /// Puts `made` under `key` (or deletes what is there, when `None`) and hands the watch
+    /// event on.
+    fn change<T: Clone>(
+        objects: &mut BTreeMap<(String, String), T>,
+        key: (String, String),
+        made: Option<T>,
+        send: impl FnOnce(Event<T>),
+    ) {
+        match made {
+            Some(object) => {
+                objects.insert(key, object.clone());
+                send(Event::Apply(object));
+            }
+            None => {
+                if let Some(object) = objects.remove(&key) {
+                    send(Event::Delete(object));
+                }
+            }
+        }
+    }
+
     impl World {
         /// One random watch event, applied to the world and handed to the index.
         fn step(&mut self, random: &mut Random, index: &mut DesiredIndex) {
             let namespace = random.pick(&NAMESPACES).to_string();
             match random.below(20) {
-                0..=6 => {
+                roll @ 0..=8 => {
                     let name = random.pick(&SERVICES).to_string();
-                    let service = random_service(random, &namespace, &name);
-                    self.services.insert((namespace, name), service.clone());
-                    index.service_event(Event::Apply(service));
+                    let made = (roll <= 6).then(|| random_service(random, &namespace, &name));
+                    let key = (namespace, name);
+                    change(&mut self.services, key, made, |e| index.service_event(e));
                 }
-                7..=8 => {
-                    let name = random.pick(&SERVICES).to_string();
-                    if let Some(service) = self.services.remove(&(namespace, name)) {
-                        index.service_event(Event::Delete(service));
-                    }
-                }
-                9..=16 => {
+                roll @ 9..=18 => {
                     let name = random.pick(&SLICES).to_string();
-                    let slice = random_slice(random, &namespace, &name);
-                    self.slices.insert((namespace, name), slice.clone());
-                    index.slice_event(Event::Apply(slice));
-                }
-                17..=18 => {
-                    let name = random.pick(&SLICES).to_string();
-                    if let Some(slice) = self.slices.remove(&(namespace, name)) {
-                        index.slice_event(Event::Delete(slice));
-                    }
+                    let made = (roll <= 16).then(|| random_slice(random, &namespace, &name));
+                    let key = (namespace, name);
+                    change(&mut self.slices, key, made, |e| index.slice_event(e));
                 }
                 _ => self.relist(index),
             }
