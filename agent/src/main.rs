@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use corten_agent::{
     kubelet::{self, KubeletConfig},
+    kubelet_api::metrics::MoreMetrics,
     network::{
         bgp::speaker::{DEFAULT_HOLD_TIME, DEFAULT_LOCAL_AS},
         bgp_mode::{self, BgpModeConfig, PeerArg},
@@ -14,7 +15,7 @@ use corten_agent::{
     },
     proxy::{
         self, controller::ProxyConfig, desired::NodeContext, diff::BackendSelection,
-        maglev::TableSize, socket_lb::MapSizes,
+        maglev::TableSize, metrics::ProxyMetrics, socket_lb::MapSizes,
     },
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -339,30 +340,45 @@ async fn run() -> anyhow::Result<()> {
             }
         }
     });
-    let proxy = args.socket_lb_cgroup.map(|cgroup| {
-        tokio::spawn(proxy::controller::run(
-            client.clone(),
-            ProxyConfig {
-                node: NodeContext {
-                    node_name: args.node_name.clone(),
-                    node_ips: vec![node_ip],
+    let proxy_metrics = args
+        .socket_lb_cgroup
+        .as_ref()
+        .map(|_| ProxyMetrics::default());
+    let more_metrics = proxy_metrics
+        .iter()
+        .map(|metrics| {
+            let metrics = metrics.clone();
+            MoreMetrics::new(move |out| metrics.render(out))
+        })
+        .collect();
+    let proxy = args
+        .socket_lb_cgroup
+        .zip(proxy_metrics)
+        .map(|(cgroup, metrics)| {
+            tokio::spawn(proxy::controller::run(
+                client.clone(),
+                ProxyConfig {
+                    node: NodeContext {
+                        node_name: args.node_name.clone(),
+                        node_ips: vec![node_ip],
+                    },
+                    cgroup,
+                    pin_dir: args.bpffs_pin_dir,
+                    sizes: MapSizes {
+                        frontends: args.proxy_max_frontends,
+                        services: args.proxy_max_services,
+                        backends: args.proxy_max_backends,
+                        affinity: args.proxy_max_affinity,
+                        nat_flows: args.proxy_max_nat_flows,
+                        maglev: maglev_capacity,
+                        ..MapSizes::default()
+                    },
+                    selection,
+                    external_interfaces: args.proxy_external_interfaces,
+                    metrics,
                 },
-                cgroup,
-                pin_dir: args.bpffs_pin_dir,
-                sizes: MapSizes {
-                    frontends: args.proxy_max_frontends,
-                    services: args.proxy_max_services,
-                    backends: args.proxy_max_backends,
-                    affinity: args.proxy_max_affinity,
-                    nat_flows: args.proxy_max_nat_flows,
-                    maglev: maglev_capacity,
-                    ..MapSizes::default()
-                },
-                selection,
-                external_interfaces: args.proxy_external_interfaces,
-            },
-        ))
-    });
+            ))
+        });
     let proxy = async move {
         match proxy {
             Some(task) => task.await,
@@ -383,6 +399,7 @@ async fn run() -> anyhow::Result<()> {
             client_cas,
             eviction,
             image_gc,
+            more_metrics,
         },
     );
     tokio::select! {

@@ -25,7 +25,8 @@
 //! - the externalIP routed to node 1 instead (a node that has never seen these flows), each
 //!   port lands on the backend it had through node 0, also after node 1's agent restarted;
 //! - a NodePort without any endpoint refuses at once instead of letting the client wait: a
-//!   TCP connection with a reset, a UDP datagram with an ICMP port unreachable.
+//!   TCP connection with a reset, a UDP datagram with an ICMP port unreachable;
+//! - node 0's `/metrics` counts the tc programs' new flows and refusals, and no fallback.
 //!
 //! With `CORTEN_TEST_WITHOUT_MAGLEV=1` that lab's agents pick at random, and the test must fail.
 //!
@@ -40,7 +41,7 @@ use std::{
 
 use anyhow::{ensure, Context};
 use corten_tests::{
-    kubectl::{apply, eventually, json},
+    kubectl::{apply, eventually, json, kubectl},
     lab::{Lab, LabSpec, NetworkMode, BUSYBOX_IMAGE},
     scripts::{FIXED_PORT_HTTP_CLIENT, PYTHON, UDP_BACKEND},
 };
@@ -496,6 +497,23 @@ fn fixed_port_lines(
         .collect()
 }
 
+/// Node `i`'s tc counters in its `/metrics` (`corten_proxy_nat_events_total` by event).
+fn nat_events(lab: &Lab, i: usize) -> anyhow::Result<BTreeMap<String, u64>> {
+    let path = format!("/api/v1/nodes/{}/proxy/metrics", lab.node_name(i));
+    let text = kubectl(lab, &["get", "--raw", &path])?;
+    let mut events = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("corten_proxy_nat_events_total{event=\"") else {
+            continue;
+        };
+        let (event, value) = rest
+            .split_once("\"} ")
+            .with_context(|| format!("metrics line {line:?}"))?;
+        events.insert(event.to_owned(), value.parse()?);
+    }
+    Ok(events)
+}
+
 /// Routes the externalIP (inside the fabric namespace) to node `i`.
 fn route_external_ip_to(lab: &Lab, i: usize) -> anyhow::Result<()> {
     let via = lab.node_ip(i).to_string();
@@ -648,7 +666,9 @@ fn maglev_keeps_each_flow_on_one_backend_across_nodes_and_restarts() -> anyhow::
     }
     println!("a NodePort without endpoints refused the client at once (TCP and UDP)");
 
-    // The counters show no flow that missed its table entry.
+    // The counters show no flow that missed its table entry, in the log and in the node's
+    // /metrics (read through the API server's node proxy once the agent has read them):
+    // the flows and the refusals above are counted there.
     for i in 0..2 {
         let log = std::fs::read_to_string(lab.paths().agent_log(i))?;
         ensure!(
@@ -656,5 +676,15 @@ fn maglev_keeps_each_flow_on_one_backend_across_nodes_and_restarts() -> anyhow::
             "node {i}'s tc programs fell back to random picks"
         );
     }
+    let events = eventually(&lab, "node 0's tc counters in its metrics", || {
+        let events = nat_events(&lab, 0)?;
+        let count = |event: &str| events.get(event).copied().unwrap_or_default();
+        Ok((count("flows_created") > 0 && count("rejected") > 0).then_some(events))
+    })?;
+    ensure!(
+        events.get("maglev_fallback") == Some(&0) && events.len() == 8,
+        "node 0's tc counters: {events:?}"
+    );
+    println!("node 0's tc counters in its metrics: {events:?}");
     lab.down_checked()
 }

@@ -17,7 +17,9 @@
 //! sockets, which see the ClusterIP as the answers' source and as their peer; LoadBalancer
 //! Services with `externalTrafficPolicy: Local` get healthCheckNodePorts that the node
 //! serves with its local endpoint count (200, or 503 with none), released when the policy or
-//! the type changes; deleting the Service undoes the translation.
+//! the type changes; the node's `/metrics` counts the proxy's syncs and the Service and
+//! EndpointSlice changes under kube-proxy's names; deleting the Service undoes the
+//! translation.
 //!
 //! Safety: everything runs inside the lab's namespaces and the socket programs attach to the
 //! node's cgroup only; every wait is bounded.
@@ -799,10 +801,23 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
     kubectl(&lab, &["delete", "pod", &orphan, "--wait=false"])?;
 
     // Scale down: the removed backends get no new connections.
+    let before = ProxyMetrics::scrape(&lab)?;
     kubectl(&lab, &["scale", "replicaset", "web", "--replicas=1"])?;
     let remaining = eventually(&lab, "one web pod left", || ready_web_pods(&lab, 1))?;
     node_answers_converge(&lab, &url, &remaining)?;
     println!("after scaling down only {remaining:?} answers");
+    // The agent's /metrics (through the API server's node proxy) counts the syncs and the
+    // changes as kube-proxy's do: the restarted agent listed the six Services, and the
+    // scaling changed the web Service's slice.
+    let after = ProxyMetrics::scrape(&lab)?;
+    ensure!(
+        after.endpoint_changes > before.endpoint_changes
+            && after.syncs > before.syncs
+            && after.last_sync >= before.last_sync
+            && before.service_changes >= 6.0
+            && after.failures == 0.0,
+        "the proxy metrics before and after scaling: {before:?} {after:?}"
+    );
 
     // UDP: a selector-less Service whose EndpointSlices name two listeners on the node;
     // unconnected sockets reach both and see the ClusterIP as the source of the answers, a
@@ -861,6 +876,47 @@ fn cluster_ips_are_load_balanced_by_the_socket_programs() -> anyhow::Result<()> 
 
     // The pinned maps and attachments lived on the node's own bpffs and go with it.
     lab.down_checked()
+}
+
+/// The service proxy's figures in the node's `/metrics`.
+#[derive(Debug)]
+struct ProxyMetrics {
+    syncs: f64,
+    last_sync: f64,
+    service_changes: f64,
+    endpoint_changes: f64,
+    failures: f64,
+}
+
+impl ProxyMetrics {
+    fn scrape(lab: &Lab) -> anyhow::Result<Self> {
+        let path = format!("/api/v1/nodes/{}/proxy/metrics", lab.node_name(0));
+        let text = kubectl(lab, &["get", "--raw", &path])?;
+        let value = |series: &str| -> anyhow::Result<f64> {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .with_context(|| format!("no {series} in the node's metrics: {text}"))?
+                .parse()
+                .with_context(|| format!("{series} in the node's metrics"))
+        };
+        let metrics = Self {
+            syncs: value("kubeproxy_sync_proxy_rules_duration_seconds_count")?,
+            last_sync: value("kubeproxy_sync_proxy_rules_last_timestamp_seconds")?,
+            service_changes: value("kubeproxy_sync_proxy_rules_service_changes_total")?,
+            endpoint_changes: value("kubeproxy_sync_proxy_rules_endpoint_changes_total")?,
+            failures: value("corten_proxy_sync_failures_total")?,
+        };
+        // The last sync happened during this test, by this machine's clock.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        ensure!(
+            metrics.last_sync > now - 3600.0 && metrics.last_sync <= now + 1.0,
+            "the last sync time {} is not recent (now {now})",
+            metrics.last_sync
+        );
+        Ok(metrics)
+    }
 }
 
 /// The node's answer on a healthCheckNodePort: status code and JSON body, or none when

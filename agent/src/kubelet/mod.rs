@@ -84,6 +84,8 @@ pub struct KubeletConfig {
     pub eviction: eviction::EvictionPolicy,
     /// Image garbage collection.
     pub image_gc: image_gc::ImageGcPolicy,
+    /// Other parts' metrics the kubelet API's `/metrics` appends (the service proxy's).
+    pub more_metrics: Vec<crate::kubelet_api::metrics::MoreMetrics>,
 }
 
 /// Connects to the runtime, retrying while it starts (at most a minute).
@@ -142,6 +144,7 @@ fn spawn_kubelet_api(client: &Client, cri: &CriClient, config: &KubeletConfig) {
     );
     api.cgroup_root = config.cgroup_root.clone();
     api.data_dir = config.data_dir.clone();
+    api.more_metrics = config.more_metrics.clone();
     let (client, cri) = (client.clone(), cri.clone());
     tokio::spawn(async move {
         if let Err(err) = crate::kubelet_api::run(client, cri, api).await {

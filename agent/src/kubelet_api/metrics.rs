@@ -2,12 +2,35 @@
 //! `kubelet_node_name`, `kubelet_running_pods` (pods with a ready sandbox) and
 //! `kubelet_running_containers` by `container_state` (every container the runtime holds,
 //! counted as upstream's PLEG counts them), and the standard `process_*` metrics of the agent
-//! from `/proc/self`.
+//! from `/proc/self`; then what other parts of the agent render ([`MoreMetrics`]: the
+//! service proxy's).
 //!
 //! Owns the metrics' names, help texts and rendering; it only reads.
-use std::{collections::BTreeSet, fmt::Write as _, path::Path};
+use std::{collections::BTreeSet, fmt::Write as _, path::Path, sync::Arc};
 
 use k8s_cri::v1::{Container, ContainerState, PodSandbox, PodSandboxState};
+
+/// Metrics of another part of the agent, appended to the document by its own renderer.
+#[derive(Clone)]
+pub struct MoreMetrics(Arc<dyn Fn(&mut String) + Send + Sync>);
+
+impl MoreMetrics {
+    /// `render` appends complete metric families in the text format.
+    pub fn new(render: impl Fn(&mut String) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(render))
+    }
+
+    /// Appends the metrics to `out`.
+    pub fn render(&self, out: &mut String) {
+        (self.0)(out);
+    }
+}
+
+impl std::fmt::Debug for MoreMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MoreMetrics")
+    }
+}
 
 /// The Content-Type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -91,6 +91,8 @@ pub struct KubeletApiConfig {
     pub cgroup_root: String,
     /// The agent's data directory (its filesystem is the node's in `/stats/summary`).
     pub data_dir: PathBuf,
+    /// Other parts' metrics, appended to `/metrics`.
+    pub more_metrics: Vec<metrics::MoreMetrics>,
 }
 
 impl KubeletApiConfig {
@@ -114,6 +116,7 @@ impl KubeletApiConfig {
             cgroup_root: "/".to_owned(),
             data_dir: pki_dir.parent().map(PathBuf::from).unwrap_or_default(),
             pki_dir,
+            more_metrics: Vec::new(),
         }
     }
 }
@@ -127,6 +130,7 @@ struct Handler {
     cri: CriClient,
     node_name: String,
     stats: Arc<stats::StatsProvider>,
+    more_metrics: Vec<metrics::MoreMetrics>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -188,6 +192,7 @@ pub async fn run(
             &config.data_dir,
         )),
         node_name: config.node_name,
+        more_metrics: config.more_metrics,
     };
     serve_https(listener, tls, handler).await;
     Ok(())
@@ -401,10 +406,11 @@ impl Handler {
         };
         let counts = metrics::count(&sandboxes, &containers);
         let process = metrics::ProcessMetrics::of_self();
-        let mut response = text(
-            StatusCode::OK,
-            metrics::render(&self.node_name, &counts, &process),
-        );
+        let mut document = metrics::render(&self.node_name, &counts, &process);
+        for more in &self.more_metrics {
+            more.render(&mut document);
+        }
+        let mut response = text(StatusCode::OK, document);
         response.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static(metrics::CONTENT_TYPE),

@@ -1,14 +1,18 @@
 //! The service proxy's control loop on one node: watch Services and EndpointSlices, hand
 //! every event to the [`DesiredIndex`], and after each batch of changes (debounced) recompute
 //! only the touched Services and write only the map entries that changed; attach
-//! the tc programs to the external interfaces and log their counters; serve the
+//! the tc programs to the external interfaces and log their counters (and record them, with
+//! each sync's time and the changes seen, in the [`ProxyMetrics`]); serve the
 //! healthCheckNodePorts of `Local` LoadBalancer Services from the same computation.
 //!
 //! Owns the order of things at start (load and attach, then wait until both watches have
 //! listed everything before the first sync, so that a restart never empties maps it reused
 //! from pins) and the retry of failed syncs. It must not decide entries itself (that is
 //! `desired` and `diff`) nor write maps (that is `socket_lb` and `maps`).
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -24,6 +28,7 @@ use super::{
     diff::BackendSelection,
     health::HealthServers,
     index::{Changes, DesiredIndex},
+    metrics::{Change, ProxyMetrics},
     socket_lb::{MapSizes, SocketLb, SocketLbError, SyncStats},
     tc_nat::{self, NatStats, StatLevel},
 };
@@ -51,6 +56,8 @@ pub struct ProxyConfig {
     /// Interfaces that traffic from outside the cluster arrives on: the tc programs attach
     /// to each (NodePorts, externalIPs and LoadBalancer IPs for outside clients).
     pub external_interfaces: Vec<String>,
+    /// Where the loop records its syncs, the changes it saw and the tc counters.
+    pub metrics: ProxyMetrics,
 }
 
 /// Why the proxy stopped. Both need a change on the host; the loop itself retries
@@ -107,7 +114,7 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
     while !index.listed() {
         tokio::select! {
             event = received.recv() => match event {
-                Some(event) => take_event(&mut index, event),
+                Some(event) => take_event(&mut index, event, &config.metrics),
                 None => return Err(ProxyError::WatchEnded("Service")),
             },
             _ = &mut services_task => return Err(ProxyError::WatchEnded("Service")),
@@ -119,7 +126,14 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
     let mut last_nat_stats: Option<NatStats> = None;
     let mut health = HealthServers::new(std::net::Ipv4Addr::UNSPECIFIED);
     loop {
-        let mut retry = match sync_once(&mut index, &mut lb) {
+        let started = std::time::Instant::now();
+        let synced = sync_once(&mut index, &mut lb);
+        config.metrics.synced(
+            started.elapsed(),
+            synced.is_ok().then(SystemTime::now),
+            synced.as_ref().map_or(0, |stats| stats.untabled),
+        );
+        let mut retry = match synced {
             Ok(stats) => {
                 if stats.operations > 0 {
                     debug!(
@@ -147,16 +161,18 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
                     let Some(event) = event else {
                         return Err(ProxyError::WatchEnded("Service"));
                     };
-                    take_event(&mut index, event);
+                    take_event(&mut index, event, &config.metrics);
                     // Changes that arrive meanwhile are synced together.
                     tokio::time::sleep(DEBOUNCE).await;
                     while let Ok(event) = received.try_recv() {
-                        take_event(&mut index, event);
+                        take_event(&mut index, event, &config.metrics);
                     }
                     break;
                 }
                 _ = tokio::time::sleep_until(retry_at), if retry => break,
-                _ = nat_stats.tick() => report_nat_stats(&lb, &mut last_nat_stats),
+                _ = nat_stats.tick() => {
+                    report_nat_stats(&lb, &mut last_nat_stats, &config.metrics);
+                }
                 _ = &mut services_task => return Err(ProxyError::WatchEnded("Service")),
                 _ = &mut slices_task => return Err(ProxyError::WatchEnded("EndpointSlice")),
             }
@@ -200,16 +216,36 @@ enum WatchEvent {
     Slice(Box<watcher::Event<EndpointSlice>>),
 }
 
-fn take_event(index: &mut DesiredIndex, event: WatchEvent) {
+/// Hands `event` to the index; an added, changed or deleted object (a listed one too) is
+/// one change in the metrics, as upstream's change trackers count them.
+fn take_event(index: &mut DesiredIndex, event: WatchEvent, metrics: &ProxyMetrics) {
     match event {
-        WatchEvent::Service(event) => index.service_event(*event),
-        WatchEvent::Slice(event) => index.slice_event(*event),
+        WatchEvent::Service(event) => {
+            if is_change(&event) {
+                metrics.change(Change::Service);
+            }
+            index.service_event(*event);
+        }
+        WatchEvent::Slice(event) => {
+            if is_change(&event) {
+                metrics.change(Change::EndpointSlice);
+            }
+            index.slice_event(*event);
+        }
     }
+}
+
+/// Whether `event` adds, changes or deletes an object (not a list's start or end).
+fn is_change<K>(event: &watcher::Event<K>) -> bool {
+    matches!(
+        event,
+        watcher::Event::Apply(_) | watcher::Event::InitApply(_) | watcher::Event::Delete(_)
+    )
 }
 
 /// Logs what the tc programs counted since the last reading: new flows at debug level,
 /// anything dropped or lost (a full flow map among them) as a warning.
-fn report_nat_stats(lb: &SocketLb, last: &mut Option<NatStats>) {
+fn report_nat_stats(lb: &SocketLb, last: &mut Option<NatStats>, metrics: &ProxyMetrics) {
     let now = match lb.nat_stats() {
         Ok(Some(now)) => now,
         Ok(None) => return,
@@ -218,6 +254,7 @@ fn report_nat_stats(lb: &SocketLb, last: &mut Option<NatStats>) {
             return;
         }
     };
+    metrics.nat_stats(now);
     let before = last.unwrap_or_default();
     for (counter, increase, level) in tc_nat::stat_changes(&before, &now) {
         match level {

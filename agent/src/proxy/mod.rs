@@ -11,8 +11,8 @@
 //! map writes and reads the maps back after a restart, `socket_lb` loads and attaches the
 //! programs and runs plan-then-apply, `tc_nat` loads and attaches the tc programs that NAT
 //! traffic from outside the cluster (they read the same maps) and reads their counters,
-//! `health` serves the healthCheckNodePorts, and `controller` watches the API and drives it
-//! all.
+//! `health` serves the healthCheckNodePorts, `metrics` keeps kube-proxy's sync metrics and the
+//! tc counters for `/metrics`, and `controller` watches the API and drives it all.
 
 pub mod controller;
 pub mod desired;
@@ -21,6 +21,7 @@ pub mod health;
 pub mod index;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 mod object;
 pub mod socket_lb;
 pub mod tc_nat;

@@ -149,6 +149,8 @@ impl Default for MapSizes {
 pub struct SyncStats {
     /// Map operations applied.
     pub operations: usize,
+    /// Backend sets reached from outside that have no Maglev table because the map is full.
+    pub untabled: usize,
 }
 
 /// The cookie of this process's network namespace (the node's, where the agent runs), for
@@ -365,6 +367,7 @@ impl SocketLb {
         self.index = PlanIndex::new(&self.applied, &plan.untabled);
         Ok(SyncStats {
             operations: plan.operations.len(),
+            untabled: plan.untabled.len(),
         })
     }
 
@@ -403,8 +406,12 @@ impl SocketLb {
         let operations = plan.operations.len();
         let mut index = index;
         plan.commit(&mut self.applied, &mut index);
+        let untabled = index.untabled_sets().len();
         self.index = Some(index);
-        Ok(SyncStats { operations })
+        Ok(SyncStats {
+            operations,
+            untabled,
+        })
     }
 
     /// Writes planned operations in order. On a failed write the applied state is read back
