@@ -19,7 +19,11 @@
 //! condition is True the node carries its NoSchedule taint (`node.kubernetes.io/
 //! memory-pressure`, `disk-pressure`), and the taint goes with the condition. Then the soft threshold
 //! `nodefs.available<75%` (grace period 6 s): a second writer's smaller write sets
-//! DiskPressure at once, and it is evicted only when the grace period is over.
+//! DiskPressure at once, and it is evicted only when the grace period is over. Last, the
+//! admission: under disk pressure from a file the test writes itself, a pod sent to the node
+//! is refused (Failed, reason Evicted, "Pod was rejected: The node had condition:
+//! [DiskPressure]. ", a Warning event, no container started); with the file gone and the
+//! pressure cleared, the next pod runs.
 //!
 //! Image garbage collection in another one-node lab, whose agent collects at any usage
 //! (high and low thresholds 0, no minimum age): the unused busybox image is removed through
@@ -560,8 +564,87 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
         "quiet: {}",
         quiet["status"]
     );
+
+    // Admission: while the node is under disk pressure that no pod causes (a file of the
+    // test's own on the node filesystem, which the kubelet cannot evict), a pod sent to the
+    // node (nodeName set, so the scheduler's taint does not keep it away) is refused as
+    // upstream refuses it, and never starts; once the file is gone and the pressure has
+    // cleared, the next pod runs.
+    let filler = data_dir.join("test-filler");
+    write_zeros(&filler, FILLER_MIB)?;
+    let pressured = eventually_within(&lab, Duration::from_secs(60), "DiskPressure", || {
+        let node = json(&lab, &["get", "node", &node])?;
+        let disk = condition(&node, "DiskPressure").cloned();
+        Ok(disk.filter(|c| c["status"] == "True"))
+    })?;
+    let sent = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": BUSYBOX_IMAGE,
+                    "command": ["sleep", "100000"]}]}})
+        .to_string()
+    };
+    apply(&lab, &sent("refused"))?;
+    let refused = eventually_within(&lab, Duration::from_secs(60), "refused Failed", || {
+        let pod = json(&lab, &["get", "pod", "refused"])?;
+        Ok((phase(&pod) == "Failed").then_some(pod))
+    })?;
+    let refusal = "The node had condition: [DiskPressure]. ";
+    ensure!(
+        refused["status"]["reason"] == "Evicted"
+            && refused["status"]["message"] == format!("Pod was rejected: {refusal}")
+            && refused["status"]["containerStatuses"].is_null(),
+        "the refused pod: {}",
+        refused["status"]
+    );
+    let events = json(
+        &lab,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=refused,reason=Evicted",
+        ],
+    )?;
+    ensure!(
+        events["items"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["message"] == refusal)),
+        "no Evicted event for the refused pod: {events}"
+    );
+    std::fs::remove_file(&filler)?;
+    let began = rfc3339_seconds(&pressured["lastTransitionTime"])?;
+    pressure_clears(&lab, &node, &DISK, began)?;
+    apply(&lab, &sent("admitted"))?;
+    eventually_within(&lab, Duration::from_secs(60), "admitted Running", || {
+        let pod = json(&lab, &["get", "pod", "admitted"])?;
+        Ok((phase(&pod) == "Running").then_some(()))
+    })?;
+    let refused = json(&lab, &["get", "pod", "refused"])?;
+    ensure!(
+        phase(&refused) == "Failed" && refused["status"]["containerStatuses"].is_null(),
+        "the refused pod started later: {}",
+        refused["status"]
+    );
     lab.check_agents()?;
     lab.down()
+}
+
+/// What the admission check writes next to the pods: enough to leave less than half of
+/// the node filesystem free.
+const FILLER_MIB: usize = 160;
+
+/// Writes `mib` MiB of zeros to `path` (bounded: 1 MiB at a time), flushed to the
+/// filesystem.
+fn write_zeros(path: &std::path::Path, mib: usize) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        file.write_all(&chunk)?;
+    }
+    file.sync_all()?;
+    Ok(())
 }
 
 /// The tags of the images node 0's runtime holds.

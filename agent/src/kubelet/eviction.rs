@@ -28,6 +28,10 @@
 //! most 30 s) for that clean-up before it observes again, so the freed space is seen before
 //! anything else is evicted.
 //!
+//! While the node is under pressure, new pods are refused as upstream's eviction admission
+//! refuses them ([`admission_refusal`]): under memory pressure alone BestEffort pods that do
+//! not tolerate the memory-pressure taint, under disk pressure every pod; critical pods never.
+//!
 //! Owns the signals, thresholds, ranking and the node pressure state. The decisions are
 //! plain functions; the I/O (stats, CRI, the pod list) is the thin [`run`] loop. It never
 //! kills a container itself (the pod worker does) and never writes the Node (the node
@@ -571,6 +575,63 @@ pub fn is_critical(pod: &Pod) -> bool {
     static_or_mirror || priority >= SYSTEM_CRITICAL_PRIORITY
 }
 
+/// The reason of an evicted or refused pod, and of its event (upstream's `Reason`).
+pub const REASON: &str = "Evicted";
+
+/// Upstream's eviction admission of a new pod: the message (`The node had condition:
+/// [MemoryPressure]. `) when the node's pressure refuses it, none when it is admitted. Under
+/// memory pressure alone a pod that is not BestEffort is admitted, and so is a BestEffort pod
+/// that tolerates the `node.kubernetes.io/memory-pressure` NoSchedule taint; under disk
+/// pressure no pod is; a critical pod always is.
+pub fn admission_refusal(pressure: &NodePressure, pod: &Pod) -> Option<String> {
+    let conditions: Vec<&str> = pressure
+        .conditions()
+        .iter()
+        .filter(|(_, state, _, _)| state.under)
+        .map(|(name, ..)| *name)
+        .collect();
+    if conditions.is_empty() || is_critical(pod) {
+        return None;
+    }
+    if !pressure.disk.under {
+        let best_effort = runtime_config::qos_class(pod) == "BestEffort";
+        if !best_effort || tolerates_memory_pressure(pod) {
+            return None;
+        }
+    }
+    // Go's %v of the condition list.
+    Some(format!(
+        "The node had condition: [{}]. ",
+        conditions.join(" ")
+    ))
+}
+
+/// Whether `pod` tolerates the memory-pressure taint (`NoSchedule`), as upstream's
+/// `ToleratesTaint` matches a toleration.
+fn tolerates_memory_pressure(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|t| {
+            let effect_ok = t
+                .effect
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == "NoSchedule");
+            let key = t.key.as_deref().unwrap_or_default();
+            let key_ok = key.is_empty() || key == "node.kubernetes.io/memory-pressure";
+            let operator = t.operator.as_deref().unwrap_or("Equal");
+            let value_ok = match operator {
+                "Exists" => true,
+                // The taint's value is empty.
+                "Equal" | "" => t.value.as_deref().unwrap_or_default().is_empty(),
+                _ => false,
+            };
+            effect_ok && key_ok && value_ok
+        })
+}
+
 /// Whether the pod still runs on the node: not in a terminal phase, not being deleted.
 pub fn is_active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -580,7 +641,7 @@ pub fn is_active(pod: &Pod) -> bool {
 /// Whether the pod was evicted (phase Failed, reason Evicted).
 pub fn was_evicted(pod: &Pod) -> bool {
     pod.status.as_ref().is_some_and(|s| {
-        s.phase.as_deref() == Some("Failed") && s.reason.as_deref() == Some("Evicted")
+        s.phase.as_deref() == Some("Failed") && s.reason.as_deref() == Some(REASON)
     })
 }
 
@@ -678,7 +739,7 @@ pub fn offending_containers(
 /// with phase Failed, reason Evicted, the message, and a DisruptionTarget condition.
 pub fn evicted_status(mut status: Value, message: &str, now: &str) -> Value {
     status["phase"] = json!("Failed");
-    status["reason"] = json!("Evicted");
+    status["reason"] = json!(REASON);
     status["message"] = json!(message);
     let target = json!({"type": "DisruptionTarget", "status": "True",
         "reason": "TerminationByKubelet", "message": message,
@@ -1348,7 +1409,7 @@ async fn evict_one(
         pod,
         None,
         EventType::Warning,
-        "Evicted",
+        REASON,
         &message,
         &annotations,
     );
@@ -1755,6 +1816,75 @@ mod tests {
         assert_eq!(pod_request(&p, "memory"), 300 << 20);
         assert_eq!(pod_request(&p, "ephemeral-storage"), 1 << 30);
         assert_eq!(pod_request(&pod(json!({})), "memory"), 0);
+    }
+
+    #[test]
+    fn admission_refuses_as_upstreams_eviction_admission() {
+        let pressure = |memory: bool, disk: bool| NodePressure {
+            memory: ConditionState {
+                under: memory,
+                since: String::new(),
+            },
+            disk: ConditionState {
+                under: disk,
+                since: String::new(),
+            },
+        };
+        let best_effort = pod(json!({"spec": {"containers": [{"name": "c"}]}}));
+        let burstable = pod(json!({"spec": {"containers": [{"name": "c",
+            "resources": {"requests": {"memory": "10Mi"}}}]}}));
+        let tolerating = |toleration: Value| {
+            pod(json!({"spec": {"containers": [{"name": "c"}], "tolerations": [toleration]}}))
+        };
+        let mut critical = best_effort.clone();
+        critical
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(SOURCE_ANNOTATION.to_owned(), "file".to_owned());
+        let memory = Some("The node had condition: [MemoryPressure]. ".to_owned());
+        let disk = Some("The node had condition: [DiskPressure]. ".to_owned());
+        let both = Some("The node had condition: [MemoryPressure DiskPressure]. ".to_owned());
+        let cases = [
+            (pressure(false, false), &best_effort, None),
+            (pressure(true, false), &best_effort, memory.clone()),
+            (pressure(true, false), &burstable, None),
+            (pressure(false, true), &burstable, disk),
+            (pressure(true, true), &burstable, both),
+            (pressure(true, true), &critical, None),
+            (
+                pressure(true, false),
+                &tolerating(json!({"key": "node.kubernetes.io/memory-pressure",
+                    "operator": "Exists", "effect": "NoSchedule"})),
+                None,
+            ),
+            (
+                pressure(true, false),
+                &tolerating(json!({"operator": "Exists"})),
+                None,
+            ),
+            (
+                pressure(true, false),
+                &tolerating(json!({"key": "node.kubernetes.io/memory-pressure",
+                    "operator": "Equal", "value": "x"})),
+                memory.clone(),
+            ),
+            (
+                pressure(true, false),
+                &tolerating(json!({"key": "node.kubernetes.io/memory-pressure",
+                    "operator": "Exists", "effect": "NoExecute"})),
+                memory.clone(),
+            ),
+            (
+                pressure(true, false),
+                &tolerating(json!({"key": "node.kubernetes.io/disk-pressure",
+                    "operator": "Exists"})),
+                memory,
+            ),
+        ];
+        for (i, (pressure, pod, expected)) in cases.iter().enumerate() {
+            assert_eq!(&admission_refusal(pressure, pod), expected, "case {i}");
+        }
     }
 
     #[test]

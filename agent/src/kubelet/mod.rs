@@ -206,6 +206,7 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
         info!(archives = imported, dir = %dir.display(), "imported image archives");
     }
     let (pressure, pressure_changes) = tokio::sync::watch::channel(Default::default());
+    let admission_pressure = pressure_changes.clone();
     tokio::spawn(register_and_heartbeat(
         client.clone(),
         identity,
@@ -253,6 +254,7 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
             cgroup_root: config.cgroup_root,
             log_root: log_root.to_string_lossy().into_owned(),
             evictions,
+            pressure: admission_pressure,
         },
         sources,
     )

@@ -70,6 +70,8 @@ pub struct PodWorkerConfig {
     pub log_root: String,
     /// Evictions the eviction manager asks for.
     pub evictions: Evictions,
+    /// The node's pressure, for the admission of new pods.
+    pub pressure: tokio::sync::watch::Receiver<eviction::NodePressure>,
 }
 
 /// What the kubelet remembers about a pod between passes.
@@ -438,6 +440,14 @@ impl Worker {
         if self.config.evictions.contains(&uid) || eviction::was_evicted(pod) {
             return self.evict(pod, None).await;
         }
+        // Upstream's eviction admission: a pod this node has not started is refused while
+        // the node's pressure says so.
+        let refusal = eviction::admission_refusal(&self.config.pressure.borrow(), pod);
+        if let Some(refusal) = refusal {
+            if self.not_started(pod, &uid).await? {
+                return self.reject(pod, &refusal).await;
+            }
+        }
         let now = now_seconds();
         // The start time already reported (by this agent before a restart) stays.
         let reported_start = pod
@@ -502,6 +512,39 @@ impl Worker {
         if changed {
             self.report(pod, status).await?;
         }
+        Ok(())
+    }
+
+    /// Whether this node has not started `pod`: no start time reported or remembered, still
+    /// Pending, and nothing of it in the runtime.
+    async fn not_started(&self, pod: &Pod, uid: &str) -> Result<bool, SyncError> {
+        let status = pod.status.as_ref();
+        let pending = status
+            .and_then(|s| s.phase.as_deref())
+            .is_none_or(|phase| phase == "Pending");
+        let reported_start = status.is_some_and(|s| s.start_time.is_some());
+        if !pending || reported_start || self.memory(uid, |m| m.started_at != 0) {
+            return Ok(false);
+        }
+        let observed = self.observe(uid).await?;
+        Ok(observed.sandbox.is_none() && observed.containers.is_empty())
+    }
+
+    /// Refuses a pod this node has not started, as upstream's kubelet rejects a pod its
+    /// admission refuses: phase Failed, reason Evicted, the message after "Pod was rejected:
+    /// ", and a Warning event. The pod never starts (it counts as evicted from then on).
+    async fn reject(&self, pod: &Pod, message: &str) -> Result<(), SyncError> {
+        let status = json!({
+            "phase": "Failed",
+            "reason": eviction::REASON,
+            "message": format!("Pod was rejected: {message}"),
+            "qosClass": runtime_config::qos_class(pod),
+            "startTime": now_rfc3339(),
+        });
+        self.report(pod, status).await?;
+        self.events
+            .record(pod, None, EventType::Warning, eviction::REASON, message);
+        info!(pod = ?pod.metadata.name, message, "rejected by the eviction admission");
         Ok(())
     }
 
