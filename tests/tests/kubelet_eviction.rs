@@ -25,6 +25,9 @@
 //! [DiskPressure]. ", a Warning event, no container started); with the file gone and the
 //! pressure cleared, the next pod runs.
 //!
+//! Each eviction is preceded by upstream's `EvictionThresholdMet` Warning on the Node
+//! ("Attempting to reclaim memory", "... ephemeral-storage").
+//!
 //! Image garbage collection in another one-node lab, whose agent collects at any usage
 //! (high and low thresholds 0, no minimum age): the unused busybox image is removed through
 //! CRI, the runtime's sandbox image stays.
@@ -127,6 +130,7 @@ fn memory_pressure_evicts_the_best_effort_pod_and_clears() -> anyhow::Result<()>
     // Guaranteed one keeps running.
     let pressure_began = pressure_comes(&lab, &node, &MEMORY, Duration::from_secs(90))?;
     let evicted = evicted_beside(&lab, "hog", "guaranteed")?;
+    threshold_met_event(&lab, &node, "memory")?;
     let message = evicted["status"]["message"].as_str().unwrap_or_default();
     ensure!(
         message.starts_with("The node was low on resource: memory. Threshold quantity: ")
@@ -300,6 +304,31 @@ fn evicted_beside(lab: &Lab, victim: &str, survivor: &str) -> anyhow::Result<Val
     Ok(evicted)
 }
 
+/// Checks the Node got upstream's `EvictionThresholdMet` event for `resource`.
+fn threshold_met_event(lab: &Lab, node: &str, resource: &str) -> anyhow::Result<()> {
+    let selector =
+        format!("involvedObject.kind=Node,involvedObject.name={node},reason=EvictionThresholdMet");
+    let events = json(
+        lab,
+        &[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            &selector,
+        ],
+    )?;
+    let message = format!("Attempting to reclaim {resource}");
+    ensure!(
+        events["items"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["message"] == message)),
+        "no EvictionThresholdMet event {message:?} on the Node: {events}"
+    );
+    Ok(())
+}
+
 /// Waits for `pressure`'s condition to turn False with its reason and message, no sooner
 /// than the transition period after it began, and for its taint to go.
 fn pressure_clears(lab: &Lab, node: &str, pressure: &Pressure, began: i64) -> anyhow::Result<()> {
@@ -431,6 +460,7 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
     // keeps running.
     let pressure_began = pressure_comes(&lab, &node, &DISK, Duration::from_secs(60))?;
     let evicted = evicted_beside(&lab, "writer", "quiet")?;
+    threshold_met_event(&lab, &node, "ephemeral-storage")?;
     // Upstream names the resource and the threshold as a quantity (50% of 256 MiB).
     let message = evicted["status"]["message"].as_str().unwrap_or_default();
     eprintln!("hard eviction: {message}");

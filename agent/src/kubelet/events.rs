@@ -1,6 +1,7 @@
 //! Events the kubelet records about pods (`Unhealthy`, `Killing`, `FailedPostStartHook`,
-//! `FailedPreStopHook`), written as core/v1 Events in the pod's namespace with source
-//! `kubelet` on this node, as upstream's event recorder writes them.
+//! `FailedPreStopHook`, `Evicted`), written as core/v1 Events in the pod's namespace, and
+//! about its node (`EvictionThresholdMet`) in `default`, with source `kubelet` on this node,
+//! as upstream's event recorder writes them.
 //!
 //! Owns writing one event; it never blocks the caller (each write is its own task) and never
 //! fails it (a lost event is logged, not retried).
@@ -67,6 +68,39 @@ impl EventRecorder {
     ) {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let involved = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": namespace,
+            "name": pod_name,
+            "uid": pod.metadata.uid,
+            "fieldPath": container.map(|c| format!("spec.containers{{{c}}}")),
+        });
+        self.post(&namespace, involved, kind, reason, message, annotations);
+    }
+
+    /// Records an event about this node (upstream's node reference: kind Node, the node's
+    /// name as its UID, in the `default` namespace), e.g. `EvictionThresholdMet`.
+    pub fn record_node(&self, kind: EventType, reason: &str, message: &str) {
+        let involved = json!({
+            "kind": "Node",
+            "name": self.node_name,
+            "uid": self.node_name,
+        });
+        self.post("default", involved, kind, reason, message, &BTreeMap::new());
+    }
+
+    /// Writes one event about `involved` in `namespace`, in its own task.
+    fn post(
+        &self,
+        namespace: &str,
+        involved: serde_json::Value,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+        annotations: &BTreeMap<String, String>,
+    ) {
+        let involved_name = involved["name"].as_str().unwrap_or_default().to_owned();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -76,16 +110,9 @@ impl EventRecorder {
         let event = json!({
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": format!("{pod_name}.{:x}", now.as_nanos()), "namespace": namespace,
+            "metadata": {"name": format!("{involved_name}.{:x}", now.as_nanos()), "namespace": namespace,
                 "annotations": (!annotations.is_empty()).then_some(annotations)},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "namespace": namespace,
-                "name": pod_name,
-                "uid": pod.metadata.uid,
-                "fieldPath": container.map(|c| format!("spec.containers{{{c}}}")),
-            },
+            "involvedObject": involved,
             "reason": reason,
             "message": message,
             "type": match kind { EventType::Normal => "Normal", EventType::Warning => "Warning" },
@@ -97,7 +124,7 @@ impl EventRecorder {
             "count": 1,
         });
         let api: Api<k8s_openapi::api::core::v1::Event> =
-            Api::namespaced(self.client.clone(), &namespace);
+            Api::namespaced(self.client.clone(), namespace);
         let reason = reason.to_owned();
         tokio::spawn(async move {
             let event = match serde_json::from_value(event) {

@@ -28,6 +28,9 @@
 //! most 30 s) for that clean-up before it observes again, so the freed space is seen before
 //! anything else is evicted.
 //!
+//! Each pass that finds a threshold calling for eviction records `EvictionThresholdMet`
+//! ("Attempting to reclaim memory") on the Node first, as upstream does.
+//!
 //! While the node is under pressure, new pods are refused as upstream's eviction admission
 //! refuses them ([`admission_refusal`]): under memory pressure alone BestEffort pods that do
 //! not tolerate the memory-pressure taint, under disk pressure every pod; critical pods never.
@@ -182,10 +185,20 @@ impl Signal {
 /// A quantity or a percentage of the capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Amount {
-    /// Bytes (or inodes).
-    Quantity(u64),
+    /// Bytes (or inodes), and how the flag wrote them.
+    Quantity(u64, Suffix),
     /// Percent of the capacity.
     Percent(f64),
+}
+
+/// The kind of suffix a quantity was written with, which is how upstream prints it back
+/// (a Quantity keeps its format: `500M` stays `500M`, `1024Mi` becomes `1Gi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suffix {
+    /// `Ki`, `Mi`, `Gi`, `Ti`.
+    Binary,
+    /// None, or `k`, `M`, `G`, `T`.
+    Decimal,
 }
 
 impl Amount {
@@ -202,14 +215,19 @@ impl Amount {
         }
         let milli = runtime_config::parse_milli(text).ok_or_else(bad)?;
         let units = u64::try_from(milli).map_err(|_| bad())? / 1000;
-        Ok(Amount::Quantity(units))
+        let suffix = if text.ends_with('i') {
+            Suffix::Binary
+        } else {
+            Suffix::Decimal
+        };
+        Ok(Amount::Quantity(units, suffix))
     }
 
     /// The amount in units, given the capacity. A percentage is taken as upstream takes it:
     /// a float32 fraction (percent / 100) of the capacity, truncated.
     pub fn of(self, capacity: u64) -> u64 {
         match self {
-            Amount::Quantity(q) => q,
+            Amount::Quantity(q, _) => q,
             Amount::Percent(p) => {
                 let fraction = p as f32 / 100.0;
                 (capacity as f64 * f64::from(fraction)) as u64
@@ -292,7 +310,7 @@ pub fn parse_thresholds(text: &str) -> Result<Vec<Threshold>, ThresholdError> {
             continue;
         }
         let amount = Amount::parse(quantity)?;
-        if amount == Amount::Quantity(0) {
+        if matches!(amount, Amount::Quantity(0, _)) {
             return Err(ThresholdError::NotPositive(entry.to_owned()));
         }
         out.push(Threshold {
@@ -677,10 +695,11 @@ pub fn pod_request(pod: &Pod, resource: &str) -> u64 {
 pub fn eviction_message(threshold: &Threshold, observation: Observation) -> String {
     let resource = threshold.signal.resource();
     let inodes = threshold.signal.counts_inodes();
+    // As upstream: a percentage as the binary quantity it stands for, a quantity as written.
     let quantity = match threshold.amount {
         Amount::Percent(_) => format_bytes(threshold.amount.of(observation.capacity)),
-        Amount::Quantity(q) if inodes => format_decimal(q),
-        Amount::Quantity(q) => format_bytes(q),
+        Amount::Quantity(q, Suffix::Decimal) => format_decimal(q),
+        Amount::Quantity(q, Suffix::Binary) => format_bytes(q),
     };
     let available = if inodes {
         format_decimal(observation.available)
@@ -1274,6 +1293,14 @@ pub async fn run(
         let Some(first) = met.first().cloned() else {
             continue;
         };
+        // As upstream, on the Node before anything is reclaimed.
+        let resource = first.signal.resource();
+        info!(resource, "attempting to reclaim");
+        events.record_node(
+            EventType::Warning,
+            "EvictionThresholdMet",
+            &format!("Attempting to reclaim {resource}"),
+        );
         // Disk: reclaim node-level resources first, where images and containers live, and
         // look again.
         if first.signal.pressure() == PressureKind::Disk
@@ -1443,7 +1470,7 @@ mod tests {
             [
                 Threshold {
                     signal: Signal::MemoryAvailable,
-                    amount: Amount::Quantity(100 << 20),
+                    amount: Amount::Quantity(100 << 20, Suffix::Binary),
                     min_reclaim: None,
                     grace_period: Duration::ZERO,
                 },
@@ -1506,7 +1533,10 @@ mod tests {
             apply_minimum_reclaim(&mut thresholds, "memory.available=500Mi"),
             Ok(())
         );
-        assert_eq!(thresholds[0].min_reclaim, Some(Amount::Quantity(500 << 20)));
+        assert_eq!(
+            thresholds[0].min_reclaim,
+            Some(Amount::Quantity(500 << 20, Suffix::Binary))
+        );
         // As upstream, one for a signal without a threshold changes nothing.
         assert_eq!(
             apply_minimum_reclaim(&mut thresholds, "nodefs.available=1Gi"),
@@ -1564,12 +1594,12 @@ mod tests {
                 (
                     Signal::MemoryAvailable,
                     Duration::ZERO,
-                    Some(Amount::Quantity(100 << 20))
+                    Some(Amount::Quantity(100 << 20, Suffix::Binary))
                 ),
                 (
                     Signal::MemoryAvailable,
                     Duration::from_secs(90),
-                    Some(Amount::Quantity(100 << 20))
+                    Some(Amount::Quantity(100 << 20, Suffix::Binary))
                 ),
                 (Signal::NodeFsAvailable, Duration::from_secs(120), None),
             ]
@@ -1684,8 +1714,8 @@ mod tests {
     fn thresholds_compare_quantities_percentages_and_minimum_reclaim() {
         let memory = Threshold {
             signal: Signal::MemoryAvailable,
-            amount: Amount::Quantity(100),
-            min_reclaim: Some(Amount::Quantity(50)),
+            amount: Amount::Quantity(100, Suffix::Decimal),
+            min_reclaim: Some(Amount::Quantity(50, Suffix::Decimal)),
             grace_period: Duration::ZERO,
         };
         let at = |available| Observation {
@@ -1891,7 +1921,7 @@ mod tests {
     fn the_message_status_and_conditions_say_what_upstream_says() {
         // (threshold, available, capacity, message). A percentage is shown as the quantity
         // it stands for, as upstream shows it.
-        let cases: [(&str, u64, u64, &str); 4] = [
+        let cases: [(&str, u64, u64, &str); 6] = [
             (
                 "memory.available<100Mi",
                 50 << 20,
@@ -1915,6 +1945,19 @@ mod tests {
                 5000,
                 1 << 20,
                 "The node was low on resource: inodes. Threshold quantity: 1k, available: 5k. ",
+            ),
+            // A decimal quantity stays decimal, a binary one binary (canonical).
+            (
+                "nodefs.available<500M",
+                100 << 20,
+                1 << 30,
+                "The node was low on resource: ephemeral-storage. Threshold quantity: 500M, available: 100Mi. ",
+            ),
+            (
+                "memory.available<1024Mi",
+                100 << 20,
+                4 << 30,
+                "The node was low on resource: memory. Threshold quantity: 1Gi, available: 100Mi. ",
             ),
         ];
         for (text, available, capacity, expected) in cases {
