@@ -23,7 +23,9 @@
 //! admission: under disk pressure from a file the test writes itself, a pod sent to the node
 //! is refused (Failed, reason Evicted, "Pod was rejected: The node had condition:
 //! [DiskPressure]. ", a Warning event, no container started); with the file gone and the
-//! pressure cleared, the next pod runs.
+//! pressure cleared, the next pod runs. Then, without pressure, a pod writing 16 MiB into
+//! an emptyDir limited to 8 MiB is evicted (upstream's "Usage of EmptyDir volume ... exceeds
+//! the limit" message) while one limited to 64 MiB runs on.
 //!
 //! Each eviction is preceded by upstream's `EvictionThresholdMet` Warning on the Node
 //! ("Attempting to reclaim memory", "... ephemeral-storage").
@@ -656,9 +658,49 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
         "the refused pod started later: {}",
         refused["status"]
     );
+
+    // Local storage limits, without any pressure: a pod that writes more into its emptyDir
+    // than its sizeLimit is evicted with upstream's message; one within its limit runs on.
+    let writing = |name: &str, limit: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": limit}}],
+                "containers": [{"name": "main", "image": BUSYBOX_IMAGE,
+                    "command": ["sh", "-c", format!(
+                        "dd if=/dev/zero of=/scratch/fill bs=1048576 count={LIMITED_WRITE_MIB} \
+                         && sync; sleep 100000")],
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]}})
+        .to_string()
+    };
+    apply(&lab, &writing("limited", "8Mi"))?;
+    apply(&lab, &writing("roomy", "64Mi"))?;
+    let limited = eventually_within(&lab, Duration::from_secs(60), "limited evicted", || {
+        let pod = json(&lab, &["get", "pod", "limited"])?;
+        Ok((phase(&pod) == "Failed").then_some(pod))
+    })?;
+    let message = "Usage of EmptyDir volume \"scratch\" exceeds the limit \"8Mi\". ";
+    let target = condition(&limited, "DisruptionTarget").context("no DisruptionTarget")?;
+    ensure!(
+        limited["status"]["reason"] == "Evicted"
+            && limited["status"]["message"] == message
+            && target["status"] == "True",
+        "the pod over its emptyDir limit: {}",
+        limited["status"]
+    );
+    let roomy = json(&lab, &["get", "pod", "roomy"])?;
+    let node_now = json(&lab, &["get", "node", &node])?;
+    let disk = condition(&node_now, "DiskPressure").context("no DiskPressure")?;
+    ensure!(
+        phase(&roomy) == "Running" && disk["status"] == "False",
+        "the pod within its emptyDir limit: {}; DiskPressure: {disk}",
+        roomy["status"]
+    );
     lab.check_agents()?;
     lab.down()
 }
+
+/// What each emptyDir-limit pod writes: over 8 MiB, within 64 MiB.
+const LIMITED_WRITE_MIB: u64 = 16;
 
 /// What the admission check writes next to the pods: enough to leave less than half of
 /// the node filesystem free.

@@ -28,6 +28,9 @@
 //! most 30 s) for that clean-up before it observes again, so the freed space is seen before
 //! anything else is evicted.
 //!
+//! Every pass, before the thresholds, a pod with an emptyDir over its `sizeLimit` is
+//! evicted (upstream's local storage eviction, [`empty_dir_over_limit`]).
+//!
 //! Each pass that finds a threshold calling for eviction records `EvictionThresholdMet`
 //! ("Attempting to reclaim memory") on the Node first, as upstream does.
 //!
@@ -60,6 +63,7 @@ use tracing::{debug, info, warn};
 use super::{
     events::{EventRecorder, EventType},
     image_gc::{self, ImageGc},
+    pod_sources::PodSources,
     runtime_config::{self, CONTAINER_NAME_LABEL, POD_UID_LABEL},
     static_pods::{MIRROR_ANNOTATION, SOURCE_ANNOTATION},
 };
@@ -995,6 +999,8 @@ pub struct EvictionConfig {
     pub data_dir: PathBuf,
     /// Where pod logs and volumes are (`<data dir>/pods`).
     pub pods_dir: PathBuf,
+    /// The pods the kubelet runs (for the local storage limits, checked every pass).
+    pub pods: PodSources,
 }
 
 /// Bytes and inodes available and in total on the filesystem holding `path`.
@@ -1290,6 +1296,15 @@ pub async fn run(
         let mut observations = observe(&sources, &mut cri, &config).await;
         let (mut met, memory, disk) = tracker.observe(&observations, Instant::now());
         publish(&conditions, memory, disk);
+        // As upstream, a pod over a local storage limit is evicted whatever the thresholds
+        // say, and then nothing else in this pass.
+        let over = local_storage_eviction(&config, &events, &evictions);
+        if !over.is_empty() {
+            for uid in over {
+                wait_for_cleanup(&evictions, &uid, POD_CLEANUP_TIMEOUT, POD_CLEANUP_POLL).await;
+            }
+            continue;
+        }
         let Some(first) = met.first().cloned() else {
             continue;
         };
@@ -1343,6 +1358,63 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Upstream's local storage eviction of the emptyDir limits: every active pod (not
+/// critical) with an emptyDir over its `sizeLimit` is evicted at once (grace 0) with
+/// upstream's message and an `Evicted` event. Returns the UIDs asked for.
+fn local_storage_eviction(
+    config: &EvictionConfig,
+    events: &EventRecorder,
+    evictions: &Evictions,
+) -> Vec<String> {
+    let mut asked = Vec::new();
+    for pod in config.pods.pods() {
+        if !is_active(&pod) || is_critical(&pod) {
+            continue;
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if evictions.contains(&uid) {
+            continue;
+        }
+        let volumes = config.pods_dir.join(&uid).join("volumes");
+        let usage = |name: &str| {
+            let dir = volumes.join("kubernetes.io~empty-dir").join(name);
+            dir.exists().then(|| disk_usage(&dir).0)
+        };
+        let Some(message) = empty_dir_over_limit(&pod, usage) else {
+            continue;
+        };
+        info!(pod = ?pod.metadata.name, namespace = ?pod.metadata.namespace, %message, "evicting");
+        events.record(&pod, None, EventType::Warning, REASON, &message);
+        evictions.request(
+            &uid,
+            Eviction {
+                message,
+                grace_seconds: HARD_EVICTION_GRACE_SECONDS,
+            },
+        );
+        asked.push(uid);
+    }
+    asked
+}
+
+/// The message for the first emptyDir of `pod` that uses more than its `sizeLimit`
+/// (`usage` gives a volume's bytes, none when unknown), as upstream words it: `Usage of
+/// EmptyDir volume "scratch" exceeds the limit "8Mi". `. A zero limit limits nothing.
+pub fn empty_dir_over_limit(pod: &Pod, usage: impl Fn(&str) -> Option<u64>) -> Option<String> {
+    let volumes = pod.spec.as_ref()?.volumes.as_ref()?;
+    volumes.iter().find_map(|volume| {
+        let limit = volume.empty_dir.as_ref()?.size_limit.as_ref()?;
+        let bytes = u64::try_from(runtime_config::parse_milli(&limit.0)? / 1000).ok()?;
+        let used = usage(&volume.name)?;
+        (bytes > 0 && used > bytes).then(|| {
+            format!(
+                "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
+                volume.name, limit.0
+            )
+        })
+    })
 }
 
 /// Whether reclaiming images and dead containers can relieve `signal`, as upstream decides:
@@ -1846,6 +1918,43 @@ mod tests {
         assert_eq!(pod_request(&p, "memory"), 300 << 20);
         assert_eq!(pod_request(&p, "ephemeral-storage"), 1 << 30);
         assert_eq!(pod_request(&pod(json!({})), "memory"), 0);
+    }
+
+    #[test]
+    fn an_empty_dir_over_its_size_limit_is_named_as_upstream_names_it() {
+        let p = pod(json!({"spec": {"containers": [], "volumes": [
+            {"name": "config", "configMap": {"name": "c"}},
+            {"name": "unlimited", "emptyDir": {}},
+            {"name": "zero", "emptyDir": {"sizeLimit": "0"}},
+            {"name": "scratch", "emptyDir": {"sizeLimit": "8Mi"}},
+            {"name": "cache", "emptyDir": {"medium": "Memory", "sizeLimit": "1M"}}]}}));
+        let usage = |used: [(&'static str, u64); 3]| {
+            move |name: &str| used.iter().find(|(n, _)| *n == name).map(|(_, u)| *u)
+        };
+        // Within every limit (8 MiB exactly is not over it); no limit, no eviction.
+        let within = usage([
+            ("unlimited", 1 << 30),
+            ("zero", 1 << 30),
+            ("scratch", 8 << 20),
+        ]);
+        assert_eq!(empty_dir_over_limit(&p, within), None);
+        let over = usage([
+            ("scratch", (8 << 20) + 4096),
+            ("cache", 2_000_000),
+            ("zero", 0),
+        ]);
+        assert_eq!(
+            empty_dir_over_limit(&p, over).as_deref(),
+            Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"8Mi\". ")
+        );
+        let cache = usage([("cache", 1_000_001), ("scratch", 0), ("zero", 0)]);
+        assert_eq!(
+            empty_dir_over_limit(&p, cache).as_deref(),
+            Some("Usage of EmptyDir volume \"cache\" exceeds the limit \"1M\". ")
+        );
+        // Unknown usage (the volume is not set up yet) evicts nothing.
+        let unknown = usage([("other", 1 << 30), ("x", 0), ("y", 0)]);
+        assert_eq!(empty_dir_over_limit(&p, unknown), None);
     }
 
     #[test]

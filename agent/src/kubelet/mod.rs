@@ -240,6 +240,7 @@ pub async fn run(client: Client, config: KubeletConfig) -> anyhow::Result<()> {
             cgroup_root: config.cgroup_root.clone(),
             data_dir: config.data_dir.clone(),
             pods_dir: log_root.clone(),
+            pods: sources.clone(),
         },
         image_gc::ImageGc::new(config.image_gc),
         evictions.clone(),
