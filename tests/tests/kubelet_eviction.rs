@@ -43,7 +43,7 @@ use std::{sync::Mutex, time::Duration};
 use anyhow::{ensure, Context};
 use corten_cri::runtime::CriClient;
 use corten_tests::{
-    kubectl::{apply, eventually_within, json},
+    kubectl::{apply, eventually_within, json, kubectl},
     lab::{Lab, LabSpec, BUSYBOX_IMAGE, PAUSE_IMAGE},
 };
 use k8s_cri::v1::ListImagesRequest;
@@ -310,25 +310,28 @@ fn evicted_beside(lab: &Lab, victim: &str, survivor: &str) -> anyhow::Result<Val
 fn threshold_met_event(lab: &Lab, node: &str, resource: &str) -> anyhow::Result<()> {
     let selector =
         format!("involvedObject.kind=Node,involvedObject.name={node},reason=EvictionThresholdMet");
-    let events = json(
-        lab,
-        &[
-            "get",
-            "events",
-            "-n",
-            "default",
-            "--field-selector",
-            &selector,
-        ],
-    )?;
     let message = format!("Attempting to reclaim {resource}");
-    ensure!(
-        events["items"].as_array().is_some_and(|e| e
-            .iter()
-            .any(|e| e["type"] == "Warning" && e["message"] == message)),
-        "no EvictionThresholdMet event {message:?} on the Node: {events}"
-    );
-    Ok(())
+    // The agent posts its events from a task of their own: wait a little for it.
+    eventually_within(lab, Duration::from_secs(20), &message, || {
+        let events = json(
+            lab,
+            &[
+                "get",
+                "events",
+                "-n",
+                "default",
+                "--field-selector",
+                &selector,
+            ],
+        )?;
+        Ok(events["items"]
+            .as_array()
+            .is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["type"] == "Warning" && e["message"] == message)
+            })
+            .then_some(()))
+    })
 }
 
 /// Waits for `pressure`'s condition to turn False with its reason and message, no sooner
@@ -598,10 +601,11 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
     );
 
     // Admission: while the node is under disk pressure that no pod causes (a file of the
-    // test's own on the node filesystem, which the kubelet cannot evict), a pod sent to the
+    // test's own on the node filesystem, which the kubelet cannot remove), a pod sent to the
     // node (nodeName set, so the scheduler's taint does not keep it away) is refused as
-    // upstream refuses it, and never starts; once the file is gone and the pressure has
-    // cleared, the next pod runs.
+    // upstream refuses it, and never starts. The pressure also evicts the quiet pod, the
+    // only running one, and stays. Once the file is gone and the pressure has cleared, the
+    // next pod runs.
     let filler = data_dir.join("test-filler");
     write_zeros(&filler, FILLER_MIB)?;
     let pressured = eventually_within(&lab, Duration::from_secs(60), "DiskPressure", || {
@@ -644,6 +648,16 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
             .any(|e| e["type"] == "Warning" && e["message"] == refusal)),
         "no Evicted event for the refused pod: {events}"
     );
+    // A pod the node had not started was no eviction candidate: the running one went.
+    let quiet = eventually_within(&lab, Duration::from_secs(60), "quiet evicted", || {
+        let pod = json(&lab, &["get", "pod", "quiet"])?;
+        Ok((phase(&pod) == "Failed").then_some(pod))
+    })?;
+    ensure!(
+        quiet["status"]["reason"] == "Evicted",
+        "the quiet pod under the file's pressure: {}",
+        quiet["status"]
+    );
     std::fs::remove_file(&filler)?;
     let began = rfc3339_seconds(&pressured["lastTransitionTime"])?;
     pressure_clears(&lab, &node, &DISK, began)?;
@@ -668,7 +682,7 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
                 "containers": [{"name": "main", "image": BUSYBOX_IMAGE,
                     "command": ["sh", "-c", format!(
                         "dd if=/dev/zero of=/scratch/fill bs=1048576 count={LIMITED_WRITE_MIB} \
-                         && sync; sleep 100000")],
+                         && sync && echo written; sleep 100000")],
                     "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]}})
         .to_string()
     };
@@ -687,6 +701,12 @@ fn disk_pressure_evicts_the_writer_frees_its_empty_dir_and_clears() -> anyhow::R
         "the pod over its emptyDir limit: {}",
         limited["status"]
     );
+    // The roomy pod wrote as much, and was looked at for a few passes (1 s each) since.
+    eventually_within(&lab, Duration::from_secs(60), "roomy's write done", || {
+        let logs = kubectl(&lab, &["logs", "roomy"]).unwrap_or_default();
+        Ok(logs.contains("written").then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
     let roomy = json(&lab, &["get", "pod", "roomy"])?;
     let node_now = json(&lab, &["get", "node", &node])?;
     let disk = condition(&node_now, "DiskPressure").context("no DiskPressure")?;

@@ -29,7 +29,9 @@
 //! anything else is evicted.
 //!
 //! Every pass, before the thresholds, a pod with an emptyDir over its `sizeLimit` is
-//! evicted (upstream's local storage eviction, [`empty_dir_over_limit`]).
+//! evicted (the emptyDir part of upstream's local storage eviction,
+//! [`empty_dir_over_limit`]; the pod and container `ephemeral-storage` limits are not
+//! enforced: that needs the containers' writable layers, which are not measured).
 //!
 //! Each pass that finds a threshold calling for eviction records `EvictionThresholdMet`
 //! ("Attempting to reclaim memory") on the Node first, as upstream does.
@@ -55,7 +57,7 @@ use k8s_cri::v1::{
     RemoveContainerRequest,
 };
 use k8s_openapi::api::core::v1::Pod;
-use kube::{api::ListParams, Api, Client};
+use kube::Client;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -654,6 +656,11 @@ fn tolerates_memory_pressure(pod: &Pod) -> bool {
         })
 }
 
+/// Whether the kubelet has started the pod (reported its start time).
+fn has_started(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|s| s.start_time.is_some())
+}
+
 /// Whether the pod still runs on the node: not in a terminal phase, not being deleted.
 pub fn is_active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -1064,7 +1071,8 @@ async fn observe(
     out
 }
 
-/// Bytes and inodes used under `dir` on its own filesystem (bounded to 100 000 entries).
+/// Bytes and inodes used under `dir` on its own filesystem (bounded to 100 000 entries: past
+/// that, at least what was counted).  It walks the tree: call it off the async runtime.
 fn disk_usage(dir: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     let Ok(root) = std::fs::symlink_metadata(dir) else {
@@ -1086,10 +1094,10 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
                 continue;
             }
             inodes += 1;
+            // Directories' own blocks count too, as `du` counts them.
+            bytes = bytes.saturating_add(meta.blocks().saturating_mul(512));
             if meta.is_dir() {
                 stack.push(entry.path());
-            } else {
-                bytes = bytes.saturating_add(meta.blocks().saturating_mul(512));
             }
         }
     }
@@ -1240,19 +1248,6 @@ async fn remove_dead_containers(cri: &mut CriClient) -> usize {
     removed
 }
 
-/// The pods of this node, from the API.
-async fn node_pods(client: &Client, node_name: &str) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let params = ListParams::default().fields(&format!("spec.nodeName={node_name}"));
-    match pods.list(&params).await {
-        Ok(list) => list.items,
-        Err(e) => {
-            warn!(error = %e, "listing this node's pods for eviction failed");
-            Vec::new()
-        }
-    }
-}
-
 /// Publishes the pressure conditions when they change, with their transition times.
 fn publish(conditions: &watch::Sender<NodePressure>, memory: bool, disk: bool) {
     conditions.send_if_modified(|state| {
@@ -1289,6 +1284,7 @@ pub async fn run(
     let policy = &config.policy;
     let mut tracker = PressureTracker::new(policy.thresholds.clone(), policy.transition);
     let mut tick = tokio::time::interval(policy.interval);
+    let mut last_reclaim_event: Option<(&'static str, Instant)> = None;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -1298,7 +1294,12 @@ pub async fn run(
         publish(&conditions, memory, disk);
         // As upstream, a pod over a local storage limit is evicted whatever the thresholds
         // say, and then nothing else in this pass.
-        let over = local_storage_eviction(&config, &events, &evictions);
+        let over = tokio::task::spawn_blocking({
+            let (config, events, evictions) = (config.clone(), events.clone(), evictions.clone());
+            move || local_storage_eviction(&config, &events, &evictions)
+        })
+        .await
+        .unwrap_or_default();
         if !over.is_empty() {
             for uid in over {
                 wait_for_cleanup(&evictions, &uid, POD_CLEANUP_TIMEOUT, POD_CLEANUP_POLL).await;
@@ -1308,14 +1309,22 @@ pub async fn run(
         let Some(first) = met.first().cloned() else {
             continue;
         };
-        // As upstream, on the Node before anything is reclaimed.
+        // As upstream, on the Node before anything is reclaimed; repeated at most every
+        // EVENT_REPEAT for one resource (upstream's recorder folds the repeats into one
+        // event and lets one through every five minutes).
         let resource = first.signal.resource();
         info!(resource, "attempting to reclaim");
-        events.record_node(
-            EventType::Warning,
-            "EvictionThresholdMet",
-            &format!("Attempting to reclaim {resource}"),
-        );
+        let now = Instant::now();
+        if last_reclaim_event
+            .is_none_or(|(last, at)| last != resource || now.duration_since(at) >= EVENT_REPEAT)
+        {
+            events.record_node(
+                EventType::Warning,
+                "EvictionThresholdMet",
+                &format!("Attempting to reclaim {resource}"),
+            );
+            last_reclaim_event = Some((resource, now));
+        }
         // Disk: reclaim node-level resources first, where images and containers live, and
         // look again.
         if first.signal.pressure() == PressureKind::Disk
@@ -1344,7 +1353,6 @@ pub async fn run(
             continue;
         };
         let context = EvictionContext {
-            client: &client,
             config: &config,
             sources: &sources,
             events: &events,
@@ -1362,7 +1370,8 @@ pub async fn run(
 
 /// Upstream's local storage eviction of the emptyDir limits: every active pod (not
 /// critical) with an emptyDir over its `sizeLimit` is evicted at once (grace 0) with
-/// upstream's message and an `Evicted` event. Returns the UIDs asked for.
+/// upstream's message and an `Evicted` event. Returns the UIDs asked for. It walks the
+/// volumes: run it off the async runtime.
 fn local_storage_eviction(
     config: &EvictionConfig,
     events: &EventRecorder,
@@ -1406,16 +1415,26 @@ pub fn empty_dir_over_limit(pod: &Pod, usage: impl Fn(&str) -> Option<u64>) -> O
     let volumes = pod.spec.as_ref()?.volumes.as_ref()?;
     volumes.iter().find_map(|volume| {
         let limit = volume.empty_dir.as_ref()?.size_limit.as_ref()?;
-        let bytes = u64::try_from(runtime_config::parse_milli(&limit.0)? / 1000).ok()?;
+        let Ok(Amount::Quantity(bytes, suffix)) = Amount::parse(&limit.0) else {
+            return None;
+        };
         let used = usage(&volume.name)?;
+        // The limit in its canonical form, as upstream's Quantity prints it.
+        let shown = match suffix {
+            Suffix::Binary => format_bytes(bytes),
+            Suffix::Decimal => format_decimal(bytes),
+        };
         (bytes > 0 && used > bytes).then(|| {
             format!(
-                "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
-                volume.name, limit.0
+                "Usage of EmptyDir volume {:?} exceeds the limit {shown:?}. ",
+                volume.name
             )
         })
     })
 }
+
+/// How often the same `EvictionThresholdMet` is recorded again while it holds.
+const EVENT_REPEAT: Duration = Duration::from_secs(300);
 
 /// Whether reclaiming images and dead containers can relieve `signal`, as upstream decides:
 /// always for the image filesystem's signals, and for the node filesystem's only when the
@@ -1443,7 +1462,6 @@ async fn dedicated_image_fs(cri: &mut CriClient, data_dir: &Path) -> bool {
 
 /// What choosing and asking for an eviction needs.
 struct EvictionContext<'a> {
-    client: &'a Client,
     config: &'a EvictionConfig,
     sources: &'a Sources,
     events: &'a EventRecorder,
@@ -1459,17 +1477,19 @@ async fn evict_one(
     observation: Observation,
 ) -> Option<String> {
     let EvictionContext {
-        client,
         config,
         sources,
         events,
         evictions,
     } = context;
-    let pods: Vec<Pod> = node_pods(client, &config.node_name)
-        .await
+    // The pods the kubelet admitted and started (a pod it has not started yet, which the
+    // admission may still refuse, is not a candidate, as in upstream's active pods).
+    let pods: Vec<Pod> = config
+        .pods
+        .pods()
         .into_iter()
-        .filter(is_active)
-        .filter(|p| !is_critical(p))
+        .filter(|p| is_active(p) && !is_critical(p) && has_started(p))
+        .map(|p| (*p).clone())
         .collect();
     let resource = threshold.signal.resource();
     let mut candidates: Vec<Candidate> = pods
@@ -1951,6 +1971,13 @@ mod tests {
         assert_eq!(
             empty_dir_over_limit(&p, cache).as_deref(),
             Some("Usage of EmptyDir volume \"cache\" exceeds the limit \"1M\". ")
+        );
+        // The limit is shown canonical, as upstream's Quantity prints it.
+        let big = pod(json!({"spec": {"containers": [], "volumes": [
+            {"name": "big", "emptyDir": {"sizeLimit": "1024Mi"}}]}}));
+        assert_eq!(
+            empty_dir_over_limit(&big, |_| Some(2 << 30)).as_deref(),
+            Some("Usage of EmptyDir volume \"big\" exceeds the limit \"1Gi\". ")
         );
         // Unknown usage (the volume is not set up yet) evicts nothing.
         let unknown = usage([("other", 1 << 30), ("x", 0), ("y", 0)]);

@@ -82,6 +82,9 @@ struct Memory {
     /// The status last written, and the UID of the API pod it went to (a static pod's
     /// mirror pod may be replaced).
     reported: Option<(String, Value)>,
+    /// The admission refused the pod: it never starts, even before the watch shows it
+    /// Failed (upstream's status manager keeps the rejection locally too).
+    rejected: bool,
 }
 
 fn now_seconds() -> i64 {
@@ -441,7 +444,10 @@ impl Worker {
             return self.evict(pod, None).await;
         }
         // Upstream's eviction admission: a pod this node has not started is refused while
-        // the node's pressure says so.
+        // the node's pressure says so; once refused, it stays so.
+        if self.memory(&uid, |m| m.rejected) {
+            return Ok(());
+        }
         let refusal = eviction::admission_refusal(&self.config.pressure.borrow(), pod);
         if let Some(refusal) = refusal {
             if self.not_started(pod, &uid).await? {
@@ -542,6 +548,7 @@ impl Worker {
             "startTime": now_rfc3339(),
         });
         self.report(pod, status).await?;
+        self.memory(&uid_of(pod), |m| m.rejected = true);
         self.events
             .record(pod, None, EventType::Warning, eviction::REASON, message);
         info!(pod = ?pod.metadata.name, message, "rejected by the eviction admission");

@@ -1,5 +1,6 @@
 //! The service proxy's control loop on one node: watch Services and EndpointSlices, hand
-//! every event to the [`DesiredIndex`], and after each batch of changes (debounced) recompute
+//! every event to the [`DesiredIndex`], and after each batch of changes (debounced, and at
+//! least every `SYNC_PERIOD`, as kube-proxy's `syncPeriod`) recompute
 //! only the touched Services and write only the map entries that changed; attach
 //! the tc programs to the external interfaces and log their counters (and record them, with
 //! each sync's time and the changes seen, in the [`ProxyMetrics`]); serve the
@@ -37,6 +38,9 @@ use super::{
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// Wait before retrying a sync that failed.
 const RETRY: Duration = Duration::from_secs(1);
+/// A sync runs at least this often, changes or not (upstream's default `syncPeriod`), so
+/// the last-sync time in the metrics tells a live proxy from a stuck one.
+const SYNC_PERIOD: Duration = Duration::from_secs(30);
 /// How often the tc programs' counters are read and their changes logged.
 const NAT_STATS_PERIOD: Duration = Duration::from_secs(10);
 
@@ -153,8 +157,10 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
             warn!(port, %error, "cannot serve a healthCheckNodePort; retrying");
             retry = true;
         }
-        // Wait for a change (or the retry); the counters are reported meanwhile.
+        // Wait for a change (or the retry, or the sync period); the counters are reported
+        // meanwhile.
         let retry_at = tokio::time::Instant::now() + RETRY;
+        let period_at = tokio::time::Instant::now() + SYNC_PERIOD;
         loop {
             tokio::select! {
                 event = received.recv() => {
@@ -170,6 +176,7 @@ pub async fn run(client: Client, config: ProxyConfig) -> Result<(), ProxyError> 
                     break;
                 }
                 _ = tokio::time::sleep_until(retry_at), if retry => break,
+                _ = tokio::time::sleep_until(period_at) => break,
                 _ = nat_stats.tick() => {
                     report_nat_stats(&lb, &mut last_nat_stats, &config.metrics);
                 }
@@ -227,12 +234,29 @@ fn take_event(index: &mut DesiredIndex, event: WatchEvent, metrics: &ProxyMetric
             index.service_event(*event);
         }
         WatchEvent::Slice(event) => {
-            if is_change(&event) {
+            if is_change(&event) && counts_as_endpoints(&event) {
                 metrics.change(Change::EndpointSlice);
             }
             index.slice_event(*event);
         }
     }
+}
+
+/// Whether a slice event counts as an endpoints change for upstream's tracker: an IPv4
+/// slice (the family this proxy serves) of a Service that is not headless.
+fn counts_as_endpoints(event: &watcher::Event<EndpointSlice>) -> bool {
+    let (watcher::Event::Apply(slice)
+    | watcher::Event::InitApply(slice)
+    | watcher::Event::Delete(slice)) = event
+    else {
+        return false;
+    };
+    let headless = slice
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|labels| labels.contains_key("service.kubernetes.io/headless"));
+    slice.address_type == "IPv4" && !headless
 }
 
 /// Whether `event` adds, changes or deletes an object (not a list's start or end).

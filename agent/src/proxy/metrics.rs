@@ -2,7 +2,7 @@
 //! sync metrics under upstream's names, help texts and buckets
 //! (`kubeproxy_sync_proxy_rules_duration_seconds`, `..._last_timestamp_seconds`,
 //! `..._service_changes_total`, `..._endpoint_changes_total`), and corten's own: failed
-//! syncs, the Service ports whose Maglev table did not fit, and the tc programs' counters.
+//! syncs, the backend sets whose Maglev table did not fit, and the tc programs' counters.
 //!
 //! Owns the figures and their rendering in the Prometheus text format. The controller
 //! records into a [`ProxyMetrics`] handle; it must not decide anything from them.
@@ -61,7 +61,7 @@ impl ProxyMetrics {
 
     /// One sync that took `took`, finished at `succeeded_at` or failed (`None`): observed
     /// either way, as upstream does; the last-sync time moves only on success. `untabled` is
-    /// how many Service ports the Maglev map had no room for after a successful one.
+    /// how many backend sets the Maglev map had no room for after a successful one.
     pub fn synced(&self, took: Duration, succeeded_at: Option<SystemTime>, untabled: usize) {
         let seconds = took.as_secs_f64();
         self.with(|f| {
@@ -142,12 +142,12 @@ impl ProxyMetrics {
             family(out, name, "counter", help);
             let _ = writeln!(out, "{name} {value}");
         }
-        let name = "corten_proxy_maglev_untabled_service_ports";
+        let name = "corten_proxy_maglev_untabled_backend_sets";
         family(
             out,
             name,
             "gauge",
-            "Service ports reached from outside whose Maglev table did not fit the map (they pick backends at random)",
+            "Backend sets (a Service port's, per traffic policy) reached from outside whose Maglev table did not fit the map: their new flows pick backends at random",
         );
         let _ = writeln!(out, "{name} {}", f.untabled);
         if let Some(nat) = f.nat {
@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(value(&text, "corten_proxy_sync_failures_total"), Some("1"));
         // The failed sync's figure is not the datapath's.
         assert_eq!(
-            value(&text, "corten_proxy_maglev_untabled_service_ports"),
+            value(&text, "corten_proxy_maglev_untabled_backend_sets"),
             Some("2")
         );
         assert!(text.contains(&format!("# TYPE {name} histogram\n")));
