@@ -81,10 +81,15 @@
 //! Targets (the issue's): corten's overhead over the direct pod IP ≤ 5 % at every N (p50
 //! latency and connections per second); 10 000 Services programmed in < 200 ms; one change
 //! applied in < 1 ms (both judged on the agent's whole path: watch events, compute, plan, maps).
-//! The connections-per-second overhead is judged on the median over the round pairs of their
-//! ratio: a sequential client's rate is the reciprocal of its mean latency, so a single stall
-//! of a few ms in one round moves a pooled rate by several percent, while a cost corten adds
-//! to every connection shows in every pair. The pooled ratio is reported beside it.
+//! Both overheads are judged on the median over the round pairs of their ratio; the pooled
+//! ratios are reported beside them. A cost corten adds to every connection shows in every
+//! pair, while noise that lasts a round does not cancel in a pooled figure: a sequential
+//! client's rate is the reciprocal of its mean latency, so a single stall of a few ms in one
+//! round moves a pooled rate by several percent, and on this machine a round's p50 lands in
+//! one of two levels (about 54 or 60 µs, in every case alike, also without any socket program
+//! on the path), so the pooled p50 of a case moves with how many of its rounds came out slow.
+//! The reference case shows that noise: in one run its pooled p50 was 10 % above the direct
+//! case's, on a path with no program at all.
 //!
 //! Prints two tables and writes `target/bench/datapath.json`. `CORTEN_BENCH_DATAPATH_SERVICES`
 //! (e.g. `10,1000`) and `CORTEN_BENCH_DATAPATH_IPTABLES` (`legacy`, `nft` or both) narrow a
@@ -140,7 +145,7 @@ const POD_PORT: u16 = 8080;
 const SERVICE_PORT: u16 = 80;
 const NAMESPACE: &str = "bench";
 /// Latency rounds per case; the direct and corten rounds alternate.
-const ROUNDS: usize = 20;
+const ROUNDS: usize = 40;
 /// Measured connections per round.
 const CONNECTIONS_PER_ROUND: usize = 500;
 /// Unmeasured connections before each round.
@@ -646,12 +651,10 @@ fn measure_count(lab: &Lab, n: usize, backends: &[Backend], quiet: f64) -> anyho
         &direct_latency.round_conn_per_s,
         &corten_latency.round_conn_per_s,
     );
-    // Judged on the pooled p50 and on the median of the round pairs' rates: one client's
-    // rate is the reciprocal of its mean latency, so one stall of a few ms (a preemption on
-    // this 2-core machine) moves a pooled rate by several percent; a cost corten adds to
-    // every connection moves every pair, and so the median.
+    // Judged on the medians over round pairs (see the module doc): a cost corten adds to
+    // every connection moves every pair, noise that lasts a round moves only some.
     let overhead_ok =
-        overhead_p50 <= TARGET_OVERHEAD_PCT && overhead_rate_paired <= TARGET_OVERHEAD_PCT;
+        overhead_paired <= TARGET_OVERHEAD_PCT && overhead_rate_paired <= TARGET_OVERHEAD_PCT;
     Ok(json!({
         "services": n,
         "latency_round_attempts": rounds.attempts,
@@ -1543,7 +1546,7 @@ fn report(results: &[Value], backends: &[Backend], out: &Path) -> anyhow::Result
     for (label, _) in &cases {
         print!(" {label:>26}");
     }
-    println!(" {:>16}", "overhead p50/rate");
+    println!(" {:>16}", "overhead p50/rate (median of pairs)");
     for r in results {
         print!("{:>8}", r["services"]);
         for (_, key) in &cases {
@@ -1559,7 +1562,9 @@ fn report(results: &[Value], backends: &[Backend], out: &Path) -> anyhow::Result
         let overhead = &r["corten_overhead_over_direct"];
         let cell = format!(
             "{:.1}% / {:.1}%",
-            overhead["p50_latency_pct"].as_f64().unwrap_or(f64::NAN),
+            overhead["p50_latency_pct_median_of_round_pairs"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
             overhead["conn_per_s_pct_median_of_round_pairs"]
                 .as_f64()
                 .unwrap_or(f64::NAN)
@@ -1610,7 +1615,7 @@ fn report(results: &[Value], backends: &[Backend], out: &Path) -> anyhow::Result
             "backends": "4 real TCP listeners in node 1 on /32 pod IPs 10.42.1.2-5:8080 (this bench binary as a server): one HTTP answer per connection; the client closes first",
             "client": "sequential connect + request + read the answer + close in node 0, in its cgroup (direct_pod_ip_outside_node_cgroup: outside it, no socket program); conn/s = one client's rate",
             "overhead_basis": "corten vs direct_pod_ip, both from node 0's cgroup with corten's programs attached, in round pairs whose order alternates",
-            "overhead_judged_on": "the pooled p50 latency and the median over round pairs of the conn/s ratio (conn_per_s_pct_median_of_round_pairs); the pooled conn/s ratio is reported too, but one stall of a few ms moves it by several percent",
+            "overhead_judged_on": "the medians over round pairs of the p50 and of the conn/s ratio (p50_latency_pct_median_of_round_pairs, conn_per_s_pct_median_of_round_pairs); the pooled ratios are reported too, but noise lasting a round (a stall of a few ms, a round's p50 landing in the machine's slower level) moves them by several percent",
             "measured_service": "the last Service (last rule of KUBE-SERVICES)",
             "rounds": ROUNDS,
             "connections_per_round": CONNECTIONS_PER_ROUND,
