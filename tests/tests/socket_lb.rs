@@ -4,23 +4,30 @@
 //! once; removing the service undoes the translation; a second loader on the same pins reads
 //! back what the first wrote; a pinned map of another layout is replaced. ClientIP session
 //! affinity keeps a client on its backend also when that backend moves to another slot, and
-//! drops it when the backend leaves.
+//! drops it when the backend leaves. A sync that fails on a full map is retried by the next,
+//! which replans everything and succeeds once a Service has made room.
 use std::{
+    collections::BTreeSet,
     net::{Ipv4Addr, SocketAddrV4},
     process::{Child, Output},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use corten_agent::proxy::{
+    controller,
     desired::{
         BackendScope, BackendSet, BackendSetKey, DesiredState, Frontend, FrontendAddress,
-        FrontendKey, FrontendKind, ServicePortRef, ServiceRef, SessionAffinity, WhenEmpty,
+        FrontendKey, FrontendKind, NodeContext, ServicePortRef, ServiceRef, SessionAffinity,
+        WhenEmpty, SERVICE_NAME_LABEL,
     },
+    index::{DesiredIndex, Event},
     socket_lb::MapSizes,
-    Protocol, SocketLb,
+    Protocol, SocketLb, SocketLbError,
 };
 use corten_tests::lab::{Lab, LabSpec};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde_json::json;
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 43, 0, 1), 80);
 const TOKEN: &str = "corten-backend-ok";
@@ -331,5 +338,119 @@ fn client_ip_affinity_follows_a_moved_backend_and_leaves_a_gone_one() -> anyhow:
 
     drop(lb);
     drop(listeners);
+    lab.down_checked()
+}
+
+/// A ClusterIP Service `name` on 10.43.1.`n`:80 and its slice with one ready endpoint
+/// 10.42.0.`n`:8080, as the watches hand them over.
+fn watched(name: &str, n: u8) -> anyhow::Result<(Service, EndpointSlice)> {
+    let cluster_ip = format!("10.43.1.{n}");
+    let service = serde_json::from_value(json!({
+        "metadata": { "namespace": "default", "name": name },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "ports": [{ "port": 80, "protocol": "TCP", "targetPort": 8080 }],
+        },
+    }))?;
+    let slice = serde_json::from_value(json!({
+        "metadata": {
+            "namespace": "default",
+            "name": format!("{name}-x7k2p"),
+            "labels": { (SERVICE_NAME_LABEL): name },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{ "addresses": [format!("10.42.0.{n}")], "conditions": { "ready": true } }],
+        "ports": [{ "port": 8080, "protocol": "TCP" }],
+    }))?;
+    Ok((service, slice))
+}
+
+#[test]
+fn a_sync_that_failed_on_a_full_map_is_repaired_once_there_is_room() -> anyhow::Result<()> {
+    let mut spec = LabSpec::for_test(&format!("slbf-{}", std::process::id()), 1);
+    spec.images.clear();
+    let lab = Lab::up(spec)?;
+    // Room for two frontends; pinned, so that a second loader can read the maps back.
+    let sizes = MapSizes {
+        frontends: 2,
+        ..MapSizes::default()
+    };
+    let pins = lab.node_bpffs(0);
+    let mut lb = SocketLb::load(sizes, Some(&pins))?;
+    let mut index = DesiredIndex::new(NodeContext {
+        node_name: lab.node_name(0),
+        node_ips: vec![lab.node_ip(0)],
+    });
+    let (a, a_slice) = watched("a", 1)?;
+    let (b, b_slice) = watched("b", 2)?;
+    let (c, c_slice) = watched("c", 3)?;
+    index.service_event(Event::Init);
+    index.service_event(Event::InitApply(a.clone()));
+    index.service_event(Event::InitApply(b));
+    index.service_event(Event::InitDone);
+    index.slice_event(Event::Init);
+    index.slice_event(Event::InitApply(a_slice.clone()));
+    index.slice_event(Event::InitApply(b_slice));
+    index.slice_event(Event::InitDone);
+    ensure!(index.listed(), "the index does not count as listed");
+    let frontends = |lb: &SocketLb| -> BTreeSet<FrontendKey> {
+        lb.applied().frontends.keys().copied().collect()
+    };
+    controller::sync_once(&mut index, &mut lb)?;
+    let listed = frontends(&lb);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+
+    // A third Service: its frontend does not fit. The error is the map's, and what the maps
+    // hold was read back.
+    index.service_event(Event::Apply(c));
+    index.slice_event(Event::Apply(c_slice));
+    let full = controller::sync_once(&mut index, &mut lb)
+        .err()
+        .context("a third frontend fit a map of two")?;
+    println!("the full map: {full}");
+    assert!(
+        matches!(&full, SocketLbError::Maps(error) if error.is_full()),
+        "{full:?}"
+    );
+    assert!(
+        full.to_string()
+            .contains("the map is full: raise --proxy-max-frontends"),
+        "{full}"
+    );
+    assert_eq!(frontends(&lb), listed);
+    // The controller's retry, with no new event: the same failure, nothing lost.
+    let again = controller::sync_once(&mut index, &mut lb)
+        .err()
+        .context("the retry succeeded on a map that is still full")?;
+    assert!(
+        matches!(&again, SocketLbError::Maps(error) if error.is_full()),
+        "{again:?}"
+    );
+    assert_eq!(frontends(&lb), listed);
+
+    // Service a goes. Its change alone is incremental, but after a failure the next sync
+    // plans everything, and a's frontend goes before c's is written.
+    index.service_event(Event::Delete(a));
+    index.slice_event(Event::Delete(a_slice));
+    controller::sync_once(&mut index, &mut lb)?;
+    let wanted: BTreeSet<FrontendKey> = index.state().frontends.keys().copied().collect();
+    assert_eq!(wanted.len(), 2, "{wanted:?}");
+    assert!(
+        wanted
+            .iter()
+            .any(|key| key.address == FrontendAddress::Ip(Ipv4Addr::new(10, 43, 1, 3))),
+        "{wanted:?}"
+    );
+    assert_eq!(frontends(&lb), wanted);
+
+    // A second loader reads exactly that back from the maps, and has nothing to do.
+    let mut reloaded = SocketLb::load(sizes, Some(&pins))?;
+    assert_eq!(reloaded.applied().frontends, lb.applied().frontends);
+    assert_eq!(reloaded.applied().services.len(), 2);
+    assert_eq!(reloaded.sync(index.state())?.operations, 0);
+    drop(reloaded);
+    drop(lb);
     lab.down_checked()
 }

@@ -315,11 +315,18 @@ pub fn plan(
             .map(|key| Operation::RemoveFrontend { frontend: *key }),
     );
 
+    // The services the frontends that stay name until they are set anew.
+    let named: BTreeSet<ServiceId> = applied
+        .frontends
+        .iter()
+        .filter(|(key, _)| frontends.contains_key(key))
+        .flat_map(|(_, old)| [old.from_outside, old.from_node])
+        .collect();
     for (id, old) in &applied.services {
         if services.contains_key(id) {
             continue;
         }
-        phases.remove_service(*id, old);
+        phases.remove_service(*id, old, named.contains(id));
         ids.release(*id);
     }
 
@@ -334,16 +341,18 @@ pub fn plan(
     })
 }
 
-/// The operations that remove service `id` (no frontend names it any more).
-/// A plan's operations by phase, in the order they are applied: what new and changed
-/// services add, frontends set, frontends removed, what changed services shed, services
-/// removed. A frontend never names a service before its entries are written, nor after
-/// they go.
+/// A plan's operations by phase, in the order they are applied: frontends removed, services
+/// removed that no remaining frontend names, what new and changed services add, frontends
+/// set, what changed services shed, services removed that a frontend named until it was set
+/// anew. A frontend never names a service before its entries are written, nor after they go.
+/// What goes is removed before anything new is written, so that a map at its capacity can
+/// still take a Service that replaces another in the same sync.
 #[derive(Default)]
 struct Phases {
+    frontend_removals: Vec<Operation>,
+    early_removals: Vec<Operation>,
     additions: Vec<Operation>,
     frontend_sets: Vec<Operation>,
-    frontend_removals: Vec<Operation>,
     shrinking: Vec<Operation>,
     removals: Vec<Operation>,
 }
@@ -369,14 +378,22 @@ impl Phases {
         )
     }
 
-    fn remove_service(&mut self, id: ServiceId, old: &AppliedService) {
-        push_service_removal(id, old, &mut self.removals);
+    /// Plans the removal of service `id`: early, or last when a frontend that stays names
+    /// it until the frontend sets point it elsewhere.
+    fn remove_service(&mut self, id: ServiceId, old: &AppliedService, named: bool) {
+        let removals = if named {
+            &mut self.removals
+        } else {
+            &mut self.early_removals
+        };
+        push_service_removal(id, old, removals);
     }
 
     fn into_operations(self) -> Vec<Operation> {
-        let mut operations = self.additions;
+        let mut operations = self.frontend_removals;
+        operations.extend(self.early_removals);
+        operations.extend(self.additions);
         operations.extend(self.frontend_sets);
-        operations.extend(self.frontend_removals);
         operations.extend(self.shrinking);
         operations.extend(self.removals);
         operations
@@ -395,6 +412,7 @@ fn table_size(
     }
 }
 
+/// The operations that remove service `id` (no frontend names it any more).
 fn push_service_removal(id: ServiceId, old: &AppliedService, removals: &mut Vec<Operation>) {
     removals.push(Operation::RemoveService { service: id });
     if let Some(size) = old.entry.maglev {
@@ -605,6 +623,8 @@ pub fn plan_changes(
 
     let id_of = |key: &BackendSetKey| assigned.get(key).or_else(|| index.ids.get(key)).copied();
     let mut frontend_changes = Vec::new();
+    // The services the frontends that stay name until they are set anew.
+    let mut named = BTreeSet::new();
     for key in frontends {
         let value = desired.frontends.get(key).and_then(|frontend| {
             Some(AppliedFrontend {
@@ -614,6 +634,9 @@ pub fn plan_changes(
             })
         });
         let old = applied.frontends.get(key);
+        if let (Some(_), Some(old)) = (value, old) {
+            named.extend([old.from_outside, old.from_node]);
+        }
         match value {
             Some(value) if old != Some(&value) => {
                 phases.frontend_sets.push(Operation::SetFrontend {
@@ -634,7 +657,7 @@ pub fn plan_changes(
     }
 
     for (id, old) in removed {
-        phases.remove_service(id, old);
+        phases.remove_service(id, old, named.contains(&id));
         ids.release(id);
         services.push((id, None));
     }
@@ -1516,6 +1539,48 @@ mod tests {
             .iter()
             .take(frontend_moved.unwrap_or(0))
             .any(|o| matches!(o, Operation::SetService { service, .. } if *service == local_id)));
+    }
+
+    #[test]
+    fn a_replaced_service_goes_before_its_successor_is_written() {
+        // A Service removed and another added in one sync: no map holds more entries at any
+        // step than before or after the plan, so a map at its capacity takes the new one.
+        let config = maglev_config();
+        let before = desired(&[("a", 1, &[1, 2]), ("b", 2, &[3])]);
+        let after = desired(&[("b", 2, &[3]), ("c", 3, &[4, 5])]);
+        let mut maps = FakeMaps::default();
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &before, &config);
+        maps.run(&first);
+        let sizes = |maps: &FakeMaps| {
+            [
+                maps.frontends.len(),
+                maps.services.len(),
+                maps.slots.len(),
+                maps.tables.values().map(BTreeMap::len).sum(),
+            ]
+        };
+        let start = sizes(&maps);
+        assert!(start[3] > 0, "the sets have no Maglev tables to count");
+        let second = plan_ok(&first.next, &after, &config);
+        let mut peak = start;
+        for operation in &second.operations {
+            maps.apply(operation);
+            maps.assert_consistent(operation);
+            for (peak, size) in peak.iter_mut().zip(sizes(&maps)) {
+                *peak = (*peak).max(size);
+            }
+        }
+        maps.assert_matches(&second.next);
+        let end = sizes(&maps);
+        for (map, ((peak, start), end)) in ["frontends", "services", "slots", "table entries"]
+            .iter()
+            .zip(peak.iter().zip(start).zip(end))
+        {
+            assert!(
+                *peak <= start.max(end),
+                "{map}: {peak} entries at once, {start} before and {end} after"
+            );
+        }
     }
 
     #[test]

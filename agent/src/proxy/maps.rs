@@ -25,9 +25,9 @@ use super::{
 };
 
 /// A map operation failed. Retryable: plan again from [`ServiceMaps::read_applied`]; a full
-/// map stays full until a size flag is raised.
+/// map stays full until a size flag is raised or entries go.
 #[derive(Debug, thiserror::Error)]
-#[error("map {map}: {source}")]
+#[error("map {map}: {source}{}", full_hint(.map, .source))]
 pub struct MapsError {
     /// The map's name.
     pub map: &'static str,
@@ -298,6 +298,33 @@ fn remove<K: aya::Pod, V: aya::Pod>(
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(source) => Err(MapsError { map: name, source }),
     }
+}
+
+impl MapsError {
+    /// Whether the map was full: the kernel refuses a new key with `E2BIG`.
+    pub fn is_full(&self) -> bool {
+        is_full(&self.source)
+    }
+}
+
+fn is_full(source: &MapError) -> bool {
+    matches!(source, MapError::SyscallError(error)
+        if error.io_error.kind() == std::io::ErrorKind::ArgumentListTooLong)
+}
+
+/// For a full map, what to do about it (the agent flag that sizes it).
+fn full_hint(map: &str, source: &MapError) -> String {
+    if !is_full(source) {
+        return String::new();
+    }
+    let flag = match map {
+        maps::FRONTENDS => "--proxy-max-frontends",
+        maps::SERVICES => "--proxy-max-services",
+        maps::BACKENDS => "--proxy-max-backends",
+        maps::MAGLEV => "--proxy-max-maglev-entries",
+        _ => return " (the map is full)".into(),
+    };
+    format!(" (the map is full: raise {flag})")
 }
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> MapsError {
