@@ -100,6 +100,15 @@ struct Args {
     /// ClientIP-affinity Service; the oldest are forgotten first).
     #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_AFFINITY)]
     proxy_max_affinity: u32,
+    /// Capacity of the service proxy's terminating-backend map (one entry per terminating
+    /// endpoint of each Service port, whose open connections are kept).
+    #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_TERMINATING)]
+    proxy_max_terminating: u32,
+    /// Capacity of the socket programs' reverse-NAT map (LRU: one entry per socket and
+    /// backend a Service address was translated to, so that getpeername and received
+    /// datagrams show the Service; the oldest are forgotten first).
+    #[arg(long, default_value_t = corten_ebpf_common::DEFAULT_MAX_SOCK_REV_NAT)]
+    proxy_max_sock_rev_nat: u32,
     /// An interface that clients from outside the cluster reach the node on: the service
     /// proxy's tc programs attach there and NAT NodePort, externalIP and LoadBalancer traffic
     /// to backends. Repeat for several.
@@ -369,9 +378,10 @@ async fn run() -> anyhow::Result<()> {
                         services: args.proxy_max_services,
                         backends: args.proxy_max_backends,
                         affinity: args.proxy_max_affinity,
+                        terminating: args.proxy_max_terminating,
+                        sock_rev_nat: args.proxy_max_sock_rev_nat,
                         nat_flows: args.proxy_max_nat_flows,
                         maglev: maglev_capacity,
-                        ..MapSizes::default()
                     },
                     selection,
                     external_interfaces: args.proxy_external_interfaces,

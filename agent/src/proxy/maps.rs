@@ -322,6 +322,7 @@ fn full_hint(map: &str, source: &MapError) -> String {
         maps::SERVICES => "--proxy-max-services",
         maps::BACKENDS => "--proxy-max-backends",
         maps::MAGLEV => "--proxy-max-maglev-entries",
+        maps::TERMINATING => "--proxy-max-terminating",
         _ => return " (the map is full)".into(),
     };
     format!(" (the map is full: raise {flag})")
