@@ -420,6 +420,8 @@ fn a_sync_that_failed_on_a_full_map_is_repaired_once_there_is_room() -> anyhow::
         "{full}"
     );
     assert_eq!(frontends(&lb), listed);
+    // a and b, and c's service entry written before its frontend failed.
+    assert_eq!(lb.applied().services.len(), 3);
     // The controller's retry, with no new event: the same failure, nothing lost.
     let again = controller::sync_once(&mut index, &mut lb)
         .err()
@@ -429,6 +431,9 @@ fn a_sync_that_failed_on_a_full_map_is_repaired_once_there_is_room() -> anyhow::
         "{again:?}"
     );
     assert_eq!(frontends(&lb), listed);
+    // The entry the failure left is removed by the retry before it writes c again: failed
+    // retries do not pile up entries.
+    assert_eq!(lb.applied().services.len(), 3);
 
     // Service a goes. Its change alone is incremental, but after a failure the next sync
     // plans everything, and a's frontend goes before c's is written.

@@ -990,6 +990,30 @@ mod tests {
         }
     }
 
+    /// Service a's frontend .1 of `kind` with a traffic policy Local: its node-local set
+    /// holds backend 2 only.
+    fn only_local(kind: FrontendKind) -> DesiredState {
+        let mut local = set_key("a");
+        local.scope = BackendScope::NodeLocal;
+        let mut state = DesiredState::default();
+        state.frontends.insert(
+            frontend_key(1),
+            Frontend {
+                kind,
+                from_outside: local.clone(),
+                from_node: local.clone(),
+            },
+        );
+        state.backend_sets.insert(
+            local,
+            BackendSet {
+                active: BTreeSet::from([backend(2)]),
+                ..BackendSet::default()
+            },
+        );
+        state
+    }
+
     fn backend(last_octet: u8) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(10, 42, 0, last_octet), 8080)
     }
@@ -1505,24 +1529,7 @@ mod tests {
         let cluster = id_of(&first.next, 1);
 
         // internalTrafficPolicy: Local; only backend 2 is on this node.
-        let mut after = DesiredState::default();
-        let mut local = set_key("a");
-        local.scope = BackendScope::NodeLocal;
-        after.frontends.insert(
-            frontend_key(1),
-            Frontend {
-                kind: FrontendKind::ClusterIp,
-                from_outside: local.clone(),
-                from_node: local.clone(),
-            },
-        );
-        after.backend_sets.insert(
-            local,
-            BackendSet {
-                active: BTreeSet::from([backend(2)]),
-                ..BackendSet::default()
-            },
-        );
+        let after = only_local(FrontendKind::ClusterIp);
         let second = plan_ok(&first.next, &after, &config);
         maps.run(&second);
         let local_id = id_of(&second.next, 1);
@@ -1581,6 +1588,43 @@ mod tests {
                 "{map}: {peak} entries at once, {start} before and {end} after"
             );
         }
+    }
+
+    #[test]
+    fn a_set_a_staying_frontend_still_names_goes_only_after_it_is_re_pointed() {
+        // Two frontends of one set; one goes, the other moves to a new (node-local) set.
+        // The first is removed before anything else, the old set only after the move.
+        let config = maglev_config();
+        let mut before = desired(&[("a", 1, &[1, 2])]);
+        let second_frontend = before.frontends[&frontend_key(1)].clone();
+        before.frontends.insert(frontend_key(2), second_frontend);
+        let mut maps = FakeMaps::default();
+        let first = plan_ok(&AppliedState::empty(MAX_IDS), &before, &config);
+        maps.run(&first);
+        let old = id_of(&first.next, 1);
+        assert_eq!(id_of(&first.next, 2), old);
+
+        let after = only_local(FrontendKind::LoadBalancer);
+        let second = plan_ok(&first.next, &after, &config);
+        maps.run(&second);
+        let position = |wanted: &dyn Fn(&Operation) -> bool| {
+            second
+                .operations
+                .iter()
+                .position(wanted)
+                .unwrap_or_else(|| panic!("missing from {:?}", second.operations))
+        };
+        let removed = position(&|o| {
+            *o == Operation::RemoveFrontend {
+                frontend: frontend_key(2),
+            }
+        });
+        let moved = position(
+            &|o| matches!(o, Operation::SetFrontend { frontend, .. } if *frontend == frontend_key(1)),
+        );
+        let gone = position(&|o| *o == Operation::RemoveService { service: old });
+        assert_eq!(removed, 0, "{:?}", second.operations);
+        assert!(moved < gone, "{:?}", second.operations);
     }
 
     #[test]
