@@ -315,17 +315,21 @@ pub fn plan(
             .map(|key| Operation::RemoveFrontend { frontend: *key }),
     );
 
-    // The services the frontends that stay name until they are set anew.
-    let named: BTreeSet<ServiceId> = applied
-        .frontends
-        .iter()
-        .filter(|(key, _)| frontends.contains_key(key))
-        .flat_map(|(_, old)| [old.from_outside, old.from_node])
-        .collect();
+    // The services the frontends that stay name until they are set anew; collected only
+    // when some service goes (a full plan of a large state usually removes none).
+    let mut named: Option<BTreeSet<ServiceId>> = None;
     for (id, old) in &applied.services {
         if services.contains_key(id) {
             continue;
         }
+        let named = named.get_or_insert_with(|| {
+            applied
+                .frontends
+                .iter()
+                .filter(|(key, _)| frontends.contains_key(key))
+                .flat_map(|(_, old)| [old.from_outside, old.from_node])
+                .collect()
+        });
         phases.remove_service(*id, old, named.contains(id));
         ids.release(*id);
     }
